@@ -1,0 +1,177 @@
+"""Shared config pieces, the config checks and the expansion of variants into sweep groups.
+
+A config names an experiment, its static settings, default `hparams` (the traced
+hyperparameters, `ddl.learners.HPARAMS`) and `variants`: each variant overrides some hparams
+(a point of the sweep, same program) and may override static settings (e.g. `network.layers`),
+which puts it in a group of its own (another program). Seeds x variants of a group are vmapped.
+"""
+import copy
+import dataclasses
+import difflib
+import json
+from typing import Any, Dict, List, Sequence
+
+import ml_collections
+
+from ddl.learners import HPARAMS
+from ddl.learners import cbp as cbp_lib
+from ddl.learners import optimizers
+
+WANDB_MODES = ('disabled', 'offline', 'online')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message names the key and what is allowed."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Settings every experiment shares; experiment config files fill in the rest."""
+  config = ml_collections.ConfigDict()
+  config.experiment = ''
+  config.seed = 0
+  config.num_seeds = 30
+  config.checkpoint_every = 10      # chunks between checkpoints (and at the end)
+  config.scan_unroll = 1            # unroll of the inner lax.scan over steps (speed only)
+  # False: variants without S&P noise or without CBP run in programs that leave those out (random
+  # numbers dominate a small net's step on CPU). True: one program for all variants of the same
+  # static settings (fewer programs; better where steps are latency bound, as on a GPU).
+  config.fuse_variants = False
+  config.optimizer = dict(name='sgd', momentum=0.0, b1=0.9, b2=0.999, eps=1e-8)
+  config.cbp = dict(util_type='contribution', count_mode='bernoulli', count_base='eligible',
+                    reset_optimizer_state=False, next_bias_correction=False)
+  config.hparams = dict(learning_rate=0.01, weight_decay=0.0, noise_scale=0.0, replacement_rate=0.0,
+                        maturity_threshold=100.0, decay_rate=0.99)
+  config.variants = ml_collections.ConfigDict()
+  config.wandb = dict(mode='disabled', project='ddl', entity='', group='', name='')
+  return config
+
+
+def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[str, Any]) -> None:
+  """Applies the `--config=file.py:a,b` argument: each token is a preset of the file (e.g.
+  'smoke', applied in place by the callable in `presets`) or the name of a variant to keep."""
+  keep = []
+  for token in filter(None, (t.strip() for t in (arg or '').split(','))):
+    if token in presets:
+      presets[token](config)
+    elif token in config.variants:
+      keep.append(token)
+    else:
+      choices = sorted(presets) + sorted(config.variants)
+      raise ConfigError(f'config argument {token!r} is neither a preset nor a variant{_suggest(token, choices)}; '
+                        f'use a comma-separated list of {choices}.')
+  if keep:
+    for name in list(config.variants):
+      if name not in keep:
+        del config.variants[name]
+
+
+def _suggest(name: str, choices: Sequence[str]) -> str:
+  close = difflib.get_close_matches(name, list(choices), n=1)
+  return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+@dataclasses.dataclass
+class Group:
+  """Variants that share one compiled program: the same static config, different hparams."""
+  name: str
+  config: ml_collections.ConfigDict
+  variants: List[str]
+  hparams: List[Dict[str, float]]
+
+  @property
+  def max_replacement_rate(self) -> float:
+    """Largest CBP rate of the group: 0 leaves CBP out of the program."""
+    return max(h['replacement_rate'] for h in self.hparams)
+
+  @property
+  def perturbation(self) -> bool:
+    """Whether the program holds the S&P noise transform."""
+    return any(h['noise_scale'] > 0 for h in self.hparams)
+
+
+def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def groups(config: ml_collections.ConfigDict) -> List[Group]:
+  """Splits the variants into groups of identical static settings (and, unless
+  `fuse_variants`, the same use of S&P noise and CBP), in config order."""
+  result: Dict[str, Group] = {}
+  for name, variant in config.variants.items():
+    variant = variant.to_dict()
+    static = {k: v for k, v in variant.items() if k not in HPARAMS}
+    hparams = {k: float(config.hparams[k]) for k in HPARAMS}
+    hparams.update({k: float(v) for k, v in variant.items() if k in HPARAMS})
+    uses = {} if config.fuse_variants else {
+        'noise': hparams['noise_scale'] > 0, 'cbp': hparams['replacement_rate'] > 0}
+    signature = json.dumps([static, uses], sort_keys=True)
+    if signature not in result:
+      group_config = copy.deepcopy(config)
+      with group_config.unlocked():
+        for key, value in _flatten(static).items():
+          target = group_config
+          *parents, leaf = key.split('.')
+          for parent in parents:
+            target = target[parent]
+          target[leaf] = value
+      result[signature] = Group(name='', config=group_config, variants=[], hparams=[])
+    group = result[signature]
+    group.variants.append(name)
+    group.hparams.append(hparams)
+    group.name = '+'.join(group.variants)
+  return list(result.values())
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f'{key}: {message}')
+
+
+def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
+  """Checks a resolved config before anything is compiled or written. Raises ConfigError."""
+  _check(isinstance(config.num_seeds, int) and config.num_seeds > 0, 'num_seeds',
+         f'must be a positive integer, got {config.num_seeds!r}')
+  _check(isinstance(config.seed, int) and config.seed >= 0, 'seed', f'must be an integer >= 0, got {config.seed!r}')
+  _check(config.checkpoint_every > 0, 'checkpoint_every', f'must be > 0, got {config.checkpoint_every}')
+  _check(config.scan_unroll >= 1, 'scan_unroll', f'must be >= 1, got {config.scan_unroll}')
+  _check(config.optimizer.name in optimizers.OPTIMIZERS, 'optimizer.name',
+         f'{config.optimizer.name!r} is not known; use one of {optimizers.OPTIMIZERS}')
+  _check(0 <= config.optimizer.momentum < 1, 'optimizer.momentum', 'must be in [0, 1)')
+  for key, allowed in (('util_type', cbp_lib.UTIL_TYPES), ('count_mode', cbp_lib.COUNT_MODES),
+                       ('count_base', cbp_lib.COUNT_BASES)):
+    _check(config.cbp[key] in allowed, f'cbp.{key}', f'{config.cbp[key]!r} is not known; use one of {allowed}')
+  _check(config.wandb.mode in WANDB_MODES, 'wandb.mode', f'{config.wandb.mode!r} is not known; use one of {WANDB_MODES}')
+  _check(len(config.variants) > 0, 'variants', 'at least one variant is needed')
+  top_level = set(config.keys())
+  for name, variant in config.variants.items():
+    _check(isinstance(variant, ml_collections.ConfigDict), f'variants.{name}',
+           'must be a dict of hparams and setting overrides')
+    for key in variant.keys():
+      _check(key in HPARAMS or key in top_level, f'variants.{name}.{key}',
+             f'is neither a hyperparameter {HPARAMS} nor a config key{_suggest(key, list(HPARAMS) + sorted(top_level))}')
+  ranges = {'learning_rate': (0, None, False), 'weight_decay': (0, None, True), 'noise_scale': (0, None, True),
+            'replacement_rate': (0, 1, True), 'maturity_threshold': (0, None, True), 'decay_rate': (0, 1, True)}
+  for group in groups(config):
+    for variant, hparams in zip(group.variants, group.hparams):
+      for key, (low, high, inclusive) in ranges.items():
+        value = hparams[key]
+        ok = (value >= low if inclusive else value > low) and (high is None or value <= high)
+        bound = f'{">=" if inclusive else ">"} {low}' + (f' and <= {high}' if high is not None else '')
+        _check(ok, f'variant {variant}: hparams.{key}', f'must be {bound}, got {value}')
+    try:
+      experiment_cls.validate(group.config)
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f'variant(s) {", ".join(group.variants)}: {e}') from None
+
+
+def differing_keys(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+  """Dotted keys whose values differ between two (nested) config dicts."""
+  fa, fb = _flatten(a), _flatten(b)
+  return sorted(k for k in set(fa) | set(fb) if fa.get(k, '<absent>') != fb.get(k, '<absent>'))
+

@@ -1,0 +1,1 @@
+"""Data: tfds loaders, device-resident arrays and on-device stream generators."""

@@ -1,0 +1,99 @@
+"""Slowly-changing regression (lop_reference.md §5.4): the paper's smallest loss of plasticity.
+
+A 20-5-1 network learns online (batch 1, MSE) a fixed LTU target whose inputs drift slowly. One
+chunk = one bin of `chunk_size` examples: a `lax.scan` of single-example learner steps over inputs
+generated on the device, then the bin's metrics.
+"""
+from typing import Dict, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ddl import metrics
+from ddl import nets
+from ddl.data import slowly_changing_regression as stream
+from ddl.learners import Learner, LearnerState
+
+
+@struct.dataclass
+class State:
+  learner: LearnerState
+  target: dict            # parameters of the LTU target network
+  stream: stream.StreamState
+  step_key: chex.PRNGKey  # per-example learner randomness (CBP draws, S&P noise), folded by example
+  examples: jax.Array     # examples seen so far (the data-stream position)
+
+
+class SlowlyChangingRegression:
+  """init(key, hparams) -> State; run_chunk(State) -> (State, metrics). Pure and vmappable."""
+
+  def __init__(self, config, group):
+    self.config = config
+    data = config.data
+    self.target = nets.LTUNet(hidden=data.target_hidden, beta=data.beta)
+    network = nets.MLP(hidden=(config.network.hidden,) * config.network.layers, outputs=1,
+                       activation=config.network.activation, weight_init=config.network.weight_init)
+    self.learner = Learner(network=network, loss='mse', optimizer=config.optimizer, cbp=config.cbp,
+                           max_replacement_rate=group.max_replacement_rate,
+                           perturbation=group.perturbation)
+    self.num_chunks = config.num_examples // config.chunk_size
+
+  @staticmethod
+  def validate(config) -> None:
+    data = config.data
+    checks = [
+        (config.num_examples % config.chunk_size == 0, 'num_examples must be a multiple of chunk_size'),
+        (0 < data.num_flipping <= data.num_inputs, 'data.num_flipping must be in [1, data.num_inputs]'),
+        (data.flip_period > 0, 'data.flip_period must be > 0'),
+        (data.target_hidden > 0, 'data.target_hidden must be > 0'),
+        (config.network.layers >= 0 and config.network.hidden > 0,
+         'network.layers must be >= 0 and network.hidden > 0'),
+        (0 < config.probe_size <= config.chunk_size, 'probe_size must be in [1, chunk_size]'),
+        (data.generator in stream.GENERATORS, f'data.generator must be one of {stream.GENERATORS}'),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(message)
+
+  def chunk_step(self, chunk: int) -> int:
+    """The x-axis value logged for a chunk: examples seen at its end."""
+    return (chunk + 1) * self.config.chunk_size
+
+  def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array]) -> State:
+    target_key, stream_key, learner_key, step_key = jax.random.split(key, 4)
+    data = self.config.data
+    target = self.target.init(target_key, jnp.zeros((1, data.num_inputs)))['params']
+    learner = self.learner.init(learner_key, jnp.zeros((1, data.num_inputs)), hparams)
+    return State(learner=learner, target=target, stream=stream.init_stream(stream_key, data.num_flipping),
+                 step_key=step_key, examples=jnp.zeros((), jnp.int32))
+
+  def run_chunk(self, state: State) -> Tuple[State, Dict[str, jax.Array]]:
+    config, data = self.config, self.config.data
+    count = config.chunk_size
+    stream_state, x = stream.inputs(state.stream, state.examples, count, num_inputs=data.num_inputs,
+                                    flip_period=data.flip_period, generator=data.generator)
+    y = self.target.apply({'params': state.target}, x)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(state.step_key, state.examples + jnp.arange(count))
+
+    def learn(carry, example):
+      learner, error, replaced = carry
+      xi, yi, key = example
+      learner, out = self.learner.step(learner, xi[None], yi[None], key)
+      return (learner, error + out.loss, replaced + out.num_replaced), None
+
+    zero = jnp.zeros(())
+    (learner, error, replaced), _ = jax.lax.scan(
+        learn, (state.learner, zero, jnp.zeros((), jnp.int32)), (x, y, keys),
+        unroll=config.scan_unroll)
+    values = {'error': error / count, 'weight_magnitude': metrics.weight_magnitude(learner.params)}
+    if self.learner.network.unit_layers():
+      _, features = self.learner.apply(learner.params, x[-config.probe_size:])
+      hidden = list(features.values())
+      values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
+      values['effective_rank'] = metrics.effective_rank(hidden[-1])
+      values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
+      values['replacements'] = replaced.astype(jnp.float32)
+    new_state = state.replace(learner=learner, stream=stream_state, examples=state.examples + count)
+    return new_state, values

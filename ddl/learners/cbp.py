@@ -1,0 +1,265 @@
+"""Continual backpropagation (CBP): generate-and-test over Flax parameter pytrees.
+
+After every optimizer step, each hidden layer ages its units, updates a running utility from the
+step's activations, and re-initialises the lowest-utility mature units (fresh input weights from
+the layer's own initializer, zero bias, zero outgoing weights). Shapes are static: the number of
+replacements per step is dynamic (a masked `top_k` of static size), so nothing recompiles, and the
+whole step vmaps over seeds and over the traced hyperparameters (replacement rate, maturity
+threshold, decay rate).
+
+Which kernel makes a layer's units, which kernel reads them and which norm layer follows is
+declared once per network as a tuple of `UnitLayer`s. Defaults follow the original code (GnT, see
+`lop_reference.md` §2.2): the next-layer bias correction, a no-op there, is off; optimizer state is
+not reset. The original's conv variant (ConvGnT, §2.3) is `count_base='width'` with
+`count_mode='accumulate'`.
+"""
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+from flax import traverse_util
+
+Path = Tuple[str, ...]
+UTIL_TYPES = ('contribution', 'adaptable_contribution', 'zero_contribution', 'weight', 'adaptation',
+              'feature_by_input', 'random')
+COUNT_MODES = ('accumulate', 'bernoulli')
+COUNT_BASES = ('eligible', 'width')
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitLayer:
+  """One layer of replaceable units (the last axis of `kernel`), declared by its network.
+
+  features: key of the layer's activations (batch, ..., units) in the features mapping.
+  kernel, bias: the parameters that make the units (units on the last axis).
+  consumer: the kernel that reads the units. A 2-D (dense) consumer after a conv layer reads the
+    flattened map: its rows are (position, unit) in NHWC order, positions matching the features'.
+    A 4-D (conv) consumer reads them on axis -2.
+  init: initializer of fresh input weights (fan-in based, so a (..., k) slice gets the layer's
+    distribution).
+  consumer_bias: bias of the consumer, only for the optional next-layer bias correction.
+  norm_ones, norm_zeros: parameters of a norm layer to restore to 1 (scale, running variance) and
+    0 (offset, running mean) for replaced units, when the tree given to CBP holds them.
+  """
+  features: str
+  kernel: Path
+  consumer: Path
+  init: Callable[..., jax.Array]
+  bias: Optional[Path] = None
+  consumer_bias: Optional[Path] = None
+  norm_ones: Tuple[Path, ...] = ()
+  norm_zeros: Tuple[Path, ...] = ()
+
+
+@struct.dataclass
+class LayerState:
+  utility: jax.Array          # running utility (not bias-corrected), (units,)
+  mean_activation: jax.Array  # running mean activation, (units,)
+  ages: jax.Array             # CBP steps since (re)initialisation, int32 (units,)
+  accumulated: jax.Array      # fractional replacement count carried between steps, ()
+
+
+@struct.dataclass
+class CBPState:
+  layers: Mapping[str, LayerState]
+
+
+class CBPInfo(NamedTuple):
+  replaced: Mapping[str, jax.Array]  # bool (units,) per layer: the units re-initialised this step
+  num_replaced: jax.Array            # int32 total over layers
+
+
+class ResetTransform(NamedTuple):
+  """A pure reset step run after the optimizer step, optax style."""
+  init: Callable[[Any], CBPState]
+  update: Callable[..., Tuple[Any, Any, CBPState, CBPInfo]]
+
+
+def _get(flat, path):
+  if path not in flat:
+    raise KeyError(f'CBP topology names {"/".join(path)}, which is not in the parameter tree '
+                   f'(it has: {", ".join("/".join(p) for p in flat)}).')
+  return flat[path]
+
+
+def _as_positions(x: jax.Array, units: int) -> jax.Array:
+  """(batch, ..., units) -> (batch, positions, units)."""
+  return x.reshape(x.shape[0], -1, units)
+
+
+def _consumer_rows(consumer: jax.Array, units: int) -> jax.Array:
+  """The consumer kernel as (positions or taps, units, outputs)."""
+  return consumer.reshape(-1, units, consumer.shape[-1])
+
+
+def _instant_utility(util_type, h, centre, kernel, consumer, units):
+  """Instantaneous utility y of each unit (original GnT/ConvGnT formulas)."""
+  rows = jnp.abs(_consumer_rows(consumer, units))
+  if consumer.ndim == 2:   # dense: one outgoing magnitude per (position, unit)
+    out_mag = rows.mean(axis=2)                         # (positions, units)
+  else:                    # conv: averaged over taps and output channels
+    out_mag = rows.mean(axis=(0, 2))[None]              # (1, units)
+  in_mag = jnp.abs(kernel).reshape(-1, units).mean(axis=0)
+  if util_type == 'weight':
+    return out_mag.mean(axis=0)
+  if util_type == 'adaptation':
+    return 1.0 / in_mag
+  centred = jnp.abs(h if util_type == 'contribution' else h - centre).mean(axis=0)  # (pos, units)
+  if util_type == 'feature_by_input':
+    return centred.mean(axis=0) / in_mag
+  contribution = (out_mag * centred).mean(axis=0)
+  if util_type == 'adaptable_contribution':
+    contribution = contribution / in_mag
+  return contribution
+
+
+def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: chex.Numeric,
+                       maturity_threshold: chex.Numeric, decay_rate: chex.Numeric = 0.99,
+                       util_type: str = 'contribution', count_mode: str = 'bernoulli',
+                       count_base: str = 'eligible', max_replacement_rate: Optional[float] = None,
+                       reset_optimizer_state: bool = False,
+                       next_bias_correction: bool = False) -> ResetTransform:
+  """Builds the CBP reset transform.
+
+  replacement_rate, maturity_threshold, decay_rate: may be traced (a sweep axis).
+  util_type: one of UTIL_TYPES (the original's names).
+  count_mode: 'accumulate' (fractional counts carry over) or 'bernoulli' (the original FC code's
+    default: with r = rate * count < 1, one unit with probability r).
+  count_base: 'eligible' (r = rate x mature units, GnT) or 'width' (r = rate x layer width once any
+    unit is mature, ConvGnT/ResGnT).
+  max_replacement_rate: the largest rate this transform will see; sizes the static number of
+    selection slots. Defaults to `replacement_rate` when that is a Python number.
+  reset_optimizer_state: zero the optimizer state of reset weights (every params-shaped subtree of
+    the optimizer state: momentum, Adam moments). The original does not (its SGD momentum and
+    torch Adam moments persist); the global Adam step count is never reset.
+  next_bias_correction: add the replaced units' mean contribution to the consumer bias (the clean
+    variant; in the original this code path adds exactly 0).
+  """
+  for name, value, allowed in (('util_type', util_type, UTIL_TYPES),
+                               ('count_mode', count_mode, COUNT_MODES),
+                               ('count_base', count_base, COUNT_BASES)):
+    if value not in allowed:
+      raise ValueError(f'cbp.{name}={value!r} is not known; use one of {allowed}.')
+  if max_replacement_rate is None:
+    if not isinstance(replacement_rate, (int, float)):
+      raise ValueError('continual_backprop: a traced replacement_rate needs max_replacement_rate '
+                       '(the largest rate of the sweep) to size its static selection.')
+    max_replacement_rate = float(replacement_rate)
+  if max_replacement_rate < 0:
+    raise ValueError(f'replacement rate must be >= 0, got {max_replacement_rate}.')
+
+  def slots(units):
+    """Static upper bound on replacements per step in a layer of `units` units."""
+    return min(units, int(math.floor(max_replacement_rate * units)) + 1)
+
+  def init(params) -> CBPState:
+    flat = traverse_util.flatten_dict(params)
+    layers = {}
+    for layer in unit_layers:
+      units = _get(flat, layer.kernel).shape[-1]
+      layers[layer.features] = LayerState(
+          utility=jnp.zeros(units), mean_activation=jnp.zeros(units),
+          ages=jnp.zeros(units, jnp.int32), accumulated=jnp.zeros(()))
+    return CBPState(layers=layers)
+
+  def select(layer, state, flat, h, key, draw):
+    """Updates a layer's statistics and picks the units to replace (before any reset)."""
+    kernel, consumer = _get(flat, layer.kernel), _get(flat, layer.consumer)
+    units = kernel.shape[-1]
+    h = _as_positions(h, units)
+    decay = jnp.asarray(decay_rate, jnp.float32)
+    ages = state.ages + 1
+    correction = 1.0 - decay ** ages.astype(jnp.float32)
+    mean_activation = decay * state.mean_activation + (1 - decay) * h.mean(axis=(0, 1))
+    centre = mean_activation / correction
+    util_key, draw_key = jax.random.split(key)
+    if util_type == 'random':
+      utility = state.utility
+      corrected = jax.random.uniform(util_key, (units,))
+    else:
+      instant = _instant_utility(util_type, h, centre, kernel, consumer, units)
+      utility = decay * state.utility + (1 - decay) * instant
+      corrected = utility / correction
+    eligible = ages > maturity_threshold
+    num_eligible = eligible.sum()
+    base = num_eligible if count_base == 'eligible' else units
+    rate = jnp.where(num_eligible > 0, replacement_rate * base, 0.0).astype(jnp.float32)
+    accumulated = state.accumulated + rate
+    if count_mode == 'accumulate':
+      count = jnp.floor(accumulated)
+      accumulated = accumulated - count
+    else:
+      u = jax.random.uniform(draw_key, ()) if draw is None else jnp.asarray(draw, jnp.float32)
+      count = jnp.where(rate < 1, (u <= rate).astype(jnp.float32), jnp.floor(rate))
+    count = jnp.minimum(count, num_eligible).astype(jnp.int32)
+    k_max = slots(units)
+    _, index = jax.lax.top_k(-jnp.where(eligible, corrected, jnp.inf), k_max)
+    valid = jnp.arange(k_max) < count
+    replaced = jnp.zeros(units, bool).at[index].max(valid)
+    new_state = LayerState(
+        utility=jnp.where(replaced, 0.0, utility),
+        mean_activation=jnp.where(replaced, 0.0, mean_activation),
+        ages=jnp.where(replaced, 0, ages), accumulated=accumulated)
+    return new_state, replaced, index, valid, centre
+
+  def reset(tree, picks, fresh):
+    """Applies the resets of every layer to a params-shaped tree; fresh=None writes zeros."""
+    flat = dict(traverse_util.flatten_dict(tree))
+    for layer, (replaced, index, valid, centre, key) in zip(unit_layers, picks):
+      if layer.kernel not in flat:
+        continue
+      kernel = flat[layer.kernel]
+      units = kernel.shape[-1]
+      if fresh:
+        new = layer.init(key, kernel.shape[:-1] + index.shape, kernel.dtype)
+      else:
+        new = jnp.zeros(kernel.shape[:-1] + index.shape, kernel.dtype)
+      current = jnp.take(kernel, index, axis=-1)
+      flat[layer.kernel] = kernel.at[..., index].set(jnp.where(valid, new, current))
+      if layer.bias is not None:
+        flat[layer.bias] = jnp.where(replaced, 0.0, flat[layer.bias]).astype(flat[layer.bias].dtype)
+      consumer = flat[layer.consumer]
+      rows = _consumer_rows(consumer, units)
+      if fresh and next_bias_correction and layer.consumer_bias is not None:
+        shift = jnp.einsum('pno,n->o', rows, jnp.where(replaced, centre, 0.0))
+        flat[layer.consumer_bias] = flat[layer.consumer_bias] + shift
+      rows = jnp.where(replaced[None, :, None], 0.0, rows)
+      flat[layer.consumer] = rows.reshape(consumer.shape).astype(consumer.dtype)
+      for paths, value in ((layer.norm_ones, 1.0), (layer.norm_zeros, 0.0)):
+        for path in paths:
+          if path in flat:
+            flat[path] = jnp.where(replaced, value if fresh else 0.0, flat[path])
+    return traverse_util.unflatten_dict(flat)
+
+  def update(params, opt_state, state: CBPState, features: Mapping[str, jax.Array],
+             key: chex.PRNGKey, draws: Optional[Mapping[str, chex.Numeric]] = None):
+    """One CBP step: (params, opt_state, cbp_state, features, key) -> (params, opt_state,
+    cbp_state, info). `features` are the step's hidden activations (computed with the weights
+    before the optimizer step); `draws` optionally replays recorded Bernoulli draws per layer."""
+    flat = traverse_util.flatten_dict(params)
+    keys = jax.random.split(key, 2 * max(len(unit_layers), 1))
+    layers, picks, replaced_masks = {}, [], {}
+    for i, layer in enumerate(unit_layers):
+      if layer.features not in features:
+        raise KeyError(f'CBP needs features {layer.features!r}; the network returned '
+                       f'{sorted(features)}.')
+      draw = None if draws is None else draws.get(layer.features)
+      new_state, replaced, index, valid, centre = select(
+          layer, state.layers[layer.features], flat, features[layer.features], keys[2 * i], draw)
+      layers[layer.features] = new_state
+      replaced_masks[layer.features] = replaced
+      picks.append((replaced, index, valid, centre, keys[2 * i + 1]))
+    params = reset(params, picks, fresh=True)
+    if reset_optimizer_state:
+      params_def = jax.tree.structure(params)
+      opt_state = jax.tree.map(
+          lambda sub: reset(sub, picks, fresh=False) if jax.tree.structure(sub) == params_def else sub,
+          opt_state, is_leaf=lambda sub: jax.tree.structure(sub) == params_def)
+    num = sum((m.sum() for m in replaced_masks.values()), jnp.zeros((), jnp.int32))
+    return params, opt_state, CBPState(layers=layers), CBPInfo(replaced_masks, num.astype(jnp.int32))
+
+  return ResetTransform(init, update)

@@ -1,0 +1,113 @@
+"""The learner: a network, its optimizer and its reset transform, stepped as one pure function.
+
+Hyperparameters that a sweep varies live in the state as arrays (`HPARAMS`), so one compiled step
+serves every point of a seeds x sweep grid under `jax.vmap`; the optimizer and the CBP transform are
+rebuilt from them inside the traced step (cheap: closures, no compilation).
+"""
+import dataclasses
+from typing import Any, Dict, Mapping, NamedTuple, Optional
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from ddl.learners import cbp as cbp_lib
+from ddl.learners import optimizers
+
+HPARAMS = ('learning_rate', 'weight_decay', 'noise_scale', 'replacement_rate', 'maturity_threshold',
+           'decay_rate')
+LOSSES = ('mse', 'cross_entropy')
+
+
+@struct.dataclass
+class LearnerState:
+  params: Any
+  opt_state: Any
+  cbp_state: Optional[cbp_lib.CBPState]
+  hparams: Dict[str, jax.Array]
+
+
+class StepOutput(NamedTuple):
+  loss: jax.Array                # loss of the batch before the update
+  output: jax.Array              # network output before the update (online accuracy/error)
+  features: Mapping[str, jax.Array]
+  num_replaced: jax.Array        # units re-initialised by the reset transform in this step
+
+
+def loss_fn(kind: str, output: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean squared error (regression, output squeezed to the target's shape) or softmax
+  cross-entropy with integer labels."""
+  if kind == 'mse':
+    return jnp.mean((output.reshape(target.shape) - target) ** 2)
+  if kind == 'cross_entropy':
+    return optax.softmax_cross_entropy_with_integer_labels(output, target).mean()
+  raise ValueError(f'loss={kind!r} is not known; use one of {LOSSES}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+  """Online learner of one run. Static structure only; everything numeric is in the state.
+
+  network: a Flax module returning (output, features) and declaring `unit_layers()`.
+  optimizer: config section with name, momentum, b1, b2, eps (ddl.learners.optimizers).
+  perturbation: whether the optimizer holds the S&P noise transform.
+  cbp: config section with util_type, count_mode, count_base, reset_optimizer_state,
+    next_bias_correction; None, or max_replacement_rate 0, leaves CBP out of the program.
+  max_replacement_rate: the largest replacement rate of the sweep sharing this program.
+  """
+  network: nn.Module
+  loss: str
+  optimizer: Any
+  cbp: Any = None
+  max_replacement_rate: float = 0.0
+  perturbation: bool = True
+
+  @property
+  def uses_cbp(self) -> bool:
+    return self.cbp is not None and self.max_replacement_rate > 0 and bool(self.network.unit_layers())
+
+  def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformation:
+    return optimizers.from_config(self.optimizer, hparams, self.perturbation, key)
+
+  def make_cbp(self, hparams: Mapping[str, chex.Numeric]) -> cbp_lib.ResetTransform:
+    return cbp_lib.continual_backprop(
+        self.network.unit_layers(), replacement_rate=hparams['replacement_rate'],
+        maturity_threshold=hparams['maturity_threshold'], decay_rate=hparams['decay_rate'],
+        util_type=self.cbp.util_type, count_mode=self.cbp.count_mode,
+        count_base=self.cbp.count_base, max_replacement_rate=self.max_replacement_rate,
+        reset_optimizer_state=self.cbp.reset_optimizer_state,
+        next_bias_correction=self.cbp.next_bias_correction)
+
+  def init(self, key: chex.PRNGKey, sample_input: jax.Array,
+           hparams: Mapping[str, chex.Numeric]) -> LearnerState:
+    params_key, noise_key = jax.random.split(key)
+    params = self.network.init(params_key, sample_input)['params']
+    hparams = {name: jnp.asarray(hparams[name], jnp.float32) for name in HPARAMS}
+    opt_state = self.make_optimizer(hparams, noise_key).init(params)
+    cbp_state = self.make_cbp(hparams).init(params) if self.uses_cbp else None
+    return LearnerState(params=params, opt_state=opt_state, cbp_state=cbp_state, hparams=hparams)
+
+  def apply(self, params, x: jax.Array):
+    return self.network.apply({'params': params}, x)
+
+  def step(self, state: LearnerState, x: jax.Array, y: jax.Array, key: chex.PRNGKey):
+    """One minibatch: forward, loss, gradient, optimizer step, then the reset transform with the
+    activations of this forward pass. Returns (new state, StepOutput)."""
+
+    def objective(params):
+      output, features = self.apply(params, x)
+      return loss_fn(self.loss, output, y), (output, features)
+
+    (loss, (output, features)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = self.make_optimizer(state.hparams).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    cbp_state, num_replaced = state.cbp_state, jnp.zeros((), jnp.int32)
+    if self.uses_cbp:
+      params, opt_state, cbp_state, info = self.make_cbp(state.hparams).update(
+          params, opt_state, state.cbp_state, features, key)
+      num_replaced = info.num_replaced
+    new_state = state.replace(params=params, opt_state=opt_state, cbp_state=cbp_state)
+    return new_state, StepOutput(loss, output, features, num_replaced)

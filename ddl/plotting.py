@@ -1,0 +1,64 @@
+"""Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant."""
+import collections
+import csv
+import os
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+
+
+def read_metrics(path: str) -> Dict[Tuple[str, str], Tuple[np.ndarray, np.ndarray]]:
+  """{(variant, metric): (steps (T,), values (seeds, T))} from a long-form metrics.csv."""
+  table = collections.defaultdict(dict)
+  with open(path) as f:
+    for row in csv.DictReader(f):
+      table[(row['variant'], row['metric'])][(int(row['seed']), int(row['step']))] = float(row['value'])
+  out = {}
+  for key, cells in table.items():
+    seeds = sorted({s for s, _ in cells})
+    steps = sorted({t for _, t in cells})
+    values = np.full((len(seeds), len(steps)), np.nan)
+    for (s, t), v in cells.items():
+      values[seeds.index(s), steps.index(t)] = v
+    out[key] = (np.asarray(steps), values)
+  return out
+
+
+def mean_and_se(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """Mean and standard error (ddof 1) over seeds (axis 0), ignoring missing cells."""
+  n = np.sum(~np.isnan(values), axis=0)
+  mean = np.nanmean(values, axis=0)
+  se = np.where(n > 1, np.nanstd(values, axis=0, ddof=1) / np.sqrt(np.maximum(n, 1)), 0.0) if values.shape[0] > 1 \
+      else np.zeros_like(mean)
+  return mean, se
+
+
+def plot_workdir(workdir: str, metrics_csv: Sequence[str] = ()) -> Sequence[str]:
+  """Writes <workdir>/figures/<metric>.png for every metric of the workdir's metrics.csv (and of
+  any further metrics.csv files given, drawn on the same axes). Returns the written paths."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  data = {}
+  for path in [os.path.join(workdir, 'metrics.csv'), *metrics_csv]:
+    data.update(read_metrics(path))
+  os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
+  written = []
+  for metric in sorted({m for _, m in data}):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (variant, m), (steps, values) in sorted(data.items()):
+      if m != metric:
+        continue
+      mean, se = mean_and_se(values)
+      ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})')
+      ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
+    ax.set_xlabel('step')
+    ax.set_ylabel(metric)
+    ax.set_title(f'{metric}: mean +- s.e. over seeds')
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(workdir, 'figures', f'{metric}.png')
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+  return written

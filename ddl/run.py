@@ -1,0 +1,188 @@
+"""The run loop, once for every experiment.
+
+Each group of variants (see `ddl.config.groups`) is one jitted, vmapped program over its
+variants x seeds. The host loop advances every group by one chunk per call, appends the chunk's
+metrics to `metrics.csv` (long form: variant,seed,step,metric,value), logs progress and W&B
+curves, and checkpoints with orbax. Relaunching into the same workdir resumes from the last
+checkpoint; metrics.csv is cut back to that checkpoint, so it ends identical to an uninterrupted
+run's.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from ddl import config as config_lib
+from ddl import experiments
+from ddl import plotting
+
+METRICS_HEADER = 'variant,seed,step,metric,value\n'
+
+
+@dataclasses.dataclass
+class Program:
+  """One group's experiment, its runs and its compiled functions."""
+  group: config_lib.Group
+  experiment: Any
+  variants: List[str]      # variant of each run (run axis = variants x seeds, variant-major)
+  seeds: List[int]
+  init: Any
+  run_chunk: Any
+
+
+def _programs(config) -> List[Program]:
+  experiment_cls = experiments.get(config.experiment)
+  programs = []
+  root = jax.random.PRNGKey(config.seed)
+  for group in config_lib.groups(config):
+    experiment = experiment_cls(group.config, group)
+    variants = [v for v in group.variants for _ in range(config.num_seeds)]
+    seeds = [s for _ in group.variants for s in range(config.num_seeds)]
+    # Run i of seed s gets the same key in every variant: paired comparisons, same data streams.
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(root, jnp.asarray(seeds))
+    hparams = {k: jnp.asarray([h[k] for h in group.hparams for _ in range(config.num_seeds)], jnp.float32)
+               for k in group.hparams[0]}
+    donate = (0,) if jax.default_backend() != 'cpu' else ()
+    programs.append(Program(
+        group=group, experiment=experiment, variants=variants, seeds=seeds,
+        init=lambda e=experiment, k=keys, h=hparams: jax.jit(jax.vmap(e.init))(k, h),
+        run_chunk=jax.jit(jax.vmap(experiment.run_chunk), donate_argnums=donate)))
+  return programs
+
+
+def prepare_workdir(workdir: str, config) -> None:
+  """Creates the workdir, checks that it is writable and that it holds no run of another config."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise config_lib.ConfigError(f'--workdir={workdir}: not writable ({e.strerror}); choose a directory '
+                                 'you can write to.') from None
+  saved = os.path.join(workdir, 'config.json')
+  if os.path.exists(saved):
+    with open(saved) as f:
+      previous = json.load(f)
+    differ = config_lib.differing_keys(previous, json.loads(config.to_json()))
+    if differ:
+      raise config_lib.ConfigError(
+          f'--workdir={workdir} holds a run of a different config (keys that differ: '
+          f'{", ".join(differ)}); use another workdir or delete this one to start fresh.')
+
+
+class _Wandb:
+  """W&B curves: per variant and metric, the mean and standard error over seeds per chunk."""
+
+  def __init__(self, config, workdir: str):
+    self.run = None
+    if config.wandb.mode == 'disabled':
+      return
+    import wandb  # pylint: disable=g-import-not-at-top
+    id_file = os.path.join(workdir, 'wandb_id')
+    run_id = open(id_file).read().strip() if os.path.exists(id_file) else wandb.util.generate_id()
+    with open(id_file, 'w') as f:
+      f.write(run_id)
+    self.run = wandb.init(
+        project=config.wandb.project, entity=config.wandb.entity or None,
+        group=config.wandb.group or config.experiment, name=config.wandb.name or None,
+        config=config.to_dict(), mode=config.wandb.mode, dir=workdir, id=run_id, resume='allow')
+
+  def log(self, step: int, values: Dict[str, float]) -> None:
+    if self.run is not None:
+      self.run.log(values, step=step)
+
+  def finish(self) -> None:
+    if self.run is not None:
+      self.run.finish()
+
+
+def _rows(program: Program, step: int, values: Dict[str, np.ndarray]) -> List[str]:
+  rows = []
+  for metric, array in values.items():
+    for variant, seed, value in zip(program.variants, program.seeds, np.asarray(array).reshape(-1)):
+      rows.append(f'{variant},{seed},{step},{metric},{float(value)!r}\n')
+  return rows
+
+
+def _summaries(program: Program, values: Dict[str, np.ndarray]) -> Dict[str, float]:
+  out = {}
+  runs = np.asarray(program.variants)
+  for metric, array in values.items():
+    array = np.asarray(array, np.float64).reshape(-1)
+    for variant in program.group.variants:
+      v = array[runs == variant]
+      out[f'{variant}/{metric}'] = float(v.mean())
+      out[f'{variant}/{metric}_se'] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+  return out
+
+
+def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figures: bool = True) -> Dict[str, Any]:
+  """Runs (or resumes) an experiment into `workdir`. `stop_after_chunks` ends the launch early
+  after that many chunks of this launch (with a checkpoint), as an interruption would.
+  Returns a summary: chunks done, seconds, examples per second."""
+  experiment_cls = experiments.get(config.experiment)
+  config_lib.validate(config, experiment_cls)
+  workdir = os.path.abspath(workdir)
+  prepare_workdir(workdir, config)
+  programs = _programs(config)
+  num_chunks = programs[0].experiment.num_chunks
+  states = [p.init() for p in programs]
+  manager = ocp.CheckpointManager(
+      os.path.join(workdir, 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+  csv_path = os.path.join(workdir, 'metrics.csv')
+  start = 0
+  if manager.latest_step() is not None:
+    start = manager.latest_step()
+    restored = manager.restore(start, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(states), meta=ocp.args.JsonRestore()))
+    states = list(restored.state)
+    with open(csv_path, 'r+') as f:
+      f.truncate(restored.meta['csv_bytes'])
+    logging.info('Resumed %s at chunk %d/%d.', workdir, start, num_chunks)
+  else:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2))
+    with open(csv_path, 'w') as f:
+      f.write(METRICS_HEADER)
+  wandb_logger = _Wandb(config, workdir)
+  examples_per_chunk = programs[0].experiment.chunk_step(0) * sum(len(p.variants) for p in programs)
+  end = num_chunks if stop_after_chunks is None else min(num_chunks, start + stop_after_chunks)
+  began = time.time()
+  with open(csv_path, 'a') as csv:
+    for chunk in range(start, end):
+      step = programs[0].experiment.chunk_step(chunk)
+      summary = {}
+      for i, program in enumerate(programs):
+        states[i], values = program.run_chunk(states[i])
+        values = jax.device_get(values)
+        csv.writelines(_rows(program, step, values))
+        summary.update(_summaries(program, values))
+      csv.flush()
+      wandb_logger.log(step, summary)
+      done = chunk + 1 - start
+      elapsed = time.time() - began
+      rate = done * examples_per_chunk / elapsed
+      eta = elapsed / done * (end - chunk - 1)
+      logging.info('chunk %d/%d  step %d  %.0f examples/s (all runs)  elapsed %.0fs  ETA %.0fs',
+                   chunk + 1, num_chunks, step, rate, elapsed, eta)
+      if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end:
+        os.fsync(csv.fileno())
+        manager.save(chunk + 1, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})))
+        manager.wait_until_finished()
+  wandb_logger.finish()
+  elapsed = time.time() - began
+  if figures and end == num_chunks:
+    plotting.plot_workdir(workdir)
+  return dict(chunks_done=end, num_chunks=num_chunks, seconds=elapsed,
+              examples_per_sec=(end - start) * examples_per_chunk / max(elapsed, 1e-9))

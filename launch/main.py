@@ -1,0 +1,42 @@
+"""Runs an experiment: `python launch/main.py --config=configs/X.py[:preset,variant,...] [--workdir=DIR]`.
+
+Any config value can be overridden with `--config.a.b=value`. Without flags it runs the
+slowly-changing regression default into ./workdirs/slowly_changing_regression.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import run as run_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                              'slowly_changing_regression.py')
+config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Experiment config file[:arguments].',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Output directory (default: workdirs/<experiment>).')
+flags.DEFINE_integer('stop_after_chunks', None, 'End this launch after N chunks (resumable).')
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir or os.path.join('workdirs', config.experiment)
+  try:
+    summary = run_lib.run(config, workdir, stop_after_chunks=flags.FLAGS.stop_after_chunks)
+  except config_lib.ConfigError as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'done: {summary["chunks_done"]}/{summary["num_chunks"]} chunks in {summary["seconds"]:.1f}s '
+        f'({summary["examples_per_sec"]:.0f} examples/s); results in {os.path.abspath(workdir)}')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -8,7 +8,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,6 +22,21 @@ flags.DEFINE_string('workdir', None, 'Output directory (default: workdirs/<exper
 flags.DEFINE_integer('stop_after_chunks', None, 'End this launch after N chunks (resumable).')
 
 
+def parse_flags(argv):
+  """absl flag parsing with one clear line for a bad config file, argument, key or value."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e.args[0] if e.args else e).strip('"\'').replace('\\n', ' ').replace('\n', ' ')
+    message = message.replace("\\'", "'")
+    if 'Traceback' in message:   # an error raised inside the config file: keep its last line
+      message = message.rsplit('Error: ', 1)[-1].strip()
+    if isinstance(e, (AttributeError, KeyError)):
+      message = f'unknown config key {message} (list the keys with --config.help or read the config file)'
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv
   config = flags.FLAGS.config
@@ -30,7 +44,6 @@ def main(argv):
   try:
     summary = run_lib.run(config, workdir, stop_after_chunks=flags.FLAGS.stop_after_chunks)
   except config_lib.ConfigError as e:
-    logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(f'done: {summary["chunks_done"]}/{summary["num_chunks"]} chunks in {summary["seconds"]:.1f}s '
@@ -39,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,20 @@
+"""Shared test helpers: configs are loaded from the repo's config files, as launch/main.py does."""
+import importlib.util
+import os
+import tempfile
+
+import jax
+
+# Runs of the same config in one test session compile the same programs: share them.
+jax.config.update('jax_compilation_cache_dir', os.path.join(tempfile.gettempdir(), 'ddl_test_jax_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str = ''):
+  """get_config(arg) of configs/<name>.py."""
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -1,0 +1,127 @@
+"""The run loop: output contract, resume, bad input; SCR smoke end to end through launch/main.py."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, load_config
+from ddl import config as config_lib
+from ddl import run as run_lib
+
+SCR = 'slowly_changing_regression'
+
+
+def _rows(path):
+  with open(path) as f:
+    return f.read()
+
+
+def test_scr_smoke_end_to_end_through_main(tmp_path):
+  workdir = tmp_path / 'scr'
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'main.py'),
+       f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke', f'--workdir={workdir}'],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'done: 4/4 chunks' in proc.stdout
+  with open(workdir / 'metrics.csv') as f:
+    assert f.readline() == 'variant,seed,step,metric,value\n'
+  with open(workdir / 'metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  variants = {r['variant'] for r in rows}
+  assert variants == {'bp', 'l2', 'snp', 'cbp', 'linear'}
+  assert {r['seed'] for r in rows} == {'0', '1', '2'}
+  assert sorted({int(r['step']) for r in rows}) == [500, 1000, 1500, 2000]
+  errors = [float(r['value']) for r in rows if r['metric'] == 'error']
+  assert len(errors) == 5 * 3 * 4 and all(0 <= e < 100 for e in errors)
+  assert {r['metric'] for r in rows if r['variant'] == 'linear'} == {'error', 'weight_magnitude'}
+  assert json.load(open(workdir / 'config.json'))['experiment'] == SCR
+  for metric in ('error', 'dormant_fraction', 'effective_rank', 'stable_rank', 'weight_magnitude', 'replacements'):
+    assert os.path.getsize(workdir / 'figures' / f'{metric}.png') > 1000
+
+
+def test_resume_after_interruption_gives_identical_metrics(tmp_path):
+  config = load_config(SCR, 'smoke,snp,cbp')
+  run_lib.run(config, str(tmp_path / 'whole'), figures=False)
+  interrupted = str(tmp_path / 'interrupted')
+  first = run_lib.run(config, interrupted, stop_after_chunks=1, figures=False)
+  assert first['chunks_done'] == 1
+  # A crash after chunk 2's rows were written but before its checkpoint: the rows are dropped.
+  with open(os.path.join(interrupted, 'metrics.csv'), 'a') as f:
+    f.write('bp,0,1000,error,123.0\nbp,1,1000,err')
+  second = run_lib.run(config, interrupted, stop_after_chunks=2, figures=False)
+  assert second['chunks_done'] == 3
+  run_lib.run(config, interrupted, figures=False)
+  assert _rows(os.path.join(interrupted, 'metrics.csv')) == _rows(str(tmp_path / 'whole' / 'metrics.csv'))
+
+
+def test_variants_share_seeds_and_group_by_structure():
+  config = load_config(SCR, 'smoke')
+  groups = config_lib.groups(config)
+  assert [g.variants for g in groups] == [['bp', 'l2'], ['cbp'], ['linear'], ['snp']]
+  assert [g.perturbation for g in groups] == [False, False, False, True]
+  assert [g.max_replacement_rate for g in groups] == [0.0, 1e-4, 0.0, 0.0]
+  assert groups[2].config.network.layers == 0 and config.network.layers == 1
+  config.fuse_variants = True
+  assert [g.variants for g in config_lib.groups(config)] == [['bp', 'cbp', 'l2', 'snp'], ['linear']]
+
+
+@pytest.mark.parametrize('override,message', [
+    (lambda c: setattr(c, 'num_seeds', 0), 'num_seeds'),
+    (lambda c: setattr(c.variants.cbp, 'replacement_rate', -0.1), 'replacement_rate'),
+    (lambda c: setattr(c.hparams, 'learning_rate', 0.0), 'learning_rate'),
+    (lambda c: setattr(c.optimizer, 'name', 'adamw'), 'optimizer.name'),
+    (lambda c: setattr(c.cbp, 'util_type', 'contrib'), 'cbp.util_type'),
+    (lambda c: setattr(c, 'chunk_size', 3), 'multiple of chunk_size'),
+    (lambda c: setattr(c.data, 'generator', 'flip_two'), 'data.generator'),
+])
+def test_impossible_values_fail_before_anything_is_written(tmp_path, override, message):
+  config = load_config(SCR, 'smoke')
+  override(config)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    run_lib.run(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_unknown_variant_key_names_the_closest():
+  config = load_config(SCR, 'smoke')
+  with config.unlocked():
+    config.variants.l2.weight_decy = 0.1
+  with pytest.raises(config_lib.ConfigError, match="weight_decy.*did you mean 'weight_decay'"):
+    config_lib.validate(config, run_lib.experiments.get(SCR))
+
+
+def test_unwritable_workdir_and_foreign_workdir_are_refused(tmp_path):
+  config = load_config(SCR, 'smoke,bp')
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(config_lib.ConfigError, match='not writable'):
+    run_lib.run(config, str(blocker / 'sub'))
+  workdir = str(tmp_path / 'w')
+  run_lib.run(config, workdir, stop_after_chunks=1, figures=False)
+  config.hparams.learning_rate = 0.02
+  with pytest.raises(config_lib.ConfigError, match='hparams.learning_rate'):
+    run_lib.run(config, workdir)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config.nope=1'], 'unknown config key'),
+    (['--config.num_seeds=abc'], 'num_seeds'),
+    (['--config.num_seeds=0'], 'num_seeds: must be a positive integer'),
+])
+def test_main_reports_bad_input_in_one_line(tmp_path, args, message):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'main.py'),
+       f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke', f'--workdir={tmp_path / "w"}', *args],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert message in proc.stderr and 'Traceback' not in proc.stderr
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_unknown_config_argument_suggests_preset():
+  with pytest.raises(config_lib.ConfigError, match="did you mean 'smoke'"):
+    load_config(SCR, 'smok')

@@ -47,8 +47,8 @@ def get_config(arg: str = ''):
   config.hparams.maturity_threshold = 10.0
   config.variants = dict(
       bp=dict(),
-      l2=dict(weight_decay=1e-3),
-      snp=dict(weight_decay=1e-3, noise_scale=1e-2),
+      l2=dict(weight_decay=1e-2),
+      snp=dict(weight_decay=1e-2, noise_scale=1e-3),
       cbp=dict(replacement_rate=1e-4),
       linear=dict(network=dict(layers=0)),
   )

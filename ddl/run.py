@@ -7,6 +7,7 @@ curves, and checkpoints with orbax. Relaunching into the same workdir resumes fr
 checkpoint; metrics.csv is cut back to that checkpoint, so it ends identical to an uninterrupted
 run's.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,6 +36,17 @@ class Program:
   seeds: List[int]
   init: Any
   run_chunk: Any
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Keeps orbax's per-save INFO lines out of the progress log."""
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.WARNING)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(level)
 
 
 def _programs(config) -> List[Program]:
@@ -136,15 +148,17 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   programs = _programs(config)
   num_chunks = programs[0].experiment.num_chunks
   states = [p.init() for p in programs]
-  manager = ocp.CheckpointManager(
-      os.path.join(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+  with _quiet():
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, 'checkpoints'),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
   csv_path = os.path.join(workdir, 'metrics.csv')
   start = 0
   if manager.latest_step() is not None:
     start = manager.latest_step()
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(states), meta=ocp.args.JsonRestore()))
+    with _quiet():
+      restored = manager.restore(start, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(states), meta=ocp.args.JsonRestore()))
     states = list(restored.state)
     with open(csv_path, 'r+') as f:
       f.truncate(restored.meta['csv_bytes'])
@@ -155,7 +169,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
     with open(csv_path, 'w') as f:
       f.write(METRICS_HEADER)
   wandb_logger = _Wandb(config, workdir)
-  examples_per_chunk = programs[0].experiment.chunk_step(0) * sum(len(p.variants) for p in programs)
+  examples_per_chunk = sum(p.experiment.examples_per_chunk * len(p.variants) for p in programs)
   end = num_chunks if stop_after_chunks is None else min(num_chunks, start + stop_after_chunks)
   began = time.time()
   with open(csv_path, 'a') as csv:
@@ -177,9 +191,10 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
                    chunk + 1, num_chunks, step, rate, elapsed, eta)
       if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end:
         os.fsync(csv.fileno())
-        manager.save(chunk + 1, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})))
-        manager.wait_until_finished()
+        with _quiet():
+          manager.save(chunk + 1, args=ocp.args.Composite(
+              state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})))
+          manager.wait_until_finished()
   wandb_logger.finish()
   elapsed = time.time() - began
   if figures and end == num_chunks:

@@ -39,6 +39,7 @@ class SlowlyChangingRegression:
                            max_replacement_rate=group.max_replacement_rate,
                            perturbation=group.perturbation)
     self.num_chunks = config.num_examples // config.chunk_size
+    self.examples_per_chunk = config.chunk_size    # per run, for throughput figures
 
   @staticmethod
   def validate(config) -> None:

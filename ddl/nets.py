@@ -93,3 +93,69 @@ class LTUNet(nn.Module):
     threshold = self.beta * (m + 1) - (m - w.sum(axis=0) + b) / 2
     ltu = (x @ w + b > threshold).astype(x.dtype)
     return (ltu @ v + c)[..., 0]
+
+
+def torch_default_bias(fan_in: int) -> Callable[..., jax.Array]:
+  """PyTorch's default Linear/Conv bias init, U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Conv(nn.Module):
+  """VALID, stride-1 convolution with the parameter layout of `nn.Conv` (kernel (kh, kw, in, out),
+  bias (out,)), computed either by `lax.conv_general_dilated` ('lax') or as image patches times a
+  matrix ('patches'). Under `jax.vmap` over parameters the first becomes a grouped convolution, a
+  slow path on CPU; the second stays a batched matmul."""
+  features: int
+  kernel_size: Tuple[int, int]
+  implementation: str = 'patches'
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., jax.Array] = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    channels = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, channels, self.features))
+    bias = self.param('bias', self.bias_init, (self.features,))
+    numbers = ('NHWC', 'HWIO', 'NHWC')
+    if self.implementation == 'lax':
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=numbers)
+    elif self.implementation == 'patches':
+      patches = jax.lax.conv_general_dilated_patches(x, (kh, kw), (1, 1), 'VALID', dimension_numbers=numbers)
+      # patch features are ordered (in_channel, kh, kw)
+      y = patches @ kernel.transpose(2, 0, 1, 3).reshape(channels * kh * kw, self.features)
+    else:
+      raise ValueError(f'conv implementation {self.implementation!r} is not known; use lax or patches.')
+    return y + bias
+
+
+class ConvNet(nn.Module):
+  """The continual-ImageNet network (lop_reference.md §5.1): conv5x5(32) -> pool -> conv3x3(64) ->
+  pool -> conv3x3(128) -> pool -> fc128 -> fc128 -> fc(outputs), ReLU, 2x2 max-pool, PyTorch
+  default init; 177 218 parameters for 32x32x3 inputs and 2 outputs. Features: the pooled conv
+  maps and the dense activations (what the original's ConvGnT reads)."""
+  outputs: int = 2
+  conv: str = 'patches'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    features = {}
+    init = initializer('default')
+    pool = lambda h: nn.max_pool(h, (2, 2), (2, 2))
+    for name, width, size in (('conv_0', 32, 5), ('conv_1', 64, 3), ('conv_2', 128, 3)):
+      fan_in = x.shape[-1] * size * size
+      x = pool(nn.relu(Conv(width, (size, size), self.conv, init, torch_default_bias(fan_in), name=name)(x)))
+      features[name] = x
+    x = x.reshape(x.shape[0], -1)
+    for name, width in (('dense_0', 128), ('dense_1', 128)):
+      x = nn.relu(nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x))
+      features[name] = x
+    out = nn.Dense(self.outputs, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name='output')(x)
+    return out, features
+
+  def unit_layers(self) -> Tuple[UnitLayer, ...]:
+    names = ['conv_0', 'conv_1', 'conv_2', 'dense_0', 'dense_1', 'output']
+    return tuple(UnitLayer(features=name, kernel=(name, 'kernel'), bias=(name, 'bias'), consumer=(after, 'kernel'),
+                           consumer_bias=(after, 'bias'), init=initializer('default'))
+                 for name, after in zip(names[:-1], names[1:]))

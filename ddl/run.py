@@ -35,7 +35,7 @@ class Program:
   variants: List[str]      # variant of each run (run axis = variants x seeds, variant-major)
   seeds: List[int]
   init: Any
-  run_chunk: Any
+  run_chunk: Any           # (states, data) -> (states, metrics), data shared by every run
 
 
 @contextlib.contextmanager
@@ -64,8 +64,8 @@ def _programs(config) -> List[Program]:
     donate = (0,) if jax.default_backend() != 'cpu' else ()
     programs.append(Program(
         group=group, experiment=experiment, variants=variants, seeds=seeds,
-        init=lambda e=experiment, k=keys, h=hparams: jax.jit(jax.vmap(e.init))(k, h),
-        run_chunk=jax.jit(jax.vmap(experiment.run_chunk), donate_argnums=donate)))
+        init=lambda e=experiment, k=keys, h=hparams, s=jnp.asarray(seeds): jax.jit(jax.vmap(e.init))(k, h, s),
+        run_chunk=jax.jit(jax.vmap(experiment.run_chunk, in_axes=(0, None)), donate_argnums=donate)))
   return programs
 
 
@@ -145,8 +145,9 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   config_lib.validate(config, experiment_cls)
   workdir = os.path.abspath(workdir)
   prepare_workdir(workdir, config)
+  data = jax.device_put(experiment_cls.load_data(config))   # once, before any compilation
   programs = _programs(config)
-  num_chunks = programs[0].experiment.num_chunks
+  num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
   states = [p.init() for p in programs]
   with _quiet():
     manager = ocp.CheckpointManager(
@@ -169,23 +170,28 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
     with open(csv_path, 'w') as f:
       f.write(METRICS_HEADER)
   wandb_logger = _Wandb(config, workdir)
-  examples_per_chunk = sum(p.experiment.examples_per_chunk * len(p.variants) for p in programs)
+  examples = 0
   end = num_chunks if stop_after_chunks is None else min(num_chunks, start + stop_after_chunks)
   began = time.time()
   with open(csv_path, 'a') as csv:
     for chunk in range(start, end):
       step = programs[0].experiment.chunk_step(chunk)
-      summary = {}
+      summary, chunk_examples = {}, 0
       for i, program in enumerate(programs):
-        states[i], values = program.run_chunk(states[i])
-        values = jax.device_get(values)
+        if chunk >= program.experiment.num_chunks:
+          continue
+        states[i], values = program.run_chunk(states[i], data)
+        values = {m: v for m, v in jax.device_get(values).items()
+                  if chunk % program.experiment.metric_every.get(m, 1) == 0}
         csv.writelines(_rows(program, step, values))
+        chunk_examples += program.experiment.examples_per_chunk * len(program.variants)
         summary.update(_summaries(program, values))
       csv.flush()
       wandb_logger.log(step, summary)
       done = chunk + 1 - start
       elapsed = time.time() - began
-      rate = done * examples_per_chunk / elapsed
+      examples += chunk_examples
+      rate = examples / elapsed
       eta = elapsed / done * (end - chunk - 1)
       logging.info('chunk %d/%d  step %d  %.0f examples/s (all runs)  elapsed %.0fs  ETA %.0fs',
                    chunk + 1, num_chunks, step, rate, elapsed, eta)
@@ -200,4 +206,4 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   if figures and end == num_chunks:
     plotting.plot_workdir(workdir)
   return dict(chunks_done=end, num_chunks=num_chunks, seconds=elapsed,
-              examples_per_sec=(end - start) * examples_per_chunk / max(elapsed, 1e-9))
+              examples_per_sec=examples / max(elapsed, 1e-9))

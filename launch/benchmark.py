@@ -50,17 +50,18 @@ def main(argv):
   config = _config()
   config_lib.validate(config, run_lib.experiments.get(config.experiment))
   total_examples, total_seconds, total_compile = 0, 0.0, 0.0
+  data = jax.device_put(run_lib.experiments.get(config.experiment).load_data(config))
   programs = run_lib._programs(config)  # pylint: disable=protected-access
   for program in programs:
     began = time.time()
     state = program.init()
-    compiled = program.run_chunk.lower(state).compile()
-    state, values = compiled(state)
+    compiled = program.run_chunk.lower(state, data).compile()
+    state, values = compiled(state, data)
     jax.block_until_ready(values)
     compile_sec = time.time() - began
     began = time.time()
     for _ in range(flags.FLAGS.chunks):
-      state, values = compiled(state)
+      state, values = compiled(state, data)
     jax.block_until_ready((state, values))
     seconds = time.time() - began
     examples = program.experiment.examples_per_chunk * len(program.variants) * flags.FLAGS.chunks

@@ -57,9 +57,9 @@ def test_a_chunk_learns_and_reports_its_metrics():
   group = config_lib.groups(config)[1]   # cbp
   experiment = SlowlyChangingRegression(group.config, group)
   hparams = {**group.hparams[0], 'replacement_rate': 0.01}   # many replacements in 2000 steps
-  state = jax.jit(experiment.init)(jax.random.PRNGKey(0), hparams)
+  state = jax.jit(experiment.init)(jax.random.PRNGKey(0), hparams, 0)
   before = jax.tree.map(np.asarray, state.learner.params)
-  state, values = jax.jit(experiment.run_chunk)(state)
+  state, values = jax.jit(experiment.run_chunk)(state, None)
   assert int(state.examples) == 2000
   assert set(values) == {'error', 'weight_magnitude', 'dormant_fraction', 'effective_rank', 'stable_rank',
                          'replacements'}

@@ -1,10 +1,17 @@
 """Experiments by name: each is a class built from (config, ddl.config.Group) with pure, vmappable
-`init(key, hparams) -> state` and `run_chunk(state) -> (state, metrics)`, plus `num_chunks`,
-`examples_per_chunk` (per run) and `chunk_step(chunk)` (the x-axis value logged for a chunk)."""
+`init(key, hparams, seed index) -> state` and `run_chunk(state, data) -> (state, metrics)`, where `data` is
+what the static `load_data(config)` returned (arrays shared by every run, put on the device once;
+None when the experiment generates its data), plus `num_chunks`,
+`examples_per_chunk` (per run), `chunk_step(chunk)` (the x-axis value logged for a chunk) and
+`metric_every` ({metric: n}: log it only every n chunks; others every chunk)."""
+from ddl.experiments.continual_imagenet import ContinualImageNet
+from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 EXPERIMENTS = {
     'slowly_changing_regression': SlowlyChangingRegression,
+    'permuted_inputs': PermutedInputs,
+    'continual_imagenet': ContinualImageNet,
 }
 
 

@@ -14,6 +14,7 @@ from flax import struct
 from ddl import metrics
 from ddl import nets
 from ddl.data import slowly_changing_regression as stream
+from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
 
 
@@ -27,7 +28,8 @@ class State:
 
 
 class SlowlyChangingRegression:
-  """init(key, hparams) -> State; run_chunk(State) -> (State, metrics). Pure and vmappable."""
+  """init(key, hparams, seed) -> State; run_chunk(State, None) -> (State, metrics). Pure, vmappable."""
+  metric_every: Dict[str, int] = {}   # every metric is logged at every chunk
 
   def __init__(self, config, group):
     self.config = config
@@ -62,7 +64,8 @@ class SlowlyChangingRegression:
     """The x-axis value logged for a chunk: examples seen at its end."""
     return (chunk + 1) * self.config.chunk_size
 
-  def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array]) -> State:
+  def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array], seed: jax.Array) -> State:
+    del seed
     target_key, stream_key, learner_key, step_key = jax.random.split(key, 4)
     data = self.config.data
     target = self.target.init(target_key, jnp.zeros((1, data.num_inputs)))['params']
@@ -70,31 +73,27 @@ class SlowlyChangingRegression:
     return State(learner=learner, target=target, stream=stream.init_stream(stream_key, data.num_flipping),
                  step_key=step_key, examples=jnp.zeros((), jnp.int32))
 
-  def run_chunk(self, state: State) -> Tuple[State, Dict[str, jax.Array]]:
-    config, data = self.config, self.config.data
+  @staticmethod
+  def load_data(config) -> None:
+    """Nothing to load: the stream is generated on the device."""
+    del config
+
+  def run_chunk(self, state: State, data=None) -> Tuple[State, Dict[str, jax.Array]]:
+    del data
+    config, inputs = self.config, self.config.data
     count = config.chunk_size
-    stream_state, x = stream.inputs(state.stream, state.examples, count, num_inputs=data.num_inputs,
-                                    flip_period=data.flip_period, generator=data.generator)
+    stream_state, x = stream.inputs(state.stream, state.examples, count, num_inputs=inputs.num_inputs,
+                                    flip_period=inputs.flip_period, generator=inputs.generator)
     y = self.target.apply({'params': state.target}, x)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(state.step_key, state.examples + jnp.arange(count))
-
-    def learn(carry, example):
-      learner, error, replaced = carry
-      xi, yi, key = example
-      learner, out = self.learner.step(learner, xi[None], yi[None], key)
-      return (learner, error + out.loss, replaced + out.num_replaced), None
-
-    zero = jnp.zeros(())
-    (learner, error, replaced), _ = jax.lax.scan(
-        learn, (state.learner, zero, jnp.zeros((), jnp.int32)), (x, y, keys),
-        unroll=config.scan_unroll)
-    values = {'error': error / count, 'weight_magnitude': metrics.weight_magnitude(learner.params)}
+    learner, sums = online.learn(self.learner, state.learner, lambda i: (x[i][None], y[i][None]), count,
+                                 state.step_key, state.examples, config.scan_unroll)
+    values = {'error': sums.loss / count, 'weight_magnitude': metrics.weight_magnitude(learner.params)}
     if self.learner.network.unit_layers():
       _, features = self.learner.apply(learner.params, x[-config.probe_size:])
       hidden = list(features.values())
       values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
       values['effective_rank'] = metrics.effective_rank(hidden[-1])
       values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
-      values['replacements'] = replaced.astype(jnp.float32)
+      values['replacements'] = sums.replaced.astype(jnp.float32)
     new_state = state.replace(learner=learner, stream=stream_state, examples=state.examples + count)
     return new_state, values

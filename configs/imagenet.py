@@ -10,8 +10,9 @@ test accuracy falls from ~89 % on early tasks to ~77 % (about the linear baselin
   python launch/main.py --config=configs/imagenet.py:smoke     # mock data, about a minute
   python launch/main.py --config=configs/imagenet.py:cbp --config.data.source=npy --config.data.data_dir=DIR
 
-Data: `data.source='tfds'` reads `imagenet_resized/32x32` (prepare it once with `tfds build`,
-ImageNet needs a manual download) and keeps the first 700 images per class; `'npy'` reads the
+Data: `data.source='tfds'` reads `imagenet_resized/32x32` (prepare it once with `tfds build
+imagenet_resized/32x32 --file_format=array_record` where TensorFlow is installed; ImageNet needs
+a manual download; copy the folder to data.data_dir) and keeps the first 700 images per class; `'npy'` reads the
 original's per-class files `<data_dir>/<class_id>.npy`. Both are cached as one uint8 array in
 `data.cache_dir` after the first build. Pixels are fed as uint8 x `data.pixel_scale` (default
 1/255: [0, 1]); the original fed its files' values unnormalised and their scale is undocumented,

@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import run as run_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-WORKLOADS = {'scr': 'slowly_changing_regression'}
+WORKLOADS = {'scr': 'slowly_changing_regression', 'imagenet': 'imagenet', 'permuted_mnist': 'permuted_mnist',
+             'permuted_digits': 'permuted_digits'}
 
 flags.DEFINE_enum('workload', 'scr', sorted(WORKLOADS), 'Experiment to measure.')
 flags.DEFINE_integer('seeds', 30, 'Seeds per variant (vmapped).')

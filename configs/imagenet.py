@@ -26,7 +26,8 @@ from ddl import config as config_lib
 
 
 def smoke(config):
-  """Mock data (random pixels, 6 classes x 30 images), 4 tasks of 2 epochs, 2 seeds."""
+  """Mock data (random pixels, 6 classes x 30 images), 4 tasks of 2 epochs, 2 seeds; l2, snp and
+  cbp share one program."""
   config.num_seeds = 2
   config.num_tasks = 4
   config.epochs = 2
@@ -41,6 +42,8 @@ def smoke(config):
   for name in ('bp', 'bp_lr001', 'bp_lr0001'):
     config.variants[name].num_tasks = 3
   config.variants.cbp.replacement_rate = 1e-2
+  config.variants.cbp.maturity_threshold = 5.0
+  config.fuse_variants = True     # fewer programs to compile
 
 
 def get_config(arg: str = ''):

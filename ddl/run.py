@@ -69,8 +69,10 @@ def _programs(config) -> List[Program]:
   return programs
 
 
-def prepare_workdir(workdir: str, config) -> None:
-  """Creates the workdir, checks that it is writable and that it holds no run of another config."""
+def prepare_workdir(workdir: str, config) -> bool:
+  """Creates the workdir, checks that it is writable and that it holds no run of another config.
+  Returns whether it created the directory."""
+  created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, '.write_test')
@@ -89,6 +91,7 @@ def prepare_workdir(workdir: str, config) -> None:
       raise config_lib.ConfigError(
           f'--workdir={workdir} holds a run of a different config (keys that differ: '
           f'{", ".join(differ)}); use another workdir or delete this one to start fresh.')
+  return created
 
 
 class _Wandb:
@@ -144,8 +147,13 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   experiment_cls = experiments.get(config.experiment)
   config_lib.validate(config, experiment_cls)
   workdir = os.path.abspath(workdir)
-  prepare_workdir(workdir, config)
-  data = jax.device_put(experiment_cls.load_data(config))   # once, before any compilation
+  created = prepare_workdir(workdir, config)
+  try:
+    data = jax.device_put(experiment_cls.load_data(config))   # once, before any compilation
+  except (ValueError, FileNotFoundError) as e:   # a missing or mismatched data set
+    if created and not os.listdir(workdir):
+      os.rmdir(workdir)
+    raise config_lib.ConfigError(str(e)) from None
   programs = _programs(config)
   num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
   states = [p.init() for p in programs]

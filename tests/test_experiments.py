@@ -1,0 +1,115 @@
+"""Continual ImageNet and permuted inputs: smoke runs through launch/main.py, resume between tasks,
+per-seed task streams, the conv net, and the missing-data error."""
+import csv
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import ROOT, load_config
+from ddl import config as config_lib
+from ddl import nets
+from ddl import run as run_lib
+from ddl.experiments import ContinualImageNet, PermutedInputs
+
+
+def _main(config_arg, workdir, *flags):
+  return subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'main.py'), f'--config={os.path.join(ROOT, "configs", config_arg)}',
+       f'--workdir={workdir}', *flags], capture_output=True, text=True, timeout=900)
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.csv')) as f:
+    return list(csv.DictReader(f))
+
+
+def test_imagenet_smoke_through_main(tmp_path):
+  proc = _main('imagenet.py:smoke', tmp_path / 'w')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = _metrics(tmp_path / 'w')
+  tasks = lambda v, m: sorted({int(r['step']) for r in rows if r['variant'] == v and r['metric'] == m})
+  assert tasks('cbp', 'test_accuracy') == [0, 1, 2, 3]
+  assert tasks('bp', 'test_accuracy') == [0, 1, 2]           # bp variants stop after their 3 tasks
+  assert tasks('cbp', 'dormant_fraction') == [0, 2]          # diagnostics every 2 tasks
+  assert {r['metric'] for r in rows if r['variant'] == 'linear'} == {'test_accuracy', 'train_accuracy',
+                                                                     'weight_magnitude'}
+  replaced = [float(r['value']) for r in rows if r['variant'] == 'cbp' and r['metric'] == 'replacements']
+  assert sum(replaced) > 0
+  assert os.path.exists(tmp_path / 'w' / 'figures' / 'test_accuracy.png')
+
+
+def test_permuted_mnist_and_digits_smoke_through_main(tmp_path):
+  for arg, variants in (('permuted_mnist.py:smoke,bp,adam,cbp', {'bp', 'adam', 'cbp'}),
+                        ('permuted_digits.py:smoke,bp,cbp', {'bp', 'cbp'})):
+    workdir = tmp_path / arg.split('.')[0]
+    proc = _main(arg, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(workdir)
+    assert {r['variant'] for r in rows} == variants
+    accuracy = [float(r['value']) for r in rows if r['metric'] == 'accuracy']
+    assert len(accuracy) == 3 * 2 * len(variants) and all(0 <= a <= 1 for a in accuracy)
+    assert {r['metric'] for r in rows} >= {'accuracy', 'dead_fraction', 'effective_rank', 'weight_magnitude'}
+
+
+def test_digits_are_learned_within_a_task():
+  config = load_config('permuted_digits', 'smoke,bp')
+  config.examples_per_task = 1797
+  group = config_lib.groups(config)[0]
+  experiment = PermutedInputs(group.config, group)
+  data = jax.device_put(PermutedInputs.load_data(config))
+  state = jax.jit(experiment.init)(jax.random.PRNGKey(0), group.hparams[0], 0)
+  _, values = jax.jit(experiment.run_chunk)(state, data)
+  assert float(values['accuracy']) > 0.6     # online accuracy over the first pass, chance is 0.1
+
+
+def test_imagenet_resume_between_tasks_is_identical(tmp_path):
+  config = load_config('imagenet', 'smoke,snp,cbp')
+  run_lib.run(config, str(tmp_path / 'whole'), figures=False)
+  run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=1, figures=False)
+  run_lib.run(config, str(tmp_path / 'split'), figures=False)
+  read = lambda p: open(os.path.join(p, 'metrics.csv')).read()
+  assert read(tmp_path / 'split') == read(tmp_path / 'whole')
+
+
+def test_imagenet_class_orders_per_seed_and_from_a_file(tmp_path):
+  config = load_config('imagenet', 'smoke,bp')
+  group = config_lib.groups(config)[0]
+  experiment = ContinualImageNet(group.config, group)
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(0), jnp.arange(3))
+  init = jax.vmap(experiment.init, (0, None, 0))
+  states = init(keys, group.hparams[0], jnp.arange(3))
+  orders = np.asarray(jax.vmap(experiment._order, (0, None))(states, {}))   # pylint: disable=protected-access
+  assert all(sorted(o) == list(range(6)) for o in orders)
+  assert len({o.tobytes() for o in orders}) == 3
+  again = np.asarray(jax.vmap(experiment._order, (0, None))(init(keys, group.hparams[0], jnp.arange(3)), {}))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(orders, again)
+  file_orders = np.stack([np.roll(np.arange(6), i) for i in range(3)]).astype(np.int32)
+  np.testing.assert_array_equal(
+      np.asarray(jax.vmap(experiment._order, (0, None))(states, {'orders': jnp.asarray(file_orders)})), file_orders)  # pylint: disable=protected-access
+
+
+def test_conv_net_has_the_paper_size_and_both_convolutions_agree():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 32, 32, 3))
+  params = nets.ConvNet(conv='patches').init(jax.random.PRNGKey(1), x)['params']
+  assert sum(p.size for p in jax.tree.leaves(params)) == 177_218
+  out_p, feats = nets.ConvNet(conv='patches').apply({'params': params}, x)
+  out_l, _ = nets.ConvNet(conv='lax').apply({'params': params}, x)
+  np.testing.assert_allclose(out_p, out_l, rtol=1e-5, atol=1e-5)
+  assert feats['conv_2'].shape == (3, 2, 2, 128)
+  bound = 1 / np.sqrt(3 * 5 * 5)                   # PyTorch default init of conv_0
+  assert float(jnp.abs(params['conv_0']['kernel']).max()) <= bound
+  assert float(jnp.abs(params['conv_0']['bias']).max()) <= bound
+
+
+def test_missing_imagenet_data_is_one_clear_error_before_compilation(tmp_path):
+  proc = _main('imagenet.py:smoke,bp', tmp_path / 'w', '--config.data.source=npy',
+               f'--config.data.data_dir={tmp_path / "nothing"}')
+  assert proc.returncode == 2
+  assert 'error:' in proc.stderr and 'Traceback' not in proc.stderr
+  assert str(tmp_path / 'nothing') in proc.stderr
+  assert not os.path.exists(tmp_path / 'w')

@@ -105,7 +105,8 @@ class Conv(nn.Module):
   """VALID, stride-1 convolution with the parameter layout of `nn.Conv` (kernel (kh, kw, in, out),
   bias (out,)), computed either by `lax.conv_general_dilated` ('lax') or as image patches times a
   matrix ('patches'). Under `jax.vmap` over parameters the first becomes a grouped convolution, a
-  slow path on CPU; the second stays a batched matmul."""
+  slow path on CPU; the second stays a batched matmul. The patches are shifted slices of the input
+  (`lax.conv_general_dilated_patches` costs a convolution of its own)."""
   features: int
   kernel_size: Tuple[int, int]
   implementation: str = 'patches'
@@ -122,12 +123,20 @@ class Conv(nn.Module):
     if self.implementation == 'lax':
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=numbers)
     elif self.implementation == 'patches':
-      patches = jax.lax.conv_general_dilated_patches(x, (kh, kw), (1, 1), 'VALID', dimension_numbers=numbers)
-      # patch features are ordered (in_channel, kh, kw)
-      y = patches @ kernel.transpose(2, 0, 1, 3).reshape(channels * kh * kw, self.features)
+      # shifted views stacked along features, ordered (kh, kw, in): data movement only
+      h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+      patches = jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+      y = patches @ kernel.reshape(kh * kw * channels, self.features)
     else:
       raise ValueError(f'conv implementation {self.implementation!r} is not known; use lax or patches.')
     return y + bias
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2, stride-2 max-pooling of an NHWC map (even sizes, as in the ImageNet net) by a reshape:
+  its gradient is a mask, where `reduce_window`'s is a slow select-and-scatter on CPU."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 class ConvNet(nn.Module):
@@ -142,7 +151,7 @@ class ConvNet(nn.Module):
   def __call__(self, x: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     features = {}
     init = initializer('default')
-    pool = lambda h: nn.max_pool(h, (2, 2), (2, 2))
+    pool = max_pool_2x2
     for name, width, size in (('conv_0', 32, 5), ('conv_1', 64, 3), ('conv_2', 128, 3)):
       fan_in = x.shape[-1] * size * size
       x = pool(nn.relu(Conv(width, (size, size), self.conv, init, torch_default_bias(fan_in), name=name)(x)))

@@ -54,7 +54,7 @@ def get_config(arg: str = ''):
   config.batch_size = 100
   config.probe_size = 200
   config.diagnostics_every = 50
-  config.data = dict(source='tfds', data_dir='', cache_dir='', order_file='', num_classes=1000,
+  config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
                      images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
   config.network = dict(kind='convnet', conv='patches')
   config.optimizer.name = 'sgd'

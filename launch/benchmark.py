@@ -25,7 +25,7 @@ from ddl import run as run_lib  # pylint: disable=g-import-not-at-top,wrong-impo
 # data synthetic, so that the measurement needs no data set and ends in minutes)
 WORKLOADS = {
     'scr': ('slowly_changing_regression', {}),
-    'imagenet': ('imagenet', {'data.source': 'mock', 'data.num_classes': 10, 'epochs': 2}),
+    'imagenet': ('imagenet', {'data.source': 'mock', 'data.num_classes': 10, 'epochs': 5}),
     'permuted_mnist': ('permuted_mnist', {'data.source': 'mock', 'data.mock_examples': 60_000,
                                           'examples_per_task': 2_000}),
     'permuted_digits': ('permuted_digits', {}),

@@ -113,3 +113,9 @@ def test_missing_imagenet_data_is_one_clear_error_before_compilation(tmp_path):
   assert 'error:' in proc.stderr and 'Traceback' not in proc.stderr
   assert str(tmp_path / 'nothing') in proc.stderr
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_reshape_max_pool_matches_flax_max_pool():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12, 5))
+  np.testing.assert_array_equal(nets.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))

@@ -94,3 +94,8 @@ def cached(path: Optional[str], build_fn: Callable[[], np.ndarray], mmap_mode: O
     if os.path.exists(tmp):
       os.remove(tmp)
   return array
+
+
+def config_path(path: str) -> Optional[str]:
+  """A path from a config with ~ expanded; '' means none."""
+  return os.path.expanduser(path) if path else None

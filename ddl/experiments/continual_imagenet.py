@@ -16,6 +16,7 @@ import numpy as np
 from flax import struct
 
 from ddl import metrics
+from ddl.data import arrays
 from ddl import nets
 from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
@@ -78,7 +79,7 @@ class ContinualImageNet:
       images = rng.integers(0, 256, (data.num_classes, data.images_per_class, 32, 32, 3), dtype=np.uint8)
     else:
       from ddl.data import imagenet  # pylint: disable=g-import-not-at-top
-      images = imagenet.load_imagenet32(data.source, data.data_dir or None, data.cache_dir or None,
+      images = imagenet.load_imagenet32(data.source, data.data_dir or None, arrays.config_path(data.cache_dir),
                                         images_per_class=data.images_per_class, num_classes=data.num_classes)
     out = {'images': np.asarray(images)}
     if data.order_file:

@@ -14,6 +14,7 @@ import numpy as np
 from flax import struct
 
 from ddl import metrics
+from ddl.data import arrays
 from ddl import nets
 from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
@@ -62,7 +63,7 @@ class PermutedInputs:
     data = config.data
     if data.source == 'mnist':
       from ddl.data import mnist  # pylint: disable=g-import-not-at-top
-      images, labels = mnist.load_mnist(data.data_dir or None, data.cache_dir or None)
+      images, labels = mnist.load_mnist(data.data_dir or None, arrays.config_path(data.cache_dir))
     elif data.source == 'digits':
       from ddl.data import digits  # pylint: disable=g-import-not-at-top
       images, labels = digits.load_digits()

@@ -165,9 +165,11 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
         bound = f'{">=" if inclusive else ">"} {low}' + (f' and <= {high}' if high is not None else '')
         _check(ok, f'variant {variant}: hparams.{key}', f'must be {bound}, got {value}')
     try:
-      experiment_cls.validate(group.config)
-    except (ValueError, TypeError) as e:
-      raise ConfigError(f'variant(s) {", ".join(group.variants)}: {e}') from None
+      checks = experiment_cls.checks(group.config)
+    except (ZeroDivisionError, TypeError, KeyError, AttributeError) as e:
+      raise ConfigError(f'variant(s) {", ".join(group.variants)}: a size or type is impossible ({e!r})') from None
+    for ok, message in checks:
+      _check(ok, f'variant(s) {", ".join(group.variants)}', message)
 
 
 def differing_keys(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:

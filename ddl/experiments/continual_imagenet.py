@@ -52,9 +52,10 @@ class ContinualImageNet:
     self.metric_every = {name: config.diagnostics_every for name in diagnostics}
 
   @staticmethod
-  def validate(config) -> None:
+  def checks(config):
+    """(condition, message) pairs that a runnable config satisfies."""
     data = config.data
-    checks = [
+    return [
         (data.source in SOURCES, f'data.source must be one of {SOURCES}'),
         (config.network.kind in NETWORKS, f'network.kind must be one of {NETWORKS}'),
         (config.network.conv in ('patches', 'lax'), "network.conv must be 'patches' or 'lax'"),
@@ -66,9 +67,6 @@ class ContinualImageNet:
          'num_tasks, epochs and diagnostics_every must be > 0'),
         (0 < config.probe_size <= 2 * data.train_per_class, 'probe_size must be in [1, 2 x data.train_per_class]'),
     ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
 
   @staticmethod
   def load_data(config) -> Dict[str, np.ndarray]:

@@ -44,8 +44,9 @@ class PermutedInputs:
     self.examples_per_chunk = config.examples_per_task
 
   @staticmethod
-  def validate(config) -> None:
-    checks = [
+  def checks(config):
+    """(condition, message) pairs that a runnable config satisfies."""
+    return [
         (config.data.source in SOURCES, f'data.source must be one of {SOURCES}'),
         (config.num_tasks > 0, 'num_tasks must be > 0'),
         (config.examples_per_task > 0 and config.examples_per_task % config.batch_size == 0,
@@ -53,9 +54,6 @@ class PermutedInputs:
         (config.network.layers >= 0 and config.network.hidden > 0, 'network.layers >= 0, network.hidden > 0'),
         (config.probe_size > 0, 'probe_size must be > 0'),
     ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
 
   @staticmethod
   def load_data(config) -> Dict[str, np.ndarray]:

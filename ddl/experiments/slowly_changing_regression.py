@@ -44,9 +44,10 @@ class SlowlyChangingRegression:
     self.examples_per_chunk = config.chunk_size    # per run, for throughput figures
 
   @staticmethod
-  def validate(config) -> None:
+  def checks(config):
+    """(condition, message) pairs that a runnable config satisfies."""
     data = config.data
-    checks = [
+    return [
         (config.num_examples % config.chunk_size == 0, 'num_examples must be a multiple of chunk_size'),
         (0 < data.num_flipping <= data.num_inputs, 'data.num_flipping must be in [1, data.num_inputs]'),
         (data.flip_period > 0, 'data.flip_period must be > 0'),
@@ -56,9 +57,6 @@ class SlowlyChangingRegression:
         (0 < config.probe_size <= config.chunk_size, 'probe_size must be in [1, chunk_size]'),
         (data.generator in stream.GENERATORS, f'data.generator must be one of {stream.GENERATORS}'),
     ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
 
   def chunk_step(self, chunk: int) -> int:
     """The x-axis value logged for a chunk: examples seen at its end."""

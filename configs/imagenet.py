@@ -34,6 +34,7 @@ def smoke(config):
   config.batch_size = 10
   config.probe_size = 20
   config.diagnostics_every = 2
+  config.figure_bin = 2
   config.checkpoint_every = 2
   config.data.source = 'mock'
   config.data.num_classes = 6
@@ -54,6 +55,7 @@ def get_config(arg: str = ''):
   config.batch_size = 100
   config.probe_size = 200
   config.diagnostics_every = 50
+  config.figure_bin = 50              # figures: accuracy per task in bins of 50 tasks
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
                      images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
   config.network = dict(kind='convnet', conv='patches')

@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_seeds = 30
   config.checkpoint_every = 10      # chunks between checkpoints (and at the end)
   config.scan_unroll = 1            # unroll of the inner lax.scan over steps (speed only)
+  # Runs (variants x seeds) vmapped in one call; 0 = all runs of a group. Smaller values bound
+  # device memory; the slices run one after another (same results, same metrics.csv).
+  config.runs_per_call = 0
   # False: variants without S&P noise or without CBP run in programs that leave those out (random
   # numbers dominate a small net's step on CPU). True: one program for all variants of the same
   # static settings (fewer programs; better where steps are latency bound, as on a GPU).
@@ -140,6 +143,7 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(isinstance(config.seed, int) and config.seed >= 0, 'seed', f'must be an integer >= 0, got {config.seed!r}')
   _check(config.checkpoint_every > 0, 'checkpoint_every', f'must be > 0, got {config.checkpoint_every}')
   _check(config.scan_unroll >= 1, 'scan_unroll', f'must be >= 1, got {config.scan_unroll}')
+  _check(config.runs_per_call >= 0, 'runs_per_call', f'must be >= 0 (0: all runs), got {config.runs_per_call}')
   _check(config.optimizer.name in optimizers.OPTIMIZERS, 'optimizer.name',
          f'{config.optimizer.name!r} is not known; use one of {optimizers.OPTIMIZERS}')
   _check(0 <= config.optimizer.momentum < 1, 'optimizer.momentum', 'must be in [0, 1)')

@@ -1,6 +1,7 @@
 """Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant."""
 import collections
 import csv
+import json
 import os
 from typing import Dict, Sequence, Tuple
 
@@ -33,15 +34,30 @@ def mean_and_se(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   return mean, se
 
 
+def binned(steps: np.ndarray, values: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Each seed's values averaged over consecutive bins of `size` logged steps (the paper's
+  'bins of 50 tasks'); x is each bin's first step."""
+  if size <= 1:
+    return steps, values
+  edges = range(0, len(steps), size)
+  return (np.asarray([steps[i] for i in edges]),
+          np.stack([np.nanmean(values[:, i:i + size], axis=1) for i in edges], axis=1))
+
+
 def plot_workdir(workdir: str, metrics_csv: Sequence[str] = ()) -> Sequence[str]:
   """Writes <workdir>/figures/<metric>.png for every metric of the workdir's metrics.csv (and of
-  any further metrics.csv files given, drawn on the same axes). Returns the written paths."""
+  any further metrics.csv files given, drawn on the same axes), binned by the config's
+  `figure_bin` logged steps when it has one. Returns the written paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   data = {}
   for path in [os.path.join(workdir, 'metrics.csv'), *metrics_csv]:
     data.update(read_metrics(path))
+  bin_size = 1
+  if os.path.exists(os.path.join(workdir, 'config.json')):
+    with open(os.path.join(workdir, 'config.json')) as f:
+      bin_size = int(json.load(f).get('figure_bin', 1))
   os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
   written = []
   for metric in sorted({m for _, m in data}):
@@ -49,12 +65,14 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = ()) -> Sequence[str]
     for (variant, m), (steps, values) in sorted(data.items()):
       if m != metric:
         continue
+      steps, values = binned(steps, values, bin_size)
       mean, se = mean_and_se(values)
       ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})')
       ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
     ax.set_xlabel('step')
     ax.set_ylabel(metric)
-    ax.set_title(f'{metric}: mean +- s.e. over seeds')
+    per_bin = f' in bins of {bin_size}' if bin_size > 1 else ''
+    ax.set_title(f'{metric}{per_bin}: mean +- s.e. over seeds')
     ax.legend()
     fig.tight_layout()
     path = os.path.join(workdir, 'figures', f'{metric}.png')

@@ -7,6 +7,7 @@ curves, and checkpoints with orbax. Relaunching into the same workdir resumes fr
 checkpoint; metrics.csv is cut back to that checkpoint, so it ends identical to an uninterrupted
 run's.
 """
+import collections
 import contextlib
 import dataclasses
 import json
@@ -50,22 +51,28 @@ def _quiet():
 
 
 def _programs(config) -> List[Program]:
+  """One program per group and slice of at most `runs_per_call` runs (variants x seeds). Slices of a
+  group share one jitted function (and its compilation when they have the same size) and run one
+  after another."""
   experiment_cls = experiments.get(config.experiment)
   programs = []
   root = jax.random.PRNGKey(config.seed)
+  donate = (0,) if jax.default_backend() != 'cpu' else ()
   for group in config_lib.groups(config):
     experiment = experiment_cls(group.config, group)
-    variants = [v for v in group.variants for _ in range(config.num_seeds)]
-    seeds = [s for _ in group.variants for s in range(config.num_seeds)]
-    # Run i of seed s gets the same key in every variant: paired comparisons, same data streams.
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(root, jnp.asarray(seeds))
-    hparams = {k: jnp.asarray([h[k] for h in group.hparams for _ in range(config.num_seeds)], jnp.float32)
-               for k in group.hparams[0]}
-    donate = (0,) if jax.default_backend() != 'cpu' else ()
-    programs.append(Program(
-        group=group, experiment=experiment, variants=variants, seeds=seeds,
-        init=lambda e=experiment, k=keys, h=hparams, s=jnp.asarray(seeds): jax.jit(jax.vmap(e.init))(k, h, s),
-        run_chunk=jax.jit(jax.vmap(experiment.run_chunk, in_axes=(0, None)), donate_argnums=donate)))
+    init = jax.jit(jax.vmap(experiment.init))
+    run_chunk = jax.jit(jax.vmap(experiment.run_chunk, in_axes=(0, None)), donate_argnums=donate)
+    runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
+    size = config.runs_per_call or len(runs)
+    for start in range(0, len(runs), size):
+      part = runs[start:start + size]
+      seeds = jnp.asarray([s for _, s, _ in part])
+      # Seed s gets the same key in every variant: paired comparisons, same data streams.
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(root, seeds)
+      hparams = {k: jnp.asarray([h[k] for _, _, h in part], jnp.float32) for k in part[0][2]}
+      programs.append(Program(
+          group=group, experiment=experiment, variants=[v for v, _, _ in part], seeds=[s for _, s, _ in part],
+          init=lambda i=init, k=keys, h=hparams, s=seeds: i(k, h, s), run_chunk=run_chunk))
   return programs
 
 
@@ -128,13 +135,16 @@ def _rows(program: Program, step: int, values: Dict[str, np.ndarray]) -> List[st
   return rows
 
 
-def _summaries(program: Program, values: Dict[str, np.ndarray]) -> Dict[str, float]:
+def _summaries(variants: List[str], values: Dict[str, List[np.ndarray]]) -> Dict[str, float]:
+  """Mean and standard error over seeds per variant and metric, from the values of all programs."""
   out = {}
-  runs = np.asarray(program.variants)
-  for metric, array in values.items():
-    array = np.asarray(array, np.float64).reshape(-1)
-    for variant in program.group.variants:
+  for metric, arrays in values.items():
+    array = np.concatenate([np.asarray(a, np.float64).reshape(-1) for a, _ in arrays])
+    runs = np.asarray([v for _, names in arrays for v in names])
+    for variant in sorted(set(variants)):
       v = array[runs == variant]
+      if not len(v):
+        continue
       out[f'{variant}/{metric}'] = float(v.mean())
       out[f'{variant}/{metric}_se'] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
   return out
@@ -184,7 +194,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   with open(csv_path, 'a') as csv:
     for chunk in range(start, end):
       step = programs[0].experiment.chunk_step(chunk)
-      summary, chunk_examples = {}, 0
+      collected, chunk_examples = collections.defaultdict(list), 0
       for i, program in enumerate(programs):
         if chunk >= program.experiment.num_chunks:
           continue
@@ -193,9 +203,10 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
                   if chunk % program.experiment.metric_every.get(m, 1) == 0}
         csv.writelines(_rows(program, step, values))
         chunk_examples += program.experiment.examples_per_chunk * len(program.variants)
-        summary.update(_summaries(program, values))
+        for metric, array in values.items():
+          collected[metric].append((array, program.variants))
       csv.flush()
-      wandb_logger.log(step, summary)
+      wandb_logger.log(step, _summaries([v for p in programs for v in p.variants], collected))
       done = chunk + 1 - start
       elapsed = time.time() - began
       examples += chunk_examples

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, load_config
@@ -125,3 +126,23 @@ def test_main_reports_bad_input_in_one_line(tmp_path, args, message):
 def test_unknown_config_argument_suggests_preset():
   with pytest.raises(config_lib.ConfigError, match="did you mean 'smoke'"):
     load_config(SCR, 'smok')
+
+
+def test_runs_split_over_calls_give_the_same_metrics(tmp_path):
+  config = load_config(SCR, 'smoke,bp,cbp')
+  run_lib.run(config, str(tmp_path / 'one'), figures=False)
+  config.runs_per_call = 2     # 6 runs -> 3 calls per chunk, the last group slice shares compilation
+  run_lib.run(config, str(tmp_path / 'split'), figures=False)
+  read = lambda p: sorted(tuple(r.values()) for r in csv.DictReader(open(p / 'metrics.csv')))
+  one, split = read(tmp_path / 'one'), read(tmp_path / 'split')
+  assert [r[:4] for r in one] == [r[:4] for r in split]
+  np.testing.assert_allclose([float(r[4]) for r in one], [float(r[4]) for r in split], rtol=1e-5, atol=1e-6)
+
+
+def test_figures_bin_logged_steps():
+  from ddl import plotting  # pylint: disable=g-import-not-at-top
+  steps = np.arange(6)
+  values = np.array([[0., 2., 4., 6., 8., np.nan], [1., 1., 1., 1., 1., 1.]])
+  x, v = plotting.binned(steps, values, 2)
+  np.testing.assert_array_equal(x, [0, 2, 4])
+  np.testing.assert_array_equal(v, [[1., 5., 8.], [1., 1., 1.]])

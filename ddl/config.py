@@ -18,6 +18,7 @@ from ddl.learners import cbp as cbp_lib
 from ddl.learners import optimizers
 
 WANDB_MODES = ('disabled', 'offline', 'online')
+PLATFORMS = ('', 'cpu', 'gpu', 'tpu')
 
 
 class ConfigError(ValueError):
@@ -35,6 +36,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Runs (variants x seeds) vmapped in one call; 0 = all runs of a group. Smaller values bound
   # device memory; the slices run one after another (same results, same metrics.csv).
   config.runs_per_call = 0
+  # The runs axis is sharded over the devices (0: all visible ones); runs are padded to a multiple
+  # of the devices with copies of the last run, and the padding is dropped from every output.
+  config.num_devices = 0
+  config.platform = ''              # '' runs on what JAX sees; 'gpu' or 'tpu' refuses to run without one
+  # Multi-host: jax.distributed.initialize before anything else (empty/negative fields are
+  # auto-detected on clusters); only process 0 writes metrics.csv, config.json and figures.
+  config.distributed = dict(initialize=False, coordinator_address='', num_processes=0, process_id=-1)
   # False: variants without S&P noise or without CBP run in programs that leave those out (random
   # numbers dominate a small net's step on CPU). True: one program for all variants of the same
   # static settings (fewer programs; better where steps are latency bound, as on a GPU).
@@ -144,6 +152,8 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(config.checkpoint_every > 0, 'checkpoint_every', f'must be > 0, got {config.checkpoint_every}')
   _check(config.scan_unroll >= 1, 'scan_unroll', f'must be >= 1, got {config.scan_unroll}')
   _check(config.runs_per_call >= 0, 'runs_per_call', f'must be >= 0 (0: all runs), got {config.runs_per_call}')
+  _check(config.num_devices >= 0, 'num_devices', f'must be >= 0 (0: all visible devices), got {config.num_devices}')
+  _check(config.platform in PLATFORMS, 'platform', f'{config.platform!r} is not known; use one of {PLATFORMS}')
   _check(config.optimizer.name in optimizers.OPTIMIZERS, 'optimizer.name',
          f'{config.optimizer.name!r} is not known; use one of {optimizers.OPTIMIZERS}')
   _check(0 <= config.optimizer.momentum < 1, 'optimizer.momentum', 'must be in [0, 1)')

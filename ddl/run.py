@@ -12,6 +12,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -28,15 +31,27 @@ from ddl import plotting
 METRICS_HEADER = 'variant,seed,step,metric,value\n'
 
 
+class Interrupted(Exception):
+  """SIGTERM or SIGINT ended the launch after a checkpoint; relaunching resumes."""
+
+  def __init__(self, chunk: int, num_chunks: int, signum: int):
+    super().__init__(f'interrupted by signal {signum} after chunk {chunk}/{num_chunks} (checkpointed)')
+    self.chunk, self.num_chunks, self.signum = chunk, num_chunks, signum
+
+
 @dataclasses.dataclass
 class Program:
-  """One group's experiment, its runs and its compiled functions."""
+  """One group's experiment, its runs and its compiled functions. The state of a program is
+  (experiment states, alive): `alive` (runs,) is False for a run whose state became non-finite
+  (frozen at its last finite state, no more rows). The runs axis is padded to a multiple of the
+  devices; `variants` and `seeds` name the real runs only, the padding is dropped from outputs."""
   group: config_lib.Group
   experiment: Any
   variants: List[str]      # variant of each run (run axis = variants x seeds, variant-major)
   seeds: List[int]
-  init: Any
-  run_chunk: Any           # (states, data) -> (states, metrics), data shared by every run
+  init: Any                # () -> (states, alive)
+  run_chunk: Any           # ((states, alive), data) -> ((states, alive), metrics), data shared by every run
+  padded: int = 0          # size of the runs axis on the devices (>= len(variants))
 
 
 @contextlib.contextmanager
@@ -50,35 +65,104 @@ def _quiet():
     logging.set_verbosity(level)
 
 
-def _programs(config) -> List[Program]:
+def _finite(states) -> jax.Array:
+  """(runs,) bool: every floating leaf of each run's state is finite. A non-finite loss reaches
+  the parameters through the gradient, so the state is where a bad run shows."""
+  ok = None
+  for leaf in jax.tree.leaves(states):
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    leaf_ok = jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+    ok = leaf_ok if ok is None else ok & leaf_ok
+  return ok
+
+
+def _guard(run_chunk):
+  """The vmapped chunk with NaN/inf isolation, on the device: a run whose new state is not finite
+  keeps its previous state and is marked dead (alive=False) for good; the others are untouched."""
+  def step(carry, data):
+    states, alive = carry
+    new, values = jax.vmap(run_chunk, in_axes=(0, None))(states, data)
+    finite = _finite(new)
+    ok = alive if finite is None else alive & finite
+    keep = lambda n, o: jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o)
+    return (jax.tree.map(keep, new, states), ok), values
+  return step
+
+
+class Devices:
+  """The mesh that the runs axis is sharded over: all visible devices (or the first
+  `config.num_devices`), one mesh axis 'runs'; data is replicated."""
+
+  def __init__(self, config):
+    devices = jax.devices()
+    if config.num_devices:
+      devices = devices[:config.num_devices]
+    self.mesh = jax.sharding.Mesh(np.asarray(devices), ('runs',))
+    self.runs = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec('runs'))
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self.count = len(devices)
+
+  def put(self, tree, sharding):
+    """Global arrays from host values every process holds (works on one or several hosts)."""
+    def one(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, tree)
+
+  def get(self, tree):
+    """Host copies of (possibly multi-host) global arrays."""
+    if jax.process_count() == 1:
+      return jax.device_get(tree)
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _programs(config, devices: Devices) -> List[Program]:
   """One program per group and slice of at most `runs_per_call` runs (variants x seeds). Slices of a
   group share one jitted function (and its compilation when they have the same size) and run one
-  after another."""
+  after another. Each slice is padded to a multiple of the devices with copies of its last run."""
   experiment_cls = experiments.get(config.experiment)
   programs = []
   root = jax.random.PRNGKey(config.seed)
   donate = (0,) if jax.default_backend() != 'cpu' else ()
   for group in config_lib.groups(config):
     experiment = experiment_cls(group.config, group)
-    init = jax.jit(jax.vmap(experiment.init))
-    run_chunk = jax.jit(jax.vmap(experiment.run_chunk, in_axes=(0, None)), donate_argnums=donate)
+    init_one = jax.vmap(experiment.init)
+    init = jax.jit(lambda k, h, s, f=init_one: (f(k, h, s), jnp.ones(s.shape, bool)), out_shardings=devices.runs)
+    run_chunk = jax.jit(_guard(experiment.run_chunk), donate_argnums=donate, out_shardings=devices.runs)
     runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
     size = config.runs_per_call or len(runs)
     for start in range(0, len(runs), size):
       part = runs[start:start + size]
-      seeds = jnp.asarray([s for _, s, _ in part])
+      padded = part + [part[-1]] * (-len(part) % devices.count)
+      seeds = np.asarray([s for _, s, _ in padded], np.int32)
       # Seed s gets the same key in every variant: paired comparisons, same data streams.
-      keys = jax.vmap(jax.random.fold_in, (None, 0))(root, seeds)
-      hparams = {k: jnp.asarray([h[k] for _, _, h in part], jnp.float32) for k in part[0][2]}
+      keys = np.asarray(jax.vmap(jax.random.fold_in, (None, 0))(root, seeds))
+      hparams = {k: np.asarray([h[k] for _, _, h in padded], np.float32) for k in padded[0][2]}
+      args = devices.put((keys, hparams, seeds), devices.runs)
       programs.append(Program(
           group=group, experiment=experiment, variants=[v for v, _, _ in part], seeds=[s for _, s, _ in part],
-          init=lambda i=init, k=keys, h=hparams, s=seeds: i(k, h, s), run_chunk=run_chunk))
+          init=lambda i=init, a=args: i(*a), run_chunk=run_chunk, padded=len(padded)))
   return programs
 
 
-def prepare_workdir(workdir: str, config) -> bool:
-  """Creates the workdir, checks that it is writable and that it holds no run of another config.
-  Returns whether it created the directory."""
+OUTPUTS = ('config.json', 'metrics.csv', 'checkpoints', 'figures', 'wandb_id', 'wandb')
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Writes a whole file or nothing (a kill mid-write leaves the old file or none)."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: str, config, fresh: bool = False) -> bool:
+  """Creates the workdir, checks that it is writable and that it holds no run of another config
+  (`fresh`: deletes a previous run's outputs instead). Returns whether it created the directory."""
   created = not os.path.exists(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -89,20 +173,32 @@ def prepare_workdir(workdir: str, config) -> bool:
   except OSError as e:
     raise config_lib.ConfigError(f'--workdir={workdir}: not writable ({e.strerror}); choose a directory '
                                  'you can write to.') from None
+  if fresh:
+    for name in OUTPUTS:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
   saved = os.path.join(workdir, 'config.json')
   if os.path.exists(saved):
-    with open(saved) as f:
-      previous = json.load(f)
+    try:
+      with open(saved) as f:
+        previous = json.load(f)
+    except ValueError:
+      raise config_lib.ConfigError(f'--workdir={workdir}: config.json is not readable JSON; pass --fresh to '
+                                   'start this workdir over.') from None
     differ = config_lib.differing_keys(previous, json.loads(config.to_json()))
     if differ:
       raise config_lib.ConfigError(
           f'--workdir={workdir} holds a run of a different config (keys that differ: '
-          f'{", ".join(differ)}); use another workdir or delete this one to start fresh.')
+          f'{", ".join(differ)}); use another workdir, or pass --fresh to delete its outputs and start over.')
   return created
 
 
 class _Wandb:
-  """W&B curves: per variant and metric, the mean and standard error over seeds per chunk."""
+  """W&B curves: per variant and metric, the mean and standard error over seeds per chunk, and the
+  progress (chunk, rate, ETA) that the log line shows."""
 
   def __init__(self, config, workdir: str):
     self.run = None
@@ -111,8 +207,7 @@ class _Wandb:
     import wandb  # pylint: disable=g-import-not-at-top
     id_file = os.path.join(workdir, 'wandb_id')
     run_id = open(id_file).read().strip() if os.path.exists(id_file) else wandb.util.generate_id()
-    with open(id_file, 'w') as f:
-      f.write(run_id)
+    _write_atomic(id_file, run_id)
     self.run = wandb.init(
         project=config.wandb.project, entity=config.wandb.entity or None,
         group=config.wandb.group or config.experiment, name=config.wandb.name or None,
@@ -122,16 +217,19 @@ class _Wandb:
     if self.run is not None:
       self.run.log(values, step=step)
 
-  def finish(self) -> None:
+  def finish(self, exit_code: int = 0) -> None:
     if self.run is not None:
-      self.run.finish()
+      self.run.finish(exit_code=exit_code)
 
 
-def _rows(program: Program, step: int, values: Dict[str, np.ndarray]) -> List[str]:
+def _rows(program: Program, step: int, values: Dict[str, np.ndarray], keep: np.ndarray) -> List[str]:
+  """CSV rows of the real runs that are kept (alive), padding dropped."""
   rows = []
   for metric, array in values.items():
-    for variant, seed, value in zip(program.variants, program.seeds, np.asarray(array).reshape(-1)):
-      rows.append(f'{variant},{seed},{step},{metric},{float(value)!r}\n')
+    array = np.asarray(array).reshape(-1)[:len(program.variants)]
+    for variant, seed, value, k in zip(program.variants, program.seeds, array, keep):
+      if k:
+        rows.append(f'{variant},{seed},{step},{metric},{float(value)!r}\n')
   return rows
 
 
@@ -150,27 +248,121 @@ def _summaries(variants: List[str], values: Dict[str, List[np.ndarray]]) -> Dict
   return out
 
 
-def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figures: bool = True) -> Dict[str, Any]:
+class _Signals:
+  """SIGTERM and SIGINT set a flag that the loop reads after each chunk (it then checkpoints and
+  stops); a second signal acts at once, as without this handler."""
+
+  def __init__(self):
+    self.signum = None
+    self.previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self.previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      self.__exit__()
+      os.kill(os.getpid(), signum)
+      return
+    self.signum = signum
+    logging.warning('signal %d: finishing the current chunk, then checkpointing and stopping '
+                    '(send it again to stop at once).', signum)
+
+  def __exit__(self, *args):
+    for sig, handler in self.previous.items():
+      signal.signal(sig, handler)
+    self.previous = {}
+
+
+def _check_platform(config) -> None:
+  """`config.platform` ('' = any) names the accelerator the run needs."""
+  if config.platform and jax.default_backend() != config.platform:
+    raise config_lib.ConfigError(
+        f'platform: the config asks for {config.platform!r} but JAX sees only {jax.default_backend()!r} devices '
+        f'({jax.devices()[0].device_kind}); install the accelerator\'s JAX (e.g. pip install -e ".[cuda12]" for '
+        "NVIDIA GPUs), check that the device is visible (nvidia-smi, CUDA_VISIBLE_DEVICES), or set "
+        "--config.platform='' to run on what is there.")
+
+
+def _initialize_distributed(config) -> None:
+  """jax.distributed.initialize for multi-host runs when `config.distributed.initialize` (empty
+  fields are auto-detected from the cluster environment, e.g. SLURM)."""
+  dist = config.distributed
+  if not dist.initialize or jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize(
+      coordinator_address=dist.coordinator_address or None,
+      num_processes=dist.num_processes if dist.num_processes > 0 else None,
+      process_id=dist.process_id if dist.process_id >= 0 else None)
+
+
+def _out_of_memory(error: Exception, program: Program, devices: Devices, args) -> config_lib.ConfigError:
+  """The device OOM error as one line: how many runs per call/device it tried and how many would fit
+  (estimated from the compiled program's memory analysis and the device's memory, when both are
+  known; otherwise half of what failed)."""
+  per_device = program.padded // devices.count
+  fit, how = max(1, per_device // 2), 'at most'
+  try:
+    stats = devices.mesh.devices.flat[0].memory_stats() or {}
+    analysis = program.run_chunk.lower(*args).compile().memory_analysis()
+    need = analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes \
+        - analysis.alias_size_in_bytes
+    if stats.get('bytes_limit') and need > 0:
+      fit, how = max(0, int(0.9 * stats['bytes_limit'] / (need / per_device))), 'about'
+  except Exception:  # pylint: disable=broad-except
+    pass
+  first_line = str(error).strip().splitlines()[0][:200]
+  return config_lib.ConfigError(
+      f'runs_per_call: the device ran out of memory with {program.padded} runs per call '
+      f'({per_device} per device on {devices.count} device(s)); {how} {fit} runs per device would fit: '
+      f'set --config.runs_per_call={max(1, fit) * devices.count} (XLA: {first_line}).')
+
+
+def _call(fn, program, devices, *args):
+  try:
+    return fn(*args)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' in str(e):
+      raise _out_of_memory(e, program, devices, args) from None
+    raise
+
+
+def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figures: bool = True,
+        fresh: bool = False) -> Dict[str, Any]:
   """Runs (or resumes) an experiment into `workdir`. `stop_after_chunks` ends the launch early
-  after that many chunks of this launch (with a checkpoint), as an interruption would.
-  Returns a summary: chunks done, seconds, examples per second."""
+  after that many chunks of this launch (with a checkpoint), as an interruption would; `fresh`
+  deletes a previous run's outputs first. SIGTERM/SIGINT end the launch after the current chunk
+  with a checkpoint (raises Interrupted). Returns a summary: chunks done, seconds, examples per
+  second, non-finite runs."""
   experiment_cls = experiments.get(config.experiment)
   config_lib.validate(config, experiment_cls)
+  _check_platform(config)
+  _initialize_distributed(config)
+  lead = jax.process_index() == 0    # multi-host: only process 0 writes files (orbax syncs itself)
   workdir = os.path.abspath(workdir)
-  created = prepare_workdir(workdir, config)
+  created = prepare_workdir(workdir, config, fresh) if lead else False
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('ddl: workdir ready')
+  devices = Devices(config)
   try:
-    data = jax.device_put(experiment_cls.load_data(config))   # once, before any compilation
+    data = devices.put(experiment_cls.load_data(config), devices.replicated)   # once, before any compilation
   except (ValueError, FileNotFoundError) as e:   # a missing or mismatched data set
     if created and not os.listdir(workdir):
       os.rmdir(workdir)
     raise config_lib.ConfigError(str(e)) from None
-  programs = _programs(config)
+  programs = _programs(config, devices)
   num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
-  states = [p.init() for p in programs]
+  states = [_call(p.init, p, devices) for p in programs]
   with _quiet():
     manager = ocp.CheckpointManager(
         os.path.join(workdir, 'checkpoints'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True))
   csv_path = os.path.join(workdir, 'metrics.csv')
   start = 0
   if manager.latest_step() is not None:
@@ -178,51 +370,94 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
     with _quiet():
       restored = manager.restore(start, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(states), meta=ocp.args.JsonRestore()))
-    states = list(restored.state)
-    with open(csv_path, 'r+') as f:
-      f.truncate(restored.meta['csv_bytes'])
+    states = [tuple(s) for s in restored.state]
+    if lead:
+      with open(csv_path, 'r+') as f:
+        f.truncate(restored.meta['csv_bytes'])
     logging.info('Resumed %s at chunk %d/%d.', workdir, start, num_chunks)
-  else:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2))
-    with open(csv_path, 'w') as f:
-      f.write(METRICS_HEADER)
-  wandb_logger = _Wandb(config, workdir)
+  elif lead:
+    _write_atomic(csv_path, METRICS_HEADER)
+    _write_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=2))
+  alive = [np.asarray(devices.get(s[1]))[:len(p.variants)] for p, s in zip(programs, states)]
+  wandb_logger = _Wandb(config, workdir) if lead else _Wandb(_no_wandb(config), workdir)
   examples = 0
   end = num_chunks if stop_after_chunks is None else min(num_chunks, start + stop_after_chunks)
   began = time.time()
-  with open(csv_path, 'a') as csv:
-    for chunk in range(start, end):
-      step = programs[0].experiment.chunk_step(chunk)
-      collected, chunk_examples = collections.defaultdict(list), 0
-      for i, program in enumerate(programs):
-        if chunk >= program.experiment.num_chunks:
-          continue
-        states[i], values = program.run_chunk(states[i], data)
-        values = {m: v for m, v in jax.device_get(values).items()
-                  if chunk % program.experiment.metric_every.get(m, 1) == 0}
-        csv.writelines(_rows(program, step, values))
-        chunk_examples += program.experiment.examples_per_chunk * len(program.variants)
-        for metric, array in values.items():
-          collected[metric].append((array, program.variants))
-      csv.flush()
-      wandb_logger.log(step, _summaries([v for p in programs for v in p.variants], collected))
-      done = chunk + 1 - start
-      elapsed = time.time() - began
-      examples += chunk_examples
-      rate = examples / elapsed
-      eta = elapsed / done * (end - chunk - 1)
-      logging.info('chunk %d/%d  step %d  %.0f examples/s (all runs)  elapsed %.0fs  ETA %.0fs',
-                   chunk + 1, num_chunks, step, rate, elapsed, eta)
-      if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end:
-        os.fsync(csv.fileno())
-        with _quiet():
-          manager.save(chunk + 1, args=ocp.args.Composite(
-              state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})))
-          manager.wait_until_finished()
+  chunk = start
+  with open(csv_path if lead else os.devnull, 'a') as csv, _Signals() as signals:
+    try:
+      for chunk in range(start, end):
+        step = programs[0].experiment.chunk_step(chunk)
+        collected, chunk_examples = collections.defaultdict(list), 0
+        for i, program in enumerate(programs):
+          if chunk >= program.experiment.num_chunks:
+            continue
+          states[i], values = _call(program.run_chunk, program, devices, states[i], data)
+          values, now_alive = devices.get((values, states[i][1]))
+          now_alive = np.asarray(now_alive)[:len(program.variants)]
+          for j in np.flatnonzero(alive[i] & ~now_alive):
+            variant, seed = program.variants[j], program.seeds[j]
+            logging.warning('variant %s seed %d: non-finite loss or parameters in chunk %d (steps %d..%d); its '
+                            'curve stops there (metric nonfinite in metrics.csv), the other runs go on.',
+                            variant, seed, chunk + 1, programs[0].experiment.chunk_step(chunk - 1) if chunk else 0,
+                            step)
+            csv.write(f'{variant},{seed},{step},nonfinite,1.0\n')
+          alive[i] = now_alive
+          values = {m: v for m, v in values.items() if chunk % program.experiment.metric_every.get(m, 1) == 0}
+          csv.writelines(_rows(program, step, values, alive[i]))
+          chunk_examples += program.experiment.examples_per_chunk * int(alive[i].sum())
+          for metric, array in values.items():
+            array = np.asarray(array).reshape(-1)[:len(program.variants)]
+            collected[metric].append((array[alive[i]], [v for v, k in zip(program.variants, alive[i]) if k]))
+        csv.flush()
+        done = chunk + 1 - start
+        elapsed = time.time() - began
+        examples += chunk_examples
+        rate = examples / elapsed
+        eta = elapsed / done * (end - chunk - 1)
+        dead = sum(int((~a).sum()) for a in alive)
+        logging.info('chunk %d/%d  step %d  %.0f examples/s (all runs)  elapsed %.0fs  ETA %.0fs%s',
+                     chunk + 1, num_chunks, step, rate, elapsed, eta, f'  non-finite runs {dead}' if dead else '')
+        progress = {'progress/chunk': chunk + 1, 'progress/examples_per_sec': rate, 'progress/elapsed_sec': elapsed,
+                    'progress/eta_sec': eta, 'progress/nonfinite_runs': dead}
+        wandb_logger.log(step, {**_summaries([v for p in programs for v in p.variants], collected), **progress})
+        if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end or signals.signum is not None:
+          if lead:
+            os.fsync(csv.fileno())
+          with _quiet():
+            manager.save(chunk + 1, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})),
+                force=True)
+            manager.wait_until_finished()
+        if signals.signum is not None:
+          raise Interrupted(chunk + 1, num_chunks, signals.signum)
+    except BaseException as e:
+      wandb_logger.finish(exit_code=1)
+      if isinstance(e, config_lib.ConfigError) and start == 0 and manager.latest_step() is None and lead:
+        _remove_outputs(workdir, created)   # e.g. out of memory in the first chunk: nothing half-written
+      raise
   wandb_logger.finish()
   elapsed = time.time() - began
-  if figures and end == num_chunks:
+  if figures and end == num_chunks and lead:
     plotting.plot_workdir(workdir)
   return dict(chunks_done=end, num_chunks=num_chunks, seconds=elapsed,
-              examples_per_sec=examples / max(elapsed, 1e-9))
+              examples_per_sec=examples / max(elapsed, 1e-9),
+              nonfinite_runs=sum(int((~a).sum()) for a in alive))
+
+
+def _no_wandb(config):
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.wandb.mode = 'disabled'
+  return config
+
+
+def _remove_outputs(workdir: str, created: bool) -> None:
+  for name in OUTPUTS:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+      os.remove(path)
+  if created and not os.listdir(workdir):
+    os.rmdir(workdir)

@@ -20,6 +20,7 @@ config_flags.DEFINE_config_file('config', DEFAULT_CONFIG, 'Experiment config fil
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Output directory (default: workdirs/<experiment>).')
 flags.DEFINE_integer('stop_after_chunks', None, 'End this launch after N chunks (resumable).')
+flags.DEFINE_bool('fresh', False, 'Delete the outputs of a previous run in --workdir and start over.')
 
 
 def parse_flags(argv):
@@ -42,12 +43,17 @@ def main(argv):
   config = flags.FLAGS.config
   workdir = flags.FLAGS.workdir or os.path.join('workdirs', config.experiment)
   try:
-    summary = run_lib.run(config, workdir, stop_after_chunks=flags.FLAGS.stop_after_chunks)
+    summary = run_lib.run(config, workdir, stop_after_chunks=flags.FLAGS.stop_after_chunks, fresh=flags.FLAGS.fresh)
   except config_lib.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except run_lib.Interrupted as e:
+    print(f'{e}; metrics.csv is flushed. Relaunch the same command (same --workdir, without --fresh) to '
+          'resume from this checkpoint.', file=sys.stderr)
+    return 128 + e.signum
+  nonfinite = f'; {summary["nonfinite_runs"]} run(s) stopped on NaN/inf' if summary['nonfinite_runs'] else ''
   print(f'done: {summary["chunks_done"]}/{summary["num_chunks"]} chunks in {summary["seconds"]:.1f}s '
-        f'({summary["examples_per_sec"]:.0f} examples/s); results in {os.path.abspath(workdir)}')
+        f'({summary["examples_per_sec"]:.0f} examples/s){nonfinite}; results in {os.path.abspath(workdir)}')
   return 0
 
 

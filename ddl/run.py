@@ -357,6 +357,9 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
     raise config_lib.ConfigError(str(e)) from None
   programs = _programs(config, devices)
   num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
+  logging.info('%d runs in %d call(s) per chunk, over %d device(s) (%d padding runs).',
+               sum(len(p.variants) for p in programs), len(programs), devices.count,
+               sum(p.padded - len(p.variants) for p in programs))
   states = [_call(p.init, p, devices) for p in programs]
   with _quiet():
     manager = ocp.CheckpointManager(

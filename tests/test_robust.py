@@ -21,12 +21,15 @@ from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 SCR = 'slowly_changing_regression'
 MAIN = os.path.join(ROOT, 'launch', 'main.py')
-SMOKE = f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke'
+SMOKE = f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke,bp,cbp'
 
 
 def _launch(args, env=None, **kwargs):
+  """launch/main.py on the SCR smoke config in a subprocess, sharing the tests' compilation cache."""
+  env = {'PYTHONPATH': ROOT, 'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', **(env or {})}
   return subprocess.Popen([sys.executable, MAIN, SMOKE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env={**os.environ, 'PYTHONPATH': ROOT, **(env or {})}, **kwargs)
+                          text=True, env={**os.environ, **env}, **kwargs)
 
 
 def _read(path):
@@ -72,29 +75,30 @@ def test_nan_in_one_seed_stops_only_that_run_and_survives_resume(tmp_path, monke
 def test_sigterm_checkpoints_and_sigkill_at_random_points_resumes_identically(tmp_path):
   """Kills a real launch (SCR smoke, a checkpoint per chunk) at random moments, then lets it finish:
   metrics.csv equals an uninterrupted run's byte for byte."""
-  whole, killed = tmp_path / 'whole', tmp_path / 'killed'
-  args = ['--config.checkpoint_every=1', '--config.num_examples=3000']
-  proc = _launch([f'--workdir={whole}', *args])
-  assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+  config = load_config(SCR, 'smoke,bp,cbp')
+  config.checkpoint_every, config.num_examples = 1, 3000
+  run_lib.run(config, str(tmp_path / 'whole'), figures=False)
+  killed = tmp_path / 'killed'
+  args = [f'--workdir={killed}', '--config.checkpoint_every=1', '--config.num_examples=3000']
   # SIGTERM: the launch finishes its chunk, checkpoints and exits 143 saying how to resume.
-  proc = _launch([f'--workdir={killed}', *args])
+  proc = _launch(args)
   for line in proc.stderr:
     if 'chunk 1/6' in line:
       proc.send_signal(signal.SIGTERM)
       break
-  out, err = proc.communicate(timeout=300)
+  _, err = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
   assert 'Relaunch the same command' in err and 'checkpointed' in err
   rng = random.Random(0)
-  for _ in range(3):   # SIGKILL at random moments: during start-up, compilation, chunks or checkpoints
-    proc = _launch([f'--workdir={killed}', *args])
-    time.sleep(rng.uniform(2.0, 9.0))
+  for _ in range(3):   # SIGKILL at random moments: start-up, compilation, chunks or checkpoint writes
+    proc = _launch(args)
+    time.sleep(rng.uniform(1.0, 8.0))
     proc.kill()
     proc.communicate()
-  proc = _launch([f'--workdir={killed}', *args])
-  out, err = proc.communicate(timeout=300)
+  proc = _launch(args)
+  _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
-  assert _read(killed / 'metrics.csv') == _read(whole / 'metrics.csv')
+  assert _read(killed / 'metrics.csv') == _read(tmp_path / 'whole' / 'metrics.csv')
 
 
 def test_fresh_starts_over_a_workdir_of_another_config(tmp_path):
@@ -143,12 +147,13 @@ def _sorted_rows(path):
 
 
 def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
-  """5 variants x 3 seeds over 8 host devices (padded to 8 per program), and with runs_per_call=2."""
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu'}
-  procs = [_launch([f'--workdir={tmp_path / "one"}', '--config.num_devices=1'], env=env),
-           _launch([f'--workdir={tmp_path / "eight"}'], env=env)]
-  for p in procs:
-    assert p.wait(timeout=400) == 0, p.stderr.read()[-2000:]
-  one, eight = _sorted_rows(tmp_path / 'one' / 'metrics.csv'), _sorted_rows(tmp_path / 'eight' / 'metrics.csv')
-  assert [r[:4] for r in one] == [r[:4] for r in eight]
-  np.testing.assert_allclose([float(r[4]) for r in one], [float(r[4]) for r in eight], rtol=1e-5, atol=1e-6)
+  """2 runs per call, each call padded from 2 to 8 runs over 8 host devices: the same rows and
+  values as one device."""
+  config = load_config(SCR, 'smoke,bp,cbp')
+  run_lib.run(config, str(tmp_path / 'one'), figures=False)
+  proc = _launch([f'--workdir={tmp_path / "eight"}', '--config.runs_per_call=2'],
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  _, err = proc.communicate(timeout=400)
+  assert proc.returncode == 0, err[-2000:]
+  assert 'over 8 device(s)' in err
+  assert _sorted_rows(tmp_path / 'eight' / 'metrics.csv') == _sorted_rows(tmp_path / 'one' / 'metrics.csv')

@@ -4,6 +4,7 @@ import csv
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,14 +22,14 @@ from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 SCR = 'slowly_changing_regression'
 MAIN = os.path.join(ROOT, 'launch', 'main.py')
-SMOKE = f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke,bp,cbp'
+SMOKE = f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke,'
 
 
-def _launch(args, env=None, **kwargs):
+def _launch(args, env=None, variants='bp,cbp', **kwargs):
   """launch/main.py on the SCR smoke config in a subprocess, sharing the tests' compilation cache."""
   env = {'PYTHONPATH': ROOT, 'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', **(env or {})}
-  return subprocess.Popen([sys.executable, MAIN, SMOKE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+  return subprocess.Popen([sys.executable, MAIN, SMOKE + variants, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env={**os.environ, **env}, **kwargs)
 
 
@@ -157,3 +158,22 @@ def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
   assert proc.returncode == 0, err[-2000:]
   assert 'over 8 device(s)' in err
   assert _sorted_rows(tmp_path / 'eight' / 'metrics.csv') == _sorted_rows(tmp_path / 'one' / 'metrics.csv')
+
+
+def test_two_processes_through_jax_distributed_match_one_process(tmp_path):
+  """Two localhost processes (one CPU device each, gloo collectives) via jax.distributed.initialize:
+  process 0 writes the same metrics.csv as one process, byte for byte."""
+  config = load_config(SCR, 'smoke,bp')
+  run_lib.run(config, str(tmp_path / 'one'), figures=False)
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [_launch([f'--workdir={tmp_path / "two"}', '--config.distributed.initialize=True',
+                    f'--config.distributed.coordinator_address=localhost:{port}',
+                    '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}'], variants='bp')
+           for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=400)
+    assert p.returncode == 0, err[-2000:]
+    assert 'over 2 device(s)' in err
+  assert _read(tmp_path / 'two' / 'metrics.csv') == _read(tmp_path / 'one' / 'metrics.csv')

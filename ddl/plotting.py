@@ -3,7 +3,7 @@ import collections
 import csv
 import json
 import os
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,21 +44,31 @@ def binned(steps: np.ndarray, values: np.ndarray, size: int) -> Tuple[np.ndarray
           np.stack([np.nanmean(values[:, i:i + size], axis=1) for i in edges], axis=1))
 
 
-def plot_workdir(workdir: str, metrics_csv: Sequence[str] = ()) -> Sequence[str]:
-  """Writes <workdir>/figures/<metric>.png for every metric of the workdir's metrics.csv (and of
-  any further metrics.csv files given, drawn on the same axes), binned by the config's
-  `figure_bin` logged steps when it has one. Returns the written paths."""
+MARKERS = ('nonfinite',)   # rows that mark events (a run stopped on NaN/inf), not curves
+
+
+def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional[Sequence[str]] = None,
+                 out_dir: Optional[str] = None) -> Sequence[str]:
+  """Writes <out_dir or workdir/figures>/<metric>.png for every metric of the workdir's
+  metrics.csv (and of any further metrics.csv files given, drawn on the same axes; with `labels`,
+  one per file, each curve is named '<label>: <variant>'), binned by the config's `figure_bin`
+  logged steps when it has one. Runs stopped on NaN/inf count only up to where they stopped.
+  Returns the written paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   data = {}
-  for path in [os.path.join(workdir, 'metrics.csv'), *metrics_csv]:
-    data.update(read_metrics(path))
+  paths = [os.path.join(workdir, 'metrics.csv'), *metrics_csv]
+  for i, path in enumerate(paths):
+    for (variant, metric), value in read_metrics(path).items():
+      if metric not in MARKERS:
+        data[(f'{labels[i]}: {variant}' if labels else variant, metric)] = value
   bin_size = 1
   if os.path.exists(os.path.join(workdir, 'config.json')):
     with open(os.path.join(workdir, 'config.json')) as f:
       bin_size = int(json.load(f).get('figure_bin', 1))
-  os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
+  out_dir = out_dir or os.path.join(workdir, 'figures')
+  os.makedirs(out_dir, exist_ok=True)
   written = []
   for metric in sorted({m for _, m in data}):
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -75,7 +85,7 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = ()) -> Sequence[str]
     ax.set_title(f'{metric}{per_bin}: mean +- s.e. over seeds')
     ax.legend()
     fig.tight_layout()
-    path = os.path.join(workdir, 'figures', f'{metric}.png')
+    path = os.path.join(out_dir, f'{metric}.png')
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)

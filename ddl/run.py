@@ -279,7 +279,11 @@ class _Signals:
 
 
 def _check_platform(config) -> None:
-  """`config.platform` ('' = any) names the accelerator the run needs."""
+  """`config.platform` ('' = any) names the accelerator the run needs; `num_devices` must exist."""
+  if config.num_devices > len(jax.devices()):
+    raise config_lib.ConfigError(
+        f'num_devices: {config.num_devices} asked for but JAX sees {len(jax.devices())} device(s); set '
+        '--config.num_devices=0 to use all of them.')
   if config.platform and jax.default_backend() != config.platform:
     raise config_lib.ConfigError(
         f'platform: the config asks for {config.platform!r} but JAX sees only {jax.default_backend()!r} devices '

@@ -63,26 +63,13 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
     for (variant, metric), value in read_metrics(path).items():
       if metric not in MARKERS:
         data[(f'{labels[i]}: {variant}' if labels else variant, metric)] = value
-  bin_size = 1
-  if os.path.exists(os.path.join(workdir, 'config.json')):
-    with open(os.path.join(workdir, 'config.json')) as f:
-      bin_size = int(json.load(f).get('figure_bin', 1))
+  bin_size = figure_bin(workdir)
   out_dir = out_dir or os.path.join(workdir, 'figures')
   os.makedirs(out_dir, exist_ok=True)
   written = []
   for metric in sorted({m for _, m in data}):
     fig, ax = plt.subplots(figsize=(6, 4))
-    for (variant, m), (steps, values) in sorted(data.items()):
-      if m != metric:
-        continue
-      steps, values = binned(steps, values, bin_size)
-      mean, se = mean_and_se(values)
-      ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})')
-      ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
-    ax.set_xlabel('step')
-    ax.set_ylabel(metric)
-    per_bin = f' in bins of {bin_size}' if bin_size > 1 else ''
-    ax.set_title(f'{metric}{per_bin}: mean +- s.e. over seeds')
+    draw(ax, data, metric, bin_size)
     ax.legend()
     fig.tight_layout()
     path = os.path.join(out_dir, f'{metric}.png')
@@ -90,3 +77,28 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
     plt.close(fig)
     written.append(path)
   return written
+
+
+def figure_bin(workdir: str) -> int:
+  """The config's `figure_bin` (logged steps per bin of the figures), 1 without one."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return 1
+  with open(path) as f:
+    return int(json.load(f).get('figure_bin', 1))
+
+
+def draw(ax, data, metric: str, bin_size: int = 1, xlabel: str = 'step') -> None:
+  """One metric's curves on `ax`: per variant, the mean over seeds with a +- standard error band,
+  binned by `bin_size` logged steps (used by the figures and the notebooks)."""
+  for (variant, m), (steps, values) in sorted(data.items()):
+    if m != metric:
+      continue
+    steps, values = binned(steps, values, bin_size)
+    mean, se = mean_and_se(values)
+    ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})')
+    ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(metric)
+  per_bin = f' in bins of {bin_size}' if bin_size > 1 else ''
+  ax.set_title(f'{metric}{per_bin}: mean +- s.e. over seeds')

@@ -344,8 +344,8 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   second, non-finite runs."""
   experiment_cls = experiments.get(config.experiment)
   config_lib.validate(config, experiment_cls)
+  _initialize_distributed(config)   # before anything touches the backend
   _check_platform(config)
-  _initialize_distributed(config)
   lead = jax.process_index() == 0    # multi-host: only process 0 writes files (orbax syncs itself)
   workdir = os.path.abspath(workdir)
   created = prepare_workdir(workdir, config, fresh) if lead else False
@@ -428,7 +428,10 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
         progress = {'progress/chunk': chunk + 1, 'progress/examples_per_sec': rate, 'progress/elapsed_sec': elapsed,
                     'progress/eta_sec': eta, 'progress/nonfinite_runs': dead}
         wandb_logger.log(step, {**_summaries([v for p in programs for v in p.variants], collected), **progress})
-        if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end or signals.signum is not None:
+        stop = signals.signum
+        if jax.process_count() > 1:   # every host stops at the same chunk when any of them was signalled
+          stop = int(np.max(devices.get(np.asarray(stop or 0)))) or None
+        if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end or stop is not None:
           if lead:
             os.fsync(csv.fileno())
           with _quiet():
@@ -436,8 +439,8 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
                 state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})),
                 force=True)
             manager.wait_until_finished()
-        if signals.signum is not None:
-          raise Interrupted(chunk + 1, num_chunks, signals.signum)
+        if stop is not None:
+          raise Interrupted(chunk + 1, num_chunks, stop)
     except BaseException as e:
       wandb_logger.finish(exit_code=1)
       if isinstance(e, config_lib.ConfigError) and start == 0 and manager.latest_step() is None and lead:

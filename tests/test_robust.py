@@ -102,10 +102,27 @@ def test_sigterm_checkpoints_and_sigkill_at_random_points_resumes_identically(tm
   assert _read(killed / 'metrics.csv') == _read(tmp_path / 'whole' / 'metrics.csv')
 
 
-def test_fresh_starts_over_a_workdir_of_another_config(tmp_path):
+class _RecordingWandb:
+  logged = []
+
+  def __init__(self, config, workdir):
+    del config, workdir
+
+  def log(self, step, values):
+    self.logged.append((step, values))
+
+  def finish(self, exit_code=0):
+    del exit_code
+
+
+def test_fresh_starts_over_a_workdir_of_another_config_and_wandb_gets_progress(tmp_path, monkeypatch):
+  monkeypatch.setattr(run_lib, '_Wandb', _RecordingWandb)
   config = load_config(SCR, 'smoke,bp')
   workdir = str(tmp_path / 'w')
   run_lib.run(config, workdir, stop_after_chunks=1, figures=False)
+  step, values = _RecordingWandb.logged[-1]
+  assert step == 500 and values['progress/chunk'] == 1 and values['progress/eta_sec'] >= 0
+  assert values['progress/examples_per_sec'] > 0 and 'bp/error' in values and 'bp/error_se' in values
   config.num_seeds = 2
   with pytest.raises(config_lib.ConfigError, match='keys that differ: num_seeds.*--fresh'):
     run_lib.run(config, workdir, figures=False)

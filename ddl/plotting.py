@@ -3,6 +3,7 @@ import collections
 import csv
 import json
 import os
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,9 +29,11 @@ def read_metrics(path: str) -> Dict[Tuple[str, str], Tuple[np.ndarray, np.ndarra
 def mean_and_se(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   """Mean and standard error (ddof 1) over seeds (axis 0), ignoring missing cells."""
   n = np.sum(~np.isnan(values), axis=0)
-  mean = np.nanmean(values, axis=0)
-  se = np.where(n > 1, np.nanstd(values, axis=0, ddof=1) / np.sqrt(np.maximum(n, 1)), 0.0) if values.shape[0] > 1 \
-      else np.zeros_like(mean)
+  with warnings.catch_warnings():   # steps where fewer than 2 seeds are left (runs stopped on NaN/inf)
+    warnings.simplefilter('ignore', RuntimeWarning)
+    mean = np.nanmean(values, axis=0)
+    se = np.where(n > 1, np.nanstd(values, axis=0, ddof=1) / np.sqrt(np.maximum(n, 1)), 0.0) \
+        if values.shape[0] > 1 else np.zeros_like(mean)
   return mean, se
 
 

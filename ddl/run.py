@@ -1,11 +1,13 @@
 """The run loop, once for every experiment.
 
 Each group of variants (see `ddl.config.groups`) is one jitted, vmapped program over its
-variants x seeds. The host loop advances every group by one chunk per call, appends the chunk's
-metrics to `metrics.csv` (long form: variant,seed,step,metric,value), logs progress and W&B
-curves, and checkpoints with orbax. Relaunching into the same workdir resumes from the last
-checkpoint; metrics.csv is cut back to that checkpoint, so it ends identical to an uninterrupted
-run's.
+variants x seeds, the runs axis sharded over all devices (padded to a multiple of them; the
+padding is dropped from every output). The host loop advances every group by one chunk per call,
+appends the chunk's metrics to `metrics.csv` (long form: variant,seed,step,metric,value), logs
+progress and W&B curves, and checkpoints with orbax. A run whose state turns NaN/inf is frozen
+on the device and marked (metric `nonfinite`); the others go on. Relaunching into the same workdir
+resumes from the last checkpoint; metrics.csv is cut back to that checkpoint, so it ends identical
+to an uninterrupted run's. SIGTERM/SIGINT checkpoint after the current chunk and stop.
 """
 import collections
 import contextlib

@@ -76,8 +76,9 @@ def main(argv):
   config = _config()
   config_lib.validate(config, run_lib.experiments.get(config.experiment))
   total_examples, total_seconds, total_compile = 0, 0.0, 0.0
-  data = jax.device_put(run_lib.experiments.get(config.experiment).load_data(config))
-  programs = run_lib._programs(config)  # pylint: disable=protected-access
+  devices = run_lib.Devices(config)   # the runs axis sharded over the devices, as in ddl/run.py
+  data = devices.put(run_lib.experiments.get(config.experiment).load_data(config), devices.replicated)
+  programs = run_lib._programs(config, devices)  # pylint: disable=protected-access
   for program in programs:
     began = time.time()
     state = program.init()

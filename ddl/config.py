@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   # The runs axis is sharded over the devices (0: all visible ones); runs are padded to a multiple
   # of the devices with copies of the last run, and the padding is dropped from every output.
   config.num_devices = 0
-  config.platform = ''              # '' runs on what JAX sees; 'gpu' or 'tpu' refuses to run without one
+  config.platform = ''              # devices to run on: '' JAX's default; 'gpu' or 'tpu' refuses to run without one
   # Multi-host: jax.distributed.initialize before anything else (empty/negative fields are
   # auto-detected on clusters); only process 0 writes metrics.csv, config.json and figures.
   config.distributed = dict(initialize=False, coordinator_address='', num_processes=0, process_id=-1)

@@ -97,7 +97,7 @@ class Devices:
   `config.num_devices`), one mesh axis 'runs'; data is replicated."""
 
   def __init__(self, config):
-    devices = jax.devices()
+    devices = jax.devices(config.platform or None)
     if config.num_devices:
       devices = devices[:config.num_devices]
     self.mesh = jax.sharding.Mesh(np.asarray(devices), ('runs',))
@@ -111,6 +111,20 @@ class Devices:
       x = np.asarray(x)
       return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
     return jax.tree.map(one, tree)
+
+  # Checkpoints hold the real runs only, so a run can resume on another number of devices.
+  def unpad(self, tree, runs: int):
+    return jax.jit(lambda t: jax.tree.map(lambda x: x[:runs], t), out_shardings=self.replicated)(tree)
+
+  def unpadded_target(self, tree, runs: int):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((runs,) + x.shape[1:], x.dtype, sharding=self.replicated),
+                        tree)
+
+  def pad(self, tree, size: int):
+    """Pads the runs axis to `size` with copies of the last run, sharded over the devices."""
+    def one(x):
+      return jnp.concatenate([x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)]) if size > x.shape[0] else x
+    return jax.jit(lambda t: jax.tree.map(one, t), out_shardings=self.runs)(tree)
 
   def get(self, tree):
     """Host copies of (possibly multi-host) global arrays."""
@@ -127,7 +141,7 @@ def _programs(config, devices: Devices) -> List[Program]:
   experiment_cls = experiments.get(config.experiment)
   programs = []
   root = jax.random.PRNGKey(config.seed)
-  donate = (0,) if jax.default_backend() != 'cpu' else ()
+  donate = (0,) if devices.mesh.devices.flat[0].platform != 'cpu' else ()
   for group in config_lib.groups(config):
     experiment = experiment_cls(group.config, group)
     init_one = jax.vmap(experiment.init)
@@ -281,17 +295,20 @@ class _Signals:
 
 
 def _check_platform(config) -> None:
-  """`config.platform` ('' = any) names the accelerator the run needs; `num_devices` must exist."""
-  if config.num_devices > len(jax.devices()):
-    raise config_lib.ConfigError(
-        f'num_devices: {config.num_devices} asked for but JAX sees {len(jax.devices())} device(s); set '
-        '--config.num_devices=0 to use all of them.')
-  if config.platform and jax.default_backend() != config.platform:
+  """`config.platform` ('' = JAX's default) names the devices the run uses; they and `num_devices`
+  must exist."""
+  try:
+    available = jax.devices(config.platform or None)
+  except RuntimeError:
     raise config_lib.ConfigError(
         f'platform: the config asks for {config.platform!r} but JAX sees only {jax.default_backend()!r} devices '
         f'({jax.devices()[0].device_kind}); install the accelerator\'s JAX (e.g. pip install -e ".[cuda12]" for '
         "NVIDIA GPUs), check that the device is visible (nvidia-smi, CUDA_VISIBLE_DEVICES), or set "
-        "--config.platform='' to run on what is there.")
+        "--config.platform='' to run on what is there.") from None
+  if config.num_devices > len(available):
+    raise config_lib.ConfigError(
+        f'num_devices: {config.num_devices} asked for but JAX sees {len(available)} {available[0].platform} '
+        'device(s); set --config.num_devices=0 to use all of them.')
 
 
 def _initialize_distributed(config) -> None:
@@ -378,8 +395,10 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
     start = manager.latest_step()
     with _quiet():
       restored = manager.restore(start, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(states), meta=ocp.args.JsonRestore()))
-    states = [tuple(s) for s in restored.state]
+          state=ocp.args.StandardRestore([devices.unpadded_target(s, len(p.variants))
+                                          for p, s in zip(programs, states)]),
+          meta=ocp.args.JsonRestore()))
+    states = [devices.pad(tuple(s), p.padded) for p, s in zip(programs, restored.state)]
     if lead:
       with open(csv_path, 'r+') as f:
         f.truncate(restored.meta['csv_bytes'])
@@ -438,7 +457,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
             os.fsync(csv.fileno())
           with _quiet():
             manager.save(chunk + 1, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(states), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})),
+                state=ocp.args.StandardSave([devices.unpad(s, len(p.variants)) for p, s in zip(programs, states)]), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})),
                 force=True)
             manager.wait_until_finished()
         if stop is not None:

@@ -165,15 +165,17 @@ def _sorted_rows(path):
 
 
 def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
-  """2 runs per call, each call padded from 2 to 8 runs over 8 host devices: the same rows and
-  values as one device."""
+  """A run started on 1 device (2 runs per call) resumes on 8 host devices, each call padded from 2
+  to 8 runs: the same rows and values as an unsplit single-device run."""
   config = load_config(SCR, 'smoke,bp,cbp')
   run_lib.run(config, str(tmp_path / 'one'), figures=False)
+  config.runs_per_call = 2
+  run_lib.run(config, str(tmp_path / 'eight'), stop_after_chunks=2, figures=False)
   proc = _launch([f'--workdir={tmp_path / "eight"}', '--config.runs_per_call=2'],
                  env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-2000:]
-  assert 'over 8 device(s)' in err
+  assert 'in 4 call(s) per chunk, over 8 device(s) (26 padding runs)' in err and 'Resumed' in err
   assert _sorted_rows(tmp_path / 'eight' / 'metrics.csv') == _sorted_rows(tmp_path / 'one' / 'metrics.csv')
 
 

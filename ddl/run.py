@@ -113,8 +113,9 @@ class Devices:
     return jax.tree.map(one, tree)
 
   # Checkpoints hold the real runs only, so a run can resume on another number of devices.
+  # Host copies: no device holds all runs at once.
   def unpad(self, tree, runs: int):
-    return jax.jit(lambda t: jax.tree.map(lambda x: x[:runs], t), out_shardings=self.replicated)(tree)
+    return jax.tree.map(lambda x: np.asarray(x)[:runs], self.get(tree))
 
   def unpadded_target(self, tree, runs: int):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct((runs,) + x.shape[1:], x.dtype, sharding=self.replicated),

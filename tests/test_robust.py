@@ -3,6 +3,7 @@
 import csv
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -81,17 +82,19 @@ def test_sigterm_checkpoints_and_sigkill_at_random_points_resumes_identically(tm
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)
   killed = tmp_path / 'killed'
   args = [f'--workdir={killed}', '--config.checkpoint_every=1', '--config.num_examples=3000']
-  # SIGTERM: the launch finishes its chunk, checkpoints and exits 143 saying how to resume.
-  proc = _launch(args)
-  for line in proc.stderr:
-    if 'chunk 1/6' in line:
-      proc.send_signal(signal.SIGTERM)
-      break
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-  assert 'Relaunch the same command' in err and 'checkpointed' in err
+  # SIGTERM, SIGINT: the launch finishes its chunk, checkpoints and exits 128+signal saying how to resume.
+  for sig, chunk in ((signal.SIGTERM, 1), (signal.SIGINT, 3)):
+    proc = _launch(args)
+    for line in proc.stderr:
+      if f'chunk {chunk}/6' in line:
+        proc.send_signal(sig)
+        break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert re.search(f'signal {int(sig)} after chunk [{chunk}{chunk + 1}]/6 \\(checkpointed\\)', err), err[-2000:]
+    assert 'Relaunch the same command' in err
   rng = random.Random(0)
-  for _ in range(3):   # SIGKILL at random moments: start-up, compilation, chunks or checkpoint writes
+  for _ in range(2):   # SIGKILL at random moments: start-up, compilation, chunks or checkpoint writes
     proc = _launch(args)
     time.sleep(rng.uniform(1.0, 8.0))
     proc.kill()

@@ -384,7 +384,12 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   logging.info('%d runs in %d call(s) per chunk, over %d device(s) (%d padding runs).',
                sum(len(p.variants) for p in programs), len(programs), devices.count,
                sum(p.padded - len(p.variants) for p in programs))
-  states = [_call(p.init, p, devices) for p in programs]
+  try:
+    states = [_call(p.init, p, devices) for p in programs]
+  except config_lib.ConfigError:   # out of memory
+    if created and not os.listdir(workdir):
+      os.rmdir(workdir)
+    raise
   with _quiet():
     manager = ocp.CheckpointManager(
         os.path.join(workdir, 'checkpoints'),
@@ -452,16 +457,16 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
         wandb_logger.log(step, {**_summaries([v for p in programs for v in p.variants], collected), **progress})
         stop = signals.signum
         if jax.process_count() > 1:   # every host stops at the same chunk when any of them was signalled
-          stop = int(np.max(devices.get(np.asarray(stop or 0)))) or None
+          stop = int(np.max(devices.get(np.asarray([stop or 0])))) or None
         if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end or stop is not None:
           if lead:
             os.fsync(csv.fileno())
           with _quiet():
+            saved = [devices.unpad(s, len(p.variants)) for p, s in zip(programs, states)]
             manager.save(chunk + 1, args=ocp.args.Composite(
-                state=ocp.args.StandardSave([devices.unpad(s, len(p.variants)) for p, s in zip(programs, states)]), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})),
-                force=True)
+                state=ocp.args.StandardSave(saved), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})), force=True)
             manager.wait_until_finished()
-        if stop is not None:
+        if stop is not None and chunk + 1 < end:
           raise Interrupted(chunk + 1, num_chunks, stop)
     except BaseException as e:
       wandb_logger.finish(exit_code=1)

@@ -27,6 +27,7 @@ def _fake_workdir(path, seed):
     f.write('cbp,2,30,nonfinite,1.0\n')
 
 
+@pytest.mark.filterwarnings('ignore:No artists with labels')   # the recording draw() below draws nothing
 def test_plot_redraws_workdirs_alone_and_together(tmp_path, monkeypatch):
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
   _fake_workdir(a, 0)

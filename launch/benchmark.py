@@ -3,9 +3,12 @@ and one for all of them together.
 
   python launch/benchmark.py --workload=scr --seeds=30 [--variant=cbp] [--chunks=3]
 
-Fields: workload, variant, seeds, runs (variants x seeds), examples_per_sec (all runs together,
-steady state, after one untimed chunk), compile_sec (init + chunk compilation), peak_rss_mb
-(of this process so far), backend.
+Fields: workload, variant (a group of variants: one program), seeds, runs (variants x seeds),
+runs_per_call (runs vmapped in one call, padded to the devices; the group's slices run one after
+another, as in the run loop), examples_per_sec (all runs together, steady state, after one untimed
+chunk), compile_sec (init + chunk compilation + the untimed chunk), device_mb (memory one call
+needs by XLA's accounting: arguments, outputs, temporaries; the whole state when runs_per_call is
+all runs), peak_rss_mb (of this process so far), backend.
 """
 import ast
 import json
@@ -70,42 +73,59 @@ def _config():
   return config
 
 
+def _line(config, variant, runs, per_call, examples, seconds, compile_sec, device_mb):
+  import jax  # pylint: disable=g-import-not-at-top
+  return json.dumps(dict(
+      workload=flags.FLAGS.workload, variant=variant, seeds=config.num_seeds, runs=runs, runs_per_call=per_call,
+      examples_per_sec=round(examples / seconds, 1), compile_sec=round(compile_sec, 2),
+      device_mb=round(device_mb, 1), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      backend=jax.default_backend()))
+
+
+def _device_mb(compiled) -> float:
+  """Device memory one call needs by XLA's own accounting: arguments, outputs and temporaries."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float('nan')
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes) / 2**20
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   config = _config()
   config_lib.validate(config, run_lib.experiments.get(config.experiment))
-  total_examples, total_seconds, total_compile = 0, 0.0, 0.0
   devices = run_lib.Devices(config)   # the runs axis sharded over the devices, as in ddl/run.py
   data = devices.put(run_lib.experiments.get(config.experiment).load_data(config), devices.replicated)
-  programs = run_lib._programs(config, devices)  # pylint: disable=protected-access
-  for program in programs:
+  groups = {}   # a group's slices (runs_per_call) run one after another, as in the run loop
+  for program in run_lib._programs(config, devices):  # pylint: disable=protected-access
+    groups.setdefault(program.group.name, []).append(program)
+  total_examples, total_seconds, total_compile, total_runs, peak_mb = 0, 0.0, 0.0, 0, 0.0
+  for name, programs in groups.items():
     began = time.time()
-    state = program.init()
-    compiled = program.run_chunk.lower(state, data).compile()
-    state, values = compiled(state, data)
-    jax.block_until_ready(values)
+    compiled, states = {}, []
+    for program in programs:   # slices of equal size share one compilation
+      state = program.init()
+      if program.padded not in compiled:
+        compiled[program.padded] = program.run_chunk.lower(state, data).compile()
+      states.append(compiled[program.padded](state, data)[0])
+    jax.block_until_ready(states)
     compile_sec = time.time() - began
     began = time.time()
     for _ in range(flags.FLAGS.chunks):
-      state, values = compiled(state, data)
-    jax.block_until_ready((state, values))
+      for i, program in enumerate(programs):
+        states[i], values = compiled[program.padded](states[i], data)
+    jax.block_until_ready((states, values))
     seconds = time.time() - began
-    examples = program.experiment.examples_per_chunk * len(program.variants) * flags.FLAGS.chunks
-    total_examples += examples
-    total_seconds += seconds
-    total_compile += compile_sec
-    print(json.dumps(dict(
-        workload=flags.FLAGS.workload, variant=program.group.name, seeds=config.num_seeds,
-        runs=len(program.variants), examples_per_sec=round(examples / seconds, 1),
-        compile_sec=round(compile_sec, 2), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        backend=jax.default_backend())), flush=True)
-  if len(programs) > 1:
-    print(json.dumps(dict(
-        workload=flags.FLAGS.workload, variant='all', seeds=config.num_seeds,
-        runs=sum(len(p.variants) for p in programs), examples_per_sec=round(total_examples / total_seconds, 1),
-        compile_sec=round(total_compile, 2), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        backend=jax.default_backend())), flush=True)
+    runs = sum(len(p.variants) for p in programs)
+    examples = programs[0].experiment.examples_per_chunk * runs * flags.FLAGS.chunks
+    device_mb = max(_device_mb(c) for c in compiled.values())
+    total_examples, total_seconds, total_compile, total_runs = (
+        total_examples + examples, total_seconds + seconds, total_compile + compile_sec, total_runs + runs)
+    peak_mb = max(peak_mb, device_mb)
+    print(_line(config, name, runs, max(compiled), examples, seconds, compile_sec, device_mb), flush=True)
+  if len(groups) > 1:
+    print(_line(config, 'all', total_runs, None, total_examples, total_seconds, total_compile, peak_mb), flush=True)
 
 
 if __name__ == '__main__':

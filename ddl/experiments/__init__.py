@@ -7,12 +7,14 @@ None when the experiment generates its data), plus `num_chunks`,
 `checks(config)`: (condition, message) pairs that config validation enforces."""
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs
+from ddl.experiments.ppo import PPO
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 EXPERIMENTS = {
     'slowly_changing_regression': SlowlyChangingRegression,
     'permuted_inputs': PermutedInputs,
     'continual_imagenet': ContinualImageNet,
+    'ppo': PPO,
 }
 
 

@@ -22,8 +22,8 @@ from ddl import config as config_lib
 
 
 def smoke(config):
-  """Tiny networks, short rollouts, 2 seeds, 3 chunks of 2 updates x 256 steps; spring physics
-  (fastest to compile); cbp/cbpi share a program, std/ns/l2 another, redo a third."""
+  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; spring
+  physics (fastest to compile); std, ns, l2, cbp and cbpi share a program, redo has its own."""
   config.num_seeds = 2
   config.total_steps = 3 * 2 * 256
   config.updates_per_chunk = 2
@@ -40,7 +40,7 @@ def smoke(config):
     config.variants[name].replacement_rate = 1e-2
     config.variants[name].maturity_threshold = 5.0
   config.variants.redo.cbp = dict(method='redo', redo_period=3)
-  config.figure_bin = 1
+  config.fuse_variants = True     # fewer programs to compile: std..cbpi in one, redo in another
 
 
 def get_config(arg: str = ''):

@@ -1,4 +1,5 @@
-"""Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant."""
+"""Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant (or a
+95 % bootstrap confidence band of the mean, the config's `figure_band='bootstrap95'`)."""
 import collections
 import csv
 import json
@@ -34,6 +35,22 @@ def mean_and_se(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   return mean, se
 
 
+def bootstrap_band(values: np.ndarray, level: float = 0.95, resamples: int = 1000,
+                   seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean over seeds (axis 0) and the percentile bootstrap confidence interval of that mean
+  (seeds resampled with replacement), ignoring missing cells. Returns (mean, low, high)."""
+  rng = np.random.default_rng(seed)
+  index = rng.integers(0, values.shape[0], (resamples, values.shape[0]))
+  with np.errstate(invalid='ignore'):
+    import warnings  # pylint: disable=g-import-not-at-top
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', category=RuntimeWarning)   # all-missing columns give NaN
+      means = np.nanmean(values[index], axis=1)                 # (resamples, T)
+      tail = (1 - level) / 2 * 100
+      low, high = np.nanpercentile(means, [tail, 100 - tail], axis=0)
+      return np.nanmean(values, axis=0), low, high
+
+
 def binned(steps: np.ndarray, values: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
   """Each seed's values averaged over consecutive bins of `size` logged steps (the paper's
   'bins of 50 tasks'); x is each bin's first step."""
@@ -54,10 +71,11 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = ()) -> Sequence[str]
   data = {}
   for path in [os.path.join(workdir, 'metrics.csv'), *metrics_csv]:
     data.update(read_metrics(path))
-  bin_size = 1
+  bin_size, band = 1, 'se'
   if os.path.exists(os.path.join(workdir, 'config.json')):
     with open(os.path.join(workdir, 'config.json')) as f:
-      bin_size = int(json.load(f).get('figure_bin', 1))
+      saved = json.load(f)
+    bin_size, band = int(saved.get('figure_bin', 1)), saved.get('figure_band', 'se')
   os.makedirs(os.path.join(workdir, 'figures'), exist_ok=True)
   written = []
   for metric in sorted({m for _, m in data}):
@@ -66,13 +84,18 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = ()) -> Sequence[str]
       if m != metric:
         continue
       steps, values = binned(steps, values, bin_size)
-      mean, se = mean_and_se(values)
+      if band == 'bootstrap95':
+        mean, low, high = bootstrap_band(values)
+      else:
+        mean, se = mean_and_se(values)
+        low, high = mean - se, mean + se
       ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})')
-      ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
+      ax.fill_between(steps, low, high, alpha=0.25)
     ax.set_xlabel('step')
     ax.set_ylabel(metric)
     per_bin = f' in bins of {bin_size}' if bin_size > 1 else ''
-    ax.set_title(f'{metric}{per_bin}: mean +- s.e. over seeds')
+    spread = '95 % bootstrap CI' if band == 'bootstrap95' else 's.e.'
+    ax.set_title(f'{metric}{per_bin}: mean and {spread} over seeds')
     ax.legend()
     fig.tight_layout()
     path = os.path.join(workdir, 'figures', f'{metric}.png')

@@ -51,7 +51,8 @@ def get_config(arg: str = ''):
   config.probe_steps = 1000               # dormant units and stable rank over the last 1000 acting steps
   config.figure_bin = 1
   config.figure_band = 'bootstrap95'
-  config.env = dict(backend='mjx', num_envs=1, episode_length=1000,
+  # starts: initial states drawn per rollout and used in turn at episode ends (see ddl/rl/env.py)
+  config.env = dict(backend='mjx', num_envs=1, episode_length=1000, starts=8,
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network = dict(hidden=(256, 256), weight_init='lecun')

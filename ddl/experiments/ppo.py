@@ -42,7 +42,7 @@ class PPO:
   def __init__(self, config, group):
     self.config = config
     env = config.env
-    self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every)
+    self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts)
     self.network = nets.ActorCritic(tuple(config.network.hidden), self.env.action_size,
                                     weight_init=config.network.weight_init)
     objective = functools.partial(ppo.ppo_loss, clip=config.ppo.clip, value_coef=config.ppo.value_coef)
@@ -63,6 +63,8 @@ class PPO:
         (0 < env.friction.low <= env.friction.high, 'env.friction.low, high must satisfy 0 < low <= high'),
         (env.friction.value > 0 and env.friction.num > 0, 'env.friction.value and num must be > 0'),
         (env.num_envs > 0 and p.rollout_steps % env.num_envs == 0, 'env.num_envs must divide ppo.rollout_steps'),
+        (env.starts > 0, 'env.starts must be > 0'),
+        (config.get('figure_band', 'se') in ('se', 'bootstrap95'), "figure_band must be 'se' or 'bootstrap95'"),
         (p.minibatches > 0 and p.rollout_steps % p.minibatches == 0, 'ppo.minibatches must divide ppo.rollout_steps'),
         (p.epochs > 0 and config.updates_per_chunk > 0 and config.total_steps > 0,
          'ppo.epochs, updates_per_chunk and total_steps must be > 0'),

@@ -80,10 +80,12 @@ def rollout(env, network, params, env_state, obs: jax.Array, key: chex.PRNGKey, 
   num_envs = obs.shape[0]
   log_std = params['log_std']
   step_fn = jax.vmap(env.step, in_axes=(0, 0, 0, 0, None))
+  if hasattr(env, 'refill'):   # fresh initial states for this rollout's episodes
+    env_state = jax.vmap(env.refill, (0, 0, None))(env_state, jax.random.split(key, num_envs), schedule)
 
   def body(carry, t):
     env_state, obs, return_sum, episodes = carry
-    act_key, reset_key = jax.random.split(jax.random.fold_in(key, t))
+    act_key, reset_key = jax.random.split(jax.random.fold_in(key, t + 1))
     mean = network.policy_mean(params, obs)
     action = mean + jnp.exp(log_std) * jax.random.normal(act_key, mean.shape)
     global_steps = first_step + t * num_envs + jnp.arange(num_envs) + 1

@@ -199,3 +199,49 @@ def test_slippery_ant_smoke_through_main_and_exact_resume(tmp_path):
   run_lib.run(config, str(tmp_path / 'split'), figures=False)
   read = lambda p: open(os.path.join(p, 'metrics.csv')).read()
   assert read(tmp_path / 'split') == read(tmp_path / 'whole')
+
+
+def test_adam_betas_are_traced_hyperparameters():
+  """std (0.9, 0.999) and proper Adam (0.99, 0.99) as points of one vmapped program."""
+  from ddl.learners import optimizers  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(name='adam', momentum=0.0, eps=1e-8))
+  params = {'w': jnp.array([1.0, -2.0])}
+  grads = [{'w': jnp.array([0.5, 1.0])}, {'w': jnp.array([-1.0, 0.2])}, {'w': jnp.array([0.3, 0.3])}]
+
+  def run(b1, b2):
+    hparams = dict(learning_rate=0.1, weight_decay=0.0, noise_scale=0.0, b1=b1, b2=b2)
+    opt = optimizers.from_config(cfg, hparams, False)
+    p, s = params, opt.init(params)
+    for g in grads:
+      u, s = opt.update(g, s, p)
+      p = jax.tree.map(lambda a, b: a + b, p, u)
+    return p['w']
+
+  got = jax.jit(jax.vmap(run))(jnp.array([0.9, 0.99]), jnp.array([0.999, 0.99]))
+  for i, (b1, b2) in enumerate(((0.9, 0.999), (0.99, 0.99))):
+    opt = optimizers.make_optimizer('adam', learning_rate=0.1, b1=b1, b2=b2, perturbation=False)
+    p, s = params, opt.init(params)
+    for g in grads:
+      u, s = opt.update(g, s, p)
+      p = jax.tree.map(lambda a, b: a + b, p, u)
+    np.testing.assert_allclose(got[i], p['w'], rtol=1e-5)
+  assert not np.allclose(got[0], got[1])
+
+
+def test_friction_file_rows_and_bad_settings_are_clear_errors(tmp_path):
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl.experiments import PPO  # pylint: disable=g-import-not-at-top
+  table = np.exp(np.random.default_rng(0).uniform(np.log(0.02), np.log(2), (5, 50)))
+  np.save(tmp_path / 'frictions.npy', table)
+  config = load_config('slippery_ant', 'smoke,std')
+  config.env.friction.kind = 'file'
+  config.env.friction.file = str(tmp_path / 'frictions.npy')
+  config.seed, config.num_seeds = 1, 3
+  np.testing.assert_allclose(PPO.load_data(config)['frictions'], table[1:4], rtol=1e-6)
+  config.num_seeds = 5
+  with pytest.raises(ValueError, match='rows for seeds 1..5'):
+    PPO.load_data(config)
+  config = load_config('slippery_ant', 'smoke,std')
+  config.env.backend = 'bullet'
+  with pytest.raises(config_lib.ConfigError, match='env.backend must be one of'):
+    config_lib.validate(config, PPO)

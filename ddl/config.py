@@ -15,6 +15,7 @@ import ml_collections
 
 from ddl.learners import HPARAMS
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import learner as learner_lib
 from ddl.learners import optimizers
 
 WANDB_MODES = ('disabled', 'offline', 'online')
@@ -49,11 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
   # numbers dominate a small net's step on CPU). True: one program for all variants of the same
   # static settings (fewer programs; better where steps are latency bound, as on a GPU).
   config.fuse_variants = False
-  config.optimizer = dict(name='sgd', momentum=0.0, b1=0.9, b2=0.999, eps=1e-8)
-  config.cbp = dict(util_type='contribution', count_mode='bernoulli', count_base='eligible',
-                    reset_optimizer_state=False, next_bias_correction=False)
+  config.optimizer = dict(name='sgd', momentum=0.0, eps=1e-8)   # Adam's b1, b2 are hparams
+  # method 'cbp' (ddl.learners.cbp) or 'redo' (ddl.learners.redo: threshold, period in steps)
+  config.cbp = dict(method='cbp', util_type='contribution', count_mode='bernoulli', count_base='eligible',
+                    reset_optimizer_state=False, next_bias_correction=False, redo_threshold=0.1,
+                    redo_period=1000)
   config.hparams = dict(learning_rate=0.01, weight_decay=0.0, noise_scale=0.0, replacement_rate=0.0,
-                        maturity_threshold=100.0, decay_rate=0.99)
+                        maturity_threshold=100.0, decay_rate=0.99, b1=0.9, b2=0.999)
   config.variants = ml_collections.ConfigDict()
   config.wandb = dict(mode='disabled', project='ddl', entity='', group='', name='')
   return config
@@ -163,6 +166,9 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   for key, allowed in (('util_type', cbp_lib.UTIL_TYPES), ('count_mode', cbp_lib.COUNT_MODES),
                        ('count_base', cbp_lib.COUNT_BASES)):
     _check(config.cbp[key] in allowed, f'cbp.{key}', f'{config.cbp[key]!r} is not known; use one of {allowed}')
+  _check(config.cbp.method in learner_lib.RESETS, 'cbp.method',
+         f'{config.cbp.method!r} is not known; use one of {learner_lib.RESETS}')
+  _check(config.cbp.redo_period >= 1, 'cbp.redo_period', f'must be >= 1 step, got {config.cbp.redo_period}')
   _check(config.wandb.mode in WANDB_MODES, 'wandb.mode', f'{config.wandb.mode!r} is not known; use one of {WANDB_MODES}')
   _check(len(config.variants) > 0, 'variants', 'at least one variant is needed')
   top_level = set(config.keys())
@@ -173,7 +179,8 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
       _check(key in HPARAMS or key in top_level, f'variants.{name}.{key}',
              f'is neither a hyperparameter {HPARAMS} nor a config key{_suggest(key, list(HPARAMS) + sorted(top_level))}')
   ranges = {'learning_rate': (0, None, False), 'weight_decay': (0, None, True), 'noise_scale': (0, None, True),
-            'replacement_rate': (0, 1, True), 'maturity_threshold': (0, None, True), 'decay_rate': (0, 1, True)}
+            'replacement_rate': (0, 1, True), 'maturity_threshold': (0, None, True), 'decay_rate': (0, 1, True),
+            'b1': (0, 1, True), 'b2': (0, 1, True)}
   for group in groups(config):
     for variant, hparams in zip(group.variants, group.hparams):
       for key, (low, high, inclusive) in ranges.items():

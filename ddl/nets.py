@@ -168,3 +168,40 @@ class ConvNet(nn.Module):
     return tuple(UnitLayer(features=name, kernel=(name, 'kernel'), bias=(name, 'bias'), consumer=(after, 'kernel'),
                            consumer_bias=(after, 'bias'), init=initializer('default'))
                  for name, after in zip(names[:-1], names[1:]))
+
+
+class ActorCritic(nn.Module):
+  """PPO's networks as one module (lop_reference.md §5.5): a policy MLP giving the action mean, a
+  state-independent `log_std` (init 0), and a value MLP; both ReLU MLPs with `weight_init`
+  (the original: lecun). Returns ((mean, log_std, value), features) with the hidden activations
+  of both MLPs as 'policy/hidden_i' and 'value/hidden_i', so one reset transform acts on both."""
+  hidden: Sequence[int]
+  actions: int
+  activation: str = 'relu'
+  weight_init: str = 'lecun'
+
+  def _mlps(self, **kwargs):
+    return (MLP(self.hidden, self.actions, self.activation, self.weight_init, **kwargs),
+            MLP(self.hidden, 1, self.activation, self.weight_init, **kwargs))
+
+  @nn.compact
+  def __call__(self, x: jax.Array):
+    mean, policy_features = MLP(self.hidden, self.actions, self.activation, self.weight_init, name='policy')(x)
+    v, value_features = MLP(self.hidden, 1, self.activation, self.weight_init, name='value')(x)
+    log_std = self.param('log_std', nn.initializers.zeros, (self.actions,))
+    features = {**{f'policy/{k}': h for k, h in policy_features.items()},
+                **{f'value/{k}': h for k, h in value_features.items()}}
+    return (mean, log_std, v[..., 0]), features
+
+  def policy_mean(self, params, x: jax.Array) -> jax.Array:
+    """The action mean alone (what acting needs)."""
+    return self._mlps(parent=None)[0].apply({'params': params['policy']}, x)[0]
+
+  def unit_layers(self) -> Tuple[UnitLayer, ...]:
+    layers = []
+    for name, mlp in zip(('policy', 'value'), self._mlps(parent=None)):
+      for layer in mlp.unit_layers():
+        layers.append(UnitLayer(
+            features=f'{name}/{layer.features}', kernel=(name,) + layer.kernel, bias=(name,) + layer.bias,
+            consumer=(name,) + layer.consumer, consumer_bias=(name,) + layer.consumer_bias, init=layer.init))
+    return tuple(layers)

@@ -1,4 +1,5 @@
-"""Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant."""
+"""Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant (or a
+95 % bootstrap confidence band of the mean, the config's `figure_band='bootstrap95'`)."""
 import collections
 import csv
 import json
@@ -37,6 +38,21 @@ def mean_and_se(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   return mean, se
 
 
+def bootstrap_band(values: np.ndarray, level: float = 0.95, resamples: int = 1000,
+                   seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Mean over seeds (axis 0) and the percentile bootstrap confidence interval of that mean
+  (seeds resampled with replacement), ignoring missing cells. Returns (mean, low, high)."""
+  rng = np.random.default_rng(seed)
+  index = rng.integers(0, values.shape[0], (resamples, values.shape[0]))
+  with np.errstate(invalid='ignore'):
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore', category=RuntimeWarning)   # all-missing columns give NaN
+      means = np.nanmean(values[index], axis=1)                 # (resamples, T)
+      tail = (1 - level) / 2 * 100
+      low, high = np.nanpercentile(means, [tail, 100 - tail], axis=0)
+      return np.nanmean(values, axis=0), low, high
+
+
 def binned(steps: np.ndarray, values: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
   """Each seed's values averaged over consecutive bins of `size` logged steps (the paper's
   'bins of 50 tasks'); x is each bin's first step."""
@@ -66,13 +82,13 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
     for (variant, metric), value in read_metrics(path).items():
       if metric not in MARKERS:
         data[(f'{labels[i]}: {variant}' if labels else variant, metric)] = value
-  bin_size = figure_bin(workdir)
+  bin_size, band = figure_bin(workdir), figure_setting(workdir, 'figure_band', 'se')
   out_dir = out_dir or os.path.join(workdir, 'figures')
   os.makedirs(out_dir, exist_ok=True)
   written = []
   for metric in sorted({m for _, m in data}):
     fig, ax = plt.subplots(figsize=(6, 4))
-    draw(ax, data, metric, bin_size)
+    draw(ax, data, metric, bin_size, band=band)
     ax.legend()
     fig.tight_layout()
     path = os.path.join(out_dir, f'{metric}.png')
@@ -82,26 +98,37 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
   return written
 
 
-def figure_bin(workdir: str) -> int:
-  """The config's `figure_bin` (logged steps per bin of the figures), 1 without one."""
+def figure_setting(workdir: str, key: str, default):
+  """A figure setting of the workdir's config.json (e.g. figure_band), `default` without one."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    return 1
+    return default
   with open(path) as f:
-    return int(json.load(f).get('figure_bin', 1))
+    return json.load(f).get(key, default)
 
 
-def draw(ax, data, metric: str, bin_size: int = 1, xlabel: str = 'step') -> None:
-  """One metric's curves on `ax`: per variant, the mean over seeds with a +- standard error band,
+def figure_bin(workdir: str) -> int:
+  """The config's `figure_bin` (logged steps per bin of the figures), 1 without one."""
+  return int(figure_setting(workdir, 'figure_bin', 1))
+
+
+def draw(ax, data, metric: str, bin_size: int = 1, xlabel: str = 'step', band: str = 'se') -> None:
+  """One metric's curves on `ax`: per variant, the mean over seeds with a band of +- one standard
+  error ('se') or the 95 % bootstrap confidence interval ('bootstrap95', the paper's RL figures),
   binned by `bin_size` logged steps (used by the figures and the notebooks)."""
   for (variant, m), (steps, values) in sorted(data.items()):
     if m != metric:
       continue
     steps, values = binned(steps, values, bin_size)
-    mean, se = mean_and_se(values)
+    if band == 'bootstrap95':
+      mean, low, high = bootstrap_band(values)
+    else:
+      mean, se = mean_and_se(values)
+      low, high = mean - se, mean + se
     ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})')
-    ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
+    ax.fill_between(steps, low, high, alpha=0.25)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(metric)
   per_bin = f' in bins of {bin_size}' if bin_size > 1 else ''
-  ax.set_title(f'{metric}{per_bin}: mean +- s.e. over seeds')
+  spread = '95 % bootstrap CI' if band == 'bootstrap95' else 's.e.'
+  ax.set_title(f'{metric}{per_bin}: mean and {spread} over seeds')

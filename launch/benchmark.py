@@ -32,6 +32,9 @@ WORKLOADS = {
     'permuted_mnist': ('permuted_mnist', {'data.source': 'mock', 'data.mock_examples': 60_000,
                                           'examples_per_task': 2_000}),
     'permuted_digits': ('permuted_digits', {}),
+    # PPO on Ant: full networks, 2048-step rollouts, 10 x 16 minibatches; a chunk = 2 PPO updates
+    # (4096 environment steps per seed); examples = environment steps including learning.
+    'ant': ('ant', {'updates_per_chunk': 2}),
 }
 
 flags.DEFINE_enum('workload', 'scr', sorted(WORKLOADS), 'Experiment to measure.')

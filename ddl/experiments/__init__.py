@@ -8,12 +8,14 @@ None when the experiment generates its data), plus `num_chunks`,
 `runs_per_call_by_backend` ({backend: runs per vmapped call}) for configs with runs_per_call=-1."""
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs
+from ddl.experiments.ppo import PPO
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 EXPERIMENTS = {
     'slowly_changing_regression': SlowlyChangingRegression,
     'permuted_inputs': PermutedInputs,
     'continual_imagenet': ContinualImageNet,
+    'ppo': PPO,
 }
 
 

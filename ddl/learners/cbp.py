@@ -74,9 +74,10 @@ class CBPInfo(NamedTuple):
 
 
 class ResetTransform(NamedTuple):
-  """A pure reset step run after the optimizer step, optax style."""
-  init: Callable[[Any], CBPState]
-  update: Callable[..., Tuple[Any, Any, CBPState, CBPInfo]]
+  """A pure reset step run after the optimizer step, optax style: init(params) -> state;
+  update(params, opt_state, state, features, key) -> (params, opt_state, state, CBPInfo)."""
+  init: Callable[[Any], Any]
+  update: Callable[..., Tuple[Any, Any, Any, CBPInfo]]
 
 
 def _get(flat, path):
@@ -115,6 +116,55 @@ def _instant_utility(util_type, h, centre, kernel, consumer, units):
   if util_type == 'adaptable_contribution':
     contribution = contribution / in_mag
   return contribution
+
+
+class Pick(NamedTuple):
+  """The units of one layer to re-initialise, as a reset transform selected them."""
+  replaced: jax.Array   # bool (units,)
+  index: jax.Array      # int32 (slots,): candidate units (static size)
+  valid: jax.Array      # bool (slots,): which candidates are replaced
+  centre: jax.Array     # (units,) mean activation (for the optional next-layer bias correction)
+  key: chex.PRNGKey     # fresh input weights
+
+
+def reset_units(unit_layers: Tuple[UnitLayer, ...], tree, picks, fresh: bool, next_bias_correction: bool = False):
+  """Re-initialises the picked units of every layer in a params-shaped tree: fresh input weights
+  from the layer's initializer (fresh=False writes zeros, for optimizer state), zero bias, zero
+  outgoing weights, norm parameters restored. Shared by every reset transform (CBP, ReDo)."""
+  flat = dict(traverse_util.flatten_dict(tree))
+  for layer, (replaced, index, valid, centre, key) in zip(unit_layers, picks):
+    if layer.kernel not in flat:
+      continue
+    kernel = flat[layer.kernel]
+    units = kernel.shape[-1]
+    if fresh:
+      new = layer.init(key, kernel.shape[:-1] + index.shape, kernel.dtype)
+    else:
+      new = jnp.zeros(kernel.shape[:-1] + index.shape, kernel.dtype)
+    current = jnp.take(kernel, index, axis=-1)
+    flat[layer.kernel] = kernel.at[..., index].set(jnp.where(valid, new, current))
+    if layer.bias is not None:
+      flat[layer.bias] = jnp.where(replaced, 0.0, flat[layer.bias]).astype(flat[layer.bias].dtype)
+    consumer = flat[layer.consumer]
+    rows = _consumer_rows(consumer, units)
+    if fresh and next_bias_correction and layer.consumer_bias is not None:
+      shift = jnp.einsum('pno,n->o', rows, jnp.where(replaced, centre, 0.0))
+      flat[layer.consumer_bias] = flat[layer.consumer_bias] + shift
+    rows = jnp.where(replaced[None, :, None], 0.0, rows)
+    flat[layer.consumer] = rows.reshape(consumer.shape).astype(consumer.dtype)
+    for paths, value in ((layer.norm_ones, 1.0), (layer.norm_zeros, 0.0)):
+      for path in paths:
+        if path in flat:
+          flat[path] = jnp.where(replaced, value if fresh else 0.0, flat[path])
+  return traverse_util.unflatten_dict(flat)
+
+
+def reset_optimizer_units(unit_layers: Tuple[UnitLayer, ...], params, opt_state, picks):
+  """Zeroes the picked units' entries in every params-shaped subtree of an optimizer state."""
+  params_def = jax.tree.structure(params)
+  is_params = lambda sub: jax.tree.structure(sub) == params_def
+  return jax.tree.map(lambda sub: reset_units(unit_layers, sub, picks, fresh=False) if is_params(sub) else sub,
+                      opt_state, is_leaf=is_params)
 
 
 def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: chex.Numeric,
@@ -206,35 +256,6 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
         ages=jnp.where(replaced, 0, ages), accumulated=accumulated)
     return new_state, replaced, index, valid, centre
 
-  def reset(tree, picks, fresh):
-    """Applies the resets of every layer to a params-shaped tree; fresh=None writes zeros."""
-    flat = dict(traverse_util.flatten_dict(tree))
-    for layer, (replaced, index, valid, centre, key) in zip(unit_layers, picks):
-      if layer.kernel not in flat:
-        continue
-      kernel = flat[layer.kernel]
-      units = kernel.shape[-1]
-      if fresh:
-        new = layer.init(key, kernel.shape[:-1] + index.shape, kernel.dtype)
-      else:
-        new = jnp.zeros(kernel.shape[:-1] + index.shape, kernel.dtype)
-      current = jnp.take(kernel, index, axis=-1)
-      flat[layer.kernel] = kernel.at[..., index].set(jnp.where(valid, new, current))
-      if layer.bias is not None:
-        flat[layer.bias] = jnp.where(replaced, 0.0, flat[layer.bias]).astype(flat[layer.bias].dtype)
-      consumer = flat[layer.consumer]
-      rows = _consumer_rows(consumer, units)
-      if fresh and next_bias_correction and layer.consumer_bias is not None:
-        shift = jnp.einsum('pno,n->o', rows, jnp.where(replaced, centre, 0.0))
-        flat[layer.consumer_bias] = flat[layer.consumer_bias] + shift
-      rows = jnp.where(replaced[None, :, None], 0.0, rows)
-      flat[layer.consumer] = rows.reshape(consumer.shape).astype(consumer.dtype)
-      for paths, value in ((layer.norm_ones, 1.0), (layer.norm_zeros, 0.0)):
-        for path in paths:
-          if path in flat:
-            flat[path] = jnp.where(replaced, value if fresh else 0.0, flat[path])
-    return traverse_util.unflatten_dict(flat)
-
   def update(params, opt_state, state: CBPState, features: Mapping[str, jax.Array],
              key: chex.PRNGKey, draws: Optional[Mapping[str, chex.Numeric]] = None):
     """One CBP step: (params, opt_state, cbp_state, features, key) -> (params, opt_state,
@@ -252,13 +273,10 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
           layer, state.layers[layer.features], flat, features[layer.features], keys[2 * i], draw)
       layers[layer.features] = new_state
       replaced_masks[layer.features] = replaced
-      picks.append((replaced, index, valid, centre, keys[2 * i + 1]))
-    params = reset(params, picks, fresh=True)
+      picks.append(Pick(replaced, index, valid, centre, keys[2 * i + 1]))
+    params = reset_units(unit_layers, params, picks, fresh=True, next_bias_correction=next_bias_correction)
     if reset_optimizer_state:
-      params_def = jax.tree.structure(params)
-      opt_state = jax.tree.map(
-          lambda sub: reset(sub, picks, fresh=False) if jax.tree.structure(sub) == params_def else sub,
-          opt_state, is_leaf=lambda sub: jax.tree.structure(sub) == params_def)
+      opt_state = reset_optimizer_units(unit_layers, params, opt_state, picks)
     num = sum((m.sum() for m in replaced_masks.values()), jnp.zeros((), jnp.int32))
     return params, opt_state, CBPState(layers=layers), CBPInfo(replaced_masks, num.astype(jnp.int32))
 

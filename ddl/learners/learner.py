@@ -16,9 +16,11 @@ from flax import struct
 
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import optimizers
+from ddl.learners import redo as redo_lib
 
 HPARAMS = ('learning_rate', 'weight_decay', 'noise_scale', 'replacement_rate', 'maturity_threshold',
-           'decay_rate')
+           'decay_rate', 'b1', 'b2')
+RESETS = ('cbp', 'redo')
 LOSSES = ('mse', 'cross_entropy')
 
 
@@ -37,9 +39,12 @@ class StepOutput(NamedTuple):
   num_replaced: jax.Array        # units re-initialised by the reset transform in this step
 
 
-def loss_fn(kind: str, output: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean squared error (regression, output squeezed to the target's shape) or softmax
-  cross-entropy with integer labels."""
+def loss_fn(kind, output: Any, target: Any) -> jax.Array:
+  """Mean squared error (regression, output squeezed to the target's shape), softmax
+  cross-entropy with integer labels, or `kind(output, target)` for a callable objective (e.g. the
+  PPO loss over a policy and a value head)."""
+  if callable(kind):
+    return kind(output, target)
   if kind == 'mse':
     return jnp.mean((output.reshape(target.shape) - target) ** 2)
   if kind == 'cross_entropy':
@@ -52,27 +57,40 @@ class Learner:
   """Online learner of one run. Static structure only; everything numeric is in the state.
 
   network: a Flax module returning (output, features) and declaring `unit_layers()`.
-  optimizer: config section with name, momentum, b1, b2, eps (ddl.learners.optimizers).
+  loss: 'mse', 'cross_entropy' or a callable (output, target) -> scalar loss.
+  optimizer: config section with name, momentum, eps (ddl.learners.optimizers); Adam's b1, b2 are
+    traced hparams.
   perturbation: whether the optimizer holds the S&P noise transform.
   cbp: config section with util_type, count_mode, count_base, reset_optimizer_state,
-    next_bias_correction; None, or max_replacement_rate 0, leaves CBP out of the program.
+    next_bias_correction, and optionally method ('cbp' or 'redo', ddl.learners.redo, with
+    redo_threshold and redo_period); None, or for CBP max_replacement_rate 0, leaves the reset
+    transform out of the program.
   max_replacement_rate: the largest replacement rate of the sweep sharing this program.
   """
   network: nn.Module
-  loss: str
+  loss: Any
   optimizer: Any
   cbp: Any = None
   max_replacement_rate: float = 0.0
   perturbation: bool = True
 
   @property
+  def reset_method(self) -> str:
+    return self.cbp.get('method', 'cbp') if self.cbp is not None else 'cbp'
+
+  @property
   def uses_cbp(self) -> bool:
-    return self.cbp is not None and self.max_replacement_rate > 0 and bool(self.network.unit_layers())
+    """Whether the program holds a reset transform (CBP with a positive rate, or ReDo)."""
+    active = self.max_replacement_rate > 0 or self.reset_method == 'redo'
+    return self.cbp is not None and active and bool(self.network.unit_layers())
 
   def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformation:
     return optimizers.from_config(self.optimizer, hparams, self.perturbation, key)
 
   def make_cbp(self, hparams: Mapping[str, chex.Numeric]) -> cbp_lib.ResetTransform:
+    if self.reset_method == 'redo':
+      return redo_lib.redo(self.network.unit_layers(), threshold=self.cbp.redo_threshold,
+                           period=int(self.cbp.redo_period), reset_optimizer_state=self.cbp.reset_optimizer_state)
     return cbp_lib.continual_backprop(
         self.network.unit_layers(), replacement_rate=hparams['replacement_rate'],
         maturity_threshold=hparams['maturity_threshold'], decay_rate=hparams['decay_rate'],
@@ -93,7 +111,7 @@ class Learner:
   def apply(self, params, x: jax.Array):
     return self.network.apply({'params': params}, x)
 
-  def step(self, state: LearnerState, x: jax.Array, y: jax.Array, key: chex.PRNGKey):
+  def step(self, state: LearnerState, x: jax.Array, y: Any, key: chex.PRNGKey):
     """One minibatch: forward, loss, gradient, optimizer step, then the reset transform with the
     activations of this forward pass. Returns (new state, StepOutput)."""
 

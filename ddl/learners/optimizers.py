@@ -72,8 +72,10 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
 def from_config(opt_config: Any, hparams: Any, perturbation: bool,
                 key: Optional[chex.PRNGKey] = None) -> optax.GradientTransformation:
   """`make_optimizer` from a config section (static settings) and a hyperparameter mapping
-  (traced values: learning_rate, weight_decay, noise_scale)."""
+  (traced values: learning_rate, weight_decay, noise_scale and Adam's b1, b2, which fall back to
+  the config section's when the mapping has none)."""
+  betas = {b: hparams[b] if b in hparams else opt_config[b] for b in ('b1', 'b2')}
   return make_optimizer(
       opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=hparams['weight_decay'],
-      noise_scale=hparams['noise_scale'], momentum=opt_config.momentum, b1=opt_config.b1,
-      b2=opt_config.b2, eps=opt_config.eps, perturbation=perturbation, key=key)
+      noise_scale=hparams['noise_scale'], momentum=opt_config.momentum, eps=opt_config.eps,
+      perturbation=perturbation, key=key, **betas)

@@ -1,0 +1,85 @@
+"""PPO on stationary Brax Ant (Dohare et al. 2024, Fig. 4 and ED Fig. 5; lop_reference.md §5.5, §6.5).
+
+Reproduces: standard PPO (Adam 0.9/0.999) peaks and then collapses while its policy's dormant
+fraction rises and stable rank falls; "proper Adam" (0.99/0.99) fails later; L2 and CBP (+L2) keep
+performing (CBP best); ReDo+L2 worsens over time. 30 seeds x {std, ns, l2, cbp, cbpi, redo},
+50 M steps each (the original: 100 M configured, 50 M plotted); returns of finished episodes per
+chunk of 122 updates (249 856 steps, the original's 250 k bins), with 95 % bootstrap bands.
+
+  python launch/main.py --config=configs/ant.py
+  python launch/main.py --config=configs/ant.py:smoke       # tiny nets, a few thousand steps, ~1 min
+  python launch/main.py --config=configs/ant.py:std,cbp --config.num_seeds=5 --config.env.backend=spring
+
+Physics backend (`env.backend`): 'mjx' by default: it is MuJoCo itself (the original used MuJoCo
+2.1), so contacts and friction behave as there; on this 2-core CPU it ran at about 7 200 random-action
+steps/s with 30 environments, close to 'spring' (about 8 100, an impulse approximation with a
+different contact model) and 3x 'generalized'/'positional' (about 2 300); compile 40 s vs 24 s
+(spring). Brax's ant.xml lets only the feet touch the floor (gym's lets every geom collide).
+Expected run time: measured on the shared 2-core CPU (load average ~9 from other jobs), mjx, full
+networks: 1 seed 910 env steps/s including learning, 30 vmapped seeds 1 320-1 450 steps/s in total
+for std and 3 220 for cbp (measured while the load was lower: the figures vary 2x with the other
+jobs) against the original's ~580 steps/s per core; about half the time is the 160 minibatch steps per update,
+a third acting. So one seed of 50 M steps is ~15 h here and the 180-run grid a GPU job (not measured
+on a GPU). Compile: 1-2 min per program on this CPU. Smoke: ~1 min (about 30 s with a warm
+compilation cache).
+"""
+from ddl import config as config_lib
+
+
+def smoke(config):
+  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; spring
+  physics (fastest to compile); std, ns, l2, cbp and cbpi share a program, redo has its own."""
+  config.num_seeds = 2
+  config.total_steps = 3 * 2 * 256
+  config.updates_per_chunk = 2
+  config.probe_steps = 200
+  config.checkpoint_every = 2
+  config.env.backend = 'spring'
+  config.env.episode_length = 200       # several episodes per seed in the few steps
+  config.network.hidden = (16, 16)
+  config.ppo.rollout_steps = 256
+  config.ppo.epochs = 2
+  config.ppo.minibatches = 4
+  config.hparams.learning_rate = 1e-3
+  for name in ('cbp', 'cbpi'):
+    config.variants[name].replacement_rate = 1e-2
+    config.variants[name].maturity_threshold = 5.0
+  config.variants.redo.cbp = dict(method='redo', redo_period=3)
+  config.fuse_variants = True     # fewer programs to compile: std..cbpi in one, redo in another
+
+
+def get_config(arg: str = ''):
+  config = config_lib.base_config()
+  config.experiment = 'ppo'
+  config.total_steps = 50_000_000
+  config.updates_per_chunk = 122          # 249 856 steps: a chunk is a bin of the return curve
+  config.probe_steps = 1000               # dormant units and stable rank over the last 1000 acting steps
+  config.figure_bin = 1
+  config.figure_band = 'bootstrap95'
+  # starts: initial states drawn per rollout and used in turn at episode ends (see ddl/rl/env.py)
+  config.env = dict(backend='mjx', num_envs=1, episode_length=1000, starts=8,
+                    friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
+                                  change_every=2_000_000, file=''))
+  config.network = dict(hidden=(256, 256), weight_init='lecun')
+  config.ppo = dict(rollout_steps=2048, epochs=10, minibatches=16, gamma=0.99, lam=0.95, clip=0.2,
+                    value_coef=1.0, normalise_advantages=True)
+  config.optimizer.name = 'adam'
+  config.cbp.util_type = 'contribution'
+  config.cbp.count_mode = 'bernoulli'
+  config.cbp.redo_threshold = 0.1
+  config.cbp.redo_period = 100
+  config.hparams.learning_rate = 1e-4
+  config.hparams.b1 = 0.99
+  config.hparams.b2 = 0.99
+  config.hparams.maturity_threshold = 10_000.0
+  config.hparams.decay_rate = 0.99
+  config.variants = dict(
+      std=dict(b1=0.9, b2=0.999),
+      ns=dict(),
+      l2=dict(weight_decay=1e-3),
+      cbp=dict(weight_decay=1e-4, replacement_rate=1e-4),
+      cbpi=dict(weight_decay=1e-4, replacement_rate=1e-4, decay_rate=0.0),
+      redo=dict(weight_decay=1e-4, cbp=dict(method='redo')),
+  )
+  config_lib.apply_config_arg(config, arg, {'smoke': smoke})
+  return config

@@ -1,0 +1,169 @@
+"""PPO on Brax Ant with a friction schedule (lop_reference.md §5.5): stationary Ant and slippery Ant.
+
+One run = one seed's agent and its environments. One chunk = `updates_per_chunk` PPO updates
+(rollout of `ppo.rollout_steps` steps, then epochs x minibatches learner steps) in one `lax.scan`.
+Metrics are reduced on the device per chunk: the mean return of the episodes that ended in the
+chunk (the figures' bins), the policy's dormant fraction and stable rank over the last
+`probe_steps` acting steps, mean |W| per layer, weight change per update, current friction.
+"""
+import functools
+import pickle
+from typing import Dict, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ddl import metrics
+from ddl import nets
+from ddl.learners import Learner, LearnerState
+from ddl.rl import env as env_lib
+from ddl.rl import ppo
+
+FRICTIONS = ('constant', 'log_uniform', 'file')
+
+
+@struct.dataclass
+class State:
+  learner: LearnerState
+  env: env_lib.EnvState     # (E,) environments of this seed
+  obs: jax.Array            # (E, obs)
+  schedule: jax.Array       # (frictions,) this seed's friction schedule
+  key: chex.PRNGKey         # rollout and minibatch randomness, folded by update
+  updates: jax.Array        # PPO updates done, int32
+  seed: jax.Array           # seed index (row of a friction file)
+
+
+class PPO:
+  """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
+
+  def __init__(self, config, group):
+    self.config = config
+    env = config.env
+    self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts)
+    self.network = nets.ActorCritic(tuple(config.network.hidden), self.env.action_size,
+                                    weight_init=config.network.weight_init)
+    objective = functools.partial(ppo.ppo_loss, clip=config.ppo.clip, value_coef=config.ppo.value_coef)
+    self.learner = Learner(network=self.network, loss=objective, optimizer=config.optimizer, cbp=config.cbp,
+                           max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation)
+    self.steps_per_update = config.ppo.rollout_steps
+    self.examples_per_chunk = config.updates_per_chunk * self.steps_per_update
+    self.num_chunks = -(-config.total_steps // self.examples_per_chunk)
+    self.metric_every = {}
+
+  @staticmethod
+  def checks(config):
+    p, env = config.ppo, config.env
+    return [
+        (env.backend in env_lib.BACKENDS, f'env.backend must be one of {env_lib.BACKENDS}'),
+        (env.friction.kind in FRICTIONS, f'env.friction.kind must be one of {FRICTIONS}'),
+        (env.friction.kind != 'file' or bool(env.friction.file), 'env.friction.file is needed with kind=file'),
+        (0 < env.friction.low <= env.friction.high, 'env.friction.low, high must satisfy 0 < low <= high'),
+        (env.friction.value > 0 and env.friction.num > 0, 'env.friction.value and num must be > 0'),
+        (env.num_envs > 0 and p.rollout_steps % env.num_envs == 0, 'env.num_envs must divide ppo.rollout_steps'),
+        (env.starts > 0, 'env.starts must be > 0'),
+        (config.get('figure_band', 'se') in ('se', 'bootstrap95'), "figure_band must be 'se' or 'bootstrap95'"),
+        (p.minibatches > 0 and p.rollout_steps % p.minibatches == 0, 'ppo.minibatches must divide ppo.rollout_steps'),
+        (p.epochs > 0 and config.updates_per_chunk > 0 and config.total_steps > 0,
+         'ppo.epochs, updates_per_chunk and total_steps must be > 0'),
+        (0 < config.probe_steps <= p.rollout_steps, 'probe_steps must be in [1, ppo.rollout_steps]'),
+    ]
+
+  @staticmethod
+  def load_data(config):
+    """None, or {'frictions': (num_seeds, frictions)} rows config.seed.. of a schedule file (.npy, or the
+    original's pickled array)."""
+    friction = config.env.friction
+    if friction.kind != 'file':
+      return None
+    path = friction.file
+    try:
+      if path.endswith('.npy'):
+        table = np.load(path)
+      else:
+        with open(path, 'rb') as f:
+          table = np.asarray(pickle.load(f))
+    except OSError as e:
+      raise FileNotFoundError(f'env.friction.file={path}: cannot read it ({e.strerror}).') from None
+    rows = table[config.seed:config.seed + config.num_seeds]
+    if table.ndim != 2 or rows.shape[0] < config.num_seeds or table.shape[1] != friction.num:
+      raise ValueError(f'env.friction.file={path}: needs a (seeds, env.friction.num={friction.num}) table with rows '
+                       f'for seeds {config.seed}..{config.seed + config.num_seeds - 1}; it has shape {table.shape}.')
+    return {'frictions': rows.astype(np.float32)}
+
+  def chunk_step(self, chunk: int) -> int:
+    """The x-axis value logged for a chunk: environment steps per seed at its start."""
+    return chunk * self.examples_per_chunk
+
+  def _schedule(self, key) -> jax.Array:
+    """The seed's frictions; a file's row replaces them in every chunk (init sees no data)."""
+    friction = self.config.env.friction
+    if friction.kind == 'constant':
+      return jnp.full((1,), friction.value, jnp.float32)
+    return env_lib.friction_schedule(key, friction.num, friction.low, friction.high)
+
+  def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array], seed: jax.Array) -> State:
+    learner_key, env_key, schedule_key, run_key = jax.random.split(key, 4)
+    num_envs = self.config.env.num_envs
+    learner = self.learner.init(learner_key, jnp.zeros((1, self.env.observation_size)), hparams)
+    schedule = self._schedule(schedule_key)
+    env_state = jax.vmap(self.env.reset, (0, None))(jax.random.split(env_key, num_envs), schedule)
+    return State(learner=learner, env=env_state, obs=jax.vmap(self.env.observation)(env_state),
+                 schedule=schedule, key=run_key, updates=jnp.zeros((), jnp.int32),
+                 seed=jnp.asarray(seed, jnp.int32))
+
+  def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
+    config, p = self.config, self.config.ppo
+    num_envs = config.env.num_envs
+    steps = p.rollout_steps // num_envs
+    if data is not None and 'frictions' in data:
+      state = state.replace(schedule=data['frictions'][state.seed])
+    network = self.network
+
+    def one_update(carry, _):
+      state, sums = carry
+      key = jax.random.fold_in(state.key, state.updates)
+      rollout_key, update_key = jax.random.split(key)
+      params = state.learner.params
+      env_state, obs, trajectory, (return_sum, episodes) = ppo.rollout(
+          self.env, network, params, state.env, state.obs, rollout_key, state.updates * p.rollout_steps,
+          state.schedule, steps)
+      observations, batch = ppo.batch_from(network, params, trajectory, obs, p.gamma, p.lam,
+                                           p.normalise_advantages)
+      learner, loss, replaced = ppo.update(self.learner, state.learner, observations, batch, update_key,
+                                           p.epochs, p.minibatches, config.scan_unroll)
+      change = sum(jnp.abs(learner.params['policy'][layer]['kernel'] - params['policy'][layer]['kernel']).sum()
+                   for layer in params['policy'])
+      probe = trajectory.observations.reshape(-1, obs.shape[-1])[-config.probe_steps:]
+      sums = dict(return_sum=sums['return_sum'] + return_sum, episodes=sums['episodes'] + episodes,
+                  loss=sums['loss'] + loss, replaced=sums['replaced'] + replaced,
+                  weight_change=sums['weight_change'] + change, probe=probe, acting_params=params)
+      state = state.replace(learner=learner, env=env_state, obs=obs, updates=state.updates + 1)
+      return (state, sums), None
+
+    zeros = dict(return_sum=jnp.zeros(()), episodes=jnp.zeros((), jnp.int32), loss=jnp.zeros(()),
+                 replaced=jnp.zeros((), jnp.int32), weight_change=jnp.zeros(()),
+                 probe=jnp.zeros((config.probe_steps, self.env.observation_size)),
+                 acting_params=state.learner.params)
+    (state, sums), _ = jax.lax.scan(one_update, (state, zeros), None, length=config.updates_per_chunk)
+    _, features = network.apply({'params': sums['acting_params']}, sums['probe'])
+    policy = [h for name, h in features.items() if name.startswith('policy/')]
+    count = sums['episodes']
+    values = {
+        'episode_return': jnp.where(count > 0, sums['return_sum'] / jnp.maximum(count, 1), jnp.nan),
+        'episodes': count.astype(jnp.float32),
+        'ppo_loss': sums['loss'] / config.updates_per_chunk,
+        'weight_change': sums['weight_change'] / config.updates_per_chunk,
+        'dormant_fraction': metrics.dormant_fraction_all(policy, threshold=0.01, strict=False),
+        'stable_rank': metrics.stable_rank(policy[-1]).astype(jnp.float32),
+        'friction': self.env.friction(jax.tree.map(lambda x: x[0], state.env), state.schedule),
+        'weight_magnitude': metrics.weight_magnitude(state.learner.params),
+    }
+    for net in ('policy', 'value'):
+      for i, layer in enumerate(sorted(state.learner.params[net])):
+        values[f'weight_magnitude_{net}_{i}'] = jnp.abs(state.learner.params[net][layer]['kernel']).mean()
+    if self.learner.uses_cbp:
+      values['replacements'] = sums['replaced'].astype(jnp.float32)
+    return state, values

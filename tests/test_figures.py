@@ -42,7 +42,7 @@ def test_plot_redraws_workdirs_alone_and_together(tmp_path, monkeypatch):
                         text=True, timeout=120)
   assert proc.returncode == 0 and os.path.getsize(os.path.join(out, 'error.png')) > 1000, proc.stderr[-2000:]
   curves = []
-  monkeypatch.setattr(plotting, 'draw', lambda ax, data, metric, *args: curves.extend(sorted(data)))
+  monkeypatch.setattr(plotting, 'draw', lambda ax, data, metric, *args, **kwargs: curves.extend(sorted(data)))
   plotting.plot_workdir(a, [os.path.join(b, 'metrics.csv')], labels=['a', 'b'], out_dir=out)
   assert curves == [('a: bp', 'error'), ('a: cbp', 'error'), ('b: bp', 'error'), ('b: cbp', 'error')]
   proc = subprocess.run([sys.executable, plot, str(tmp_path)], capture_output=True, text=True, timeout=120)

@@ -56,7 +56,6 @@ def get_config(arg: str = ''):
   config.probe_size = 200
   config.diagnostics_every = 50
   config.figure_bin = 50              # figures: accuracy per task in bins of 50 tasks
-  config.runs_per_call = -1           # per backend: 1 run per call on a CPU, all runs vmapped on a GPU
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
                      images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
   config.network = dict(kind='convnet', conv='patches')

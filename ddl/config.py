@@ -34,10 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_seeds = 30
   config.checkpoint_every = 10      # chunks between checkpoints (and at the end)
   config.scan_unroll = 1            # unroll of the inner lax.scan over steps (speed only)
-  # Runs (variants x seeds) vmapped in one call; 0 = all runs of a group; -1 = the experiment's
-  # choice for the backend (`runs_per_call_by_backend`, e.g. 1 for conv nets on a CPU, where a
-  # vmapped step is slower per run than runs one after another). Smaller values bound device
-  # memory; the slices run one after another (same results, same metrics.csv).
+  # Runs (variants x seeds) vmapped in one call; 0 = all runs of a group. Smaller values bound
+  # device memory; the slices run one after another (same results, same metrics.csv).
   config.runs_per_call = 0
   # The runs axis is sharded over the devices (0: all visible ones); runs are padded to a multiple
   # of the devices with copies of the last run, and the padding is dropped from every output.
@@ -156,8 +154,7 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(isinstance(config.seed, int) and config.seed >= 0, 'seed', f'must be an integer >= 0, got {config.seed!r}')
   _check(config.checkpoint_every > 0, 'checkpoint_every', f'must be > 0, got {config.checkpoint_every}')
   _check(config.scan_unroll >= 1, 'scan_unroll', f'must be >= 1, got {config.scan_unroll}')
-  _check(config.runs_per_call >= -1, 'runs_per_call',
-         f'must be >= -1 (0: all runs, -1: chosen per backend), got {config.runs_per_call}')
+  _check(config.runs_per_call >= 0, 'runs_per_call', f'must be >= 0 (0: all runs), got {config.runs_per_call}')
   _check(config.num_devices >= 0, 'num_devices', f'must be >= 0 (0: all visible devices), got {config.num_devices}')
   _check(config.platform in PLATFORMS, 'platform', f'{config.platform!r} is not known; use one of {PLATFORMS}')
   _check(config.optimizer.name in optimizers.OPTIMIZERS, 'optimizer.name',

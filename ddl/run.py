@@ -136,14 +136,6 @@ class Devices:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def runs_per_call(config, experiment, platform: str) -> int:
-  """Runs per vmapped call (0: all): `config.runs_per_call`, or with -1 the experiment's choice for
-  the platform of the devices (`runs_per_call_by_backend`; all runs where it names none)."""
-  if config.runs_per_call >= 0:
-    return config.runs_per_call
-  return getattr(experiment, 'runs_per_call_by_backend', {}).get(platform, 0)
-
-
 def _programs(config, devices: Devices) -> List[Program]:
   """One program per group and slice of at most `runs_per_call` runs (variants x seeds). Slices of a
   group share one jitted function (and its compilation when they have the same size) and run one
@@ -158,7 +150,7 @@ def _programs(config, devices: Devices) -> List[Program]:
     init = jax.jit(lambda k, h, s, f=init_one: (f(k, h, s), jnp.ones(s.shape, bool)), out_shardings=devices.runs)
     run_chunk = jax.jit(_guard(experiment.run_chunk), donate_argnums=donate, out_shardings=devices.runs)
     runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
-    size = runs_per_call(config, experiment, devices.platform) or len(runs)
+    size = config.runs_per_call or len(runs)
     for start in range(0, len(runs), size):
       part = runs[start:start + size]
       padded = part + [part[-1]] * (-len(part) % devices.count)

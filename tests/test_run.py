@@ -149,17 +149,3 @@ def test_figures_bin_logged_steps():
   np.testing.assert_array_equal(x, [0, 2, 4])
   np.testing.assert_array_equal(v, [[1., 5., 8.], [1., 1., 1.]])
 
-
-def test_runs_per_call_minus_one_is_the_experiments_choice_for_the_backend():
-  config = load_config('imagenet', 'smoke,bp,cbp')
-  assert config.runs_per_call == -1
-  experiment_cls = run_lib.experiments.get(config.experiment)
-  devices = run_lib.Devices(config)
-  expected = experiment_cls.runs_per_call_by_backend.get(devices.platform, 0)
-  programs = run_lib._programs(config, devices)  # pylint: disable=protected-access
-  assert all(len(p.variants) == (expected or 2) for p in programs)   # smoke: 2 seeds per variant
-  config.runs_per_call = 0
-  assert all(len(p.variants) == 2 for p in run_lib._programs(config, devices))  # pylint: disable=protected-access
-  config.runs_per_call = -2
-  with pytest.raises(config_lib.ConfigError, match='runs_per_call'):
-    config_lib.validate(config, experiment_cls)

@@ -4,8 +4,7 @@ what the static `load_data(config)` returned (arrays shared by every run, put on
 None when the experiment generates its data), plus `num_chunks`,
 `examples_per_chunk` (per run), `chunk_step(chunk)` (the x-axis value logged for a chunk) and
 `metric_every` ({metric: n}: log it only every n chunks; others every chunk), and the static
-`checks(config)`: (condition, message) pairs that config validation enforces. Optionally
-`runs_per_call_by_backend` ({backend: runs per vmapped call}) for configs with runs_per_call=-1."""
+`checks(config)`: (condition, message) pairs that config validation enforces."""
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO

@@ -38,11 +38,6 @@ class State:
 class ContinualImageNet:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
 
-  # With runs_per_call=-1: on a CPU a step vmapped over seeds is slower per seed than one seed's
-  # (measured: 8 seeds ~0.45x per seed; their activations leave the cache), so runs go one per
-  # call there; accelerators vmap all runs of a group.
-  runs_per_call_by_backend = {'cpu': 1}
-
   def __init__(self, config, group):
     self.config = config
     if config.network.kind == 'convnet':

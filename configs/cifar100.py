@@ -32,7 +32,7 @@ from ddl import config as config_lib
 
 def smoke(config):
   """Mock data (6 classes), 3 increments of 2 classes and 2 epochs each, a ResNet-18 of width 4,
-  2 seeds; base, snp and cbp share one program."""
+  2 seeds; base, snp and cbp share one program (3 programs in all)."""
   config.num_seeds = 2
   config.classes_per_increment = 2
   config.epochs_per_increment = 2
@@ -47,6 +47,7 @@ def smoke(config):
   config.data.train_per_class = 15
   config.data.test_per_class = 5
   config.network.width = 4
+  config.network.conv = 'lax'     # compiles in half the time of 'patches' (same results)
   config.variants.cbp.replacement_rate = 1e-2
   config.variants.cbp.maturity_threshold = 2.0
   config.fuse_variants = True     # fewer programs to compile

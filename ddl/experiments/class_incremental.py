@@ -150,7 +150,7 @@ class ClassIncremental:
   def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array], seed: jax.Array) -> State:
     del seed
     learner_key, order_key, epoch_key, step_key, augment_key, reset_key = jax.random.split(key, 6)
-    learner = self.learner.init(learner_key, jnp.zeros((1, 32, 32, 3)), hparams)
+    learner = self.learner.init(nets.rbg_key(learner_key), jnp.zeros((1, 32, 32, 3)), hparams)
     zero = jnp.zeros((), jnp.int32)
     return State(learner=learner, best_params=learner.params, best_batch_stats=learner.batch_stats,
                  best_val=-jnp.ones(()), order_key=order_key, epoch_key=epoch_key, step_key=step_key,
@@ -162,24 +162,27 @@ class ClassIncremental:
   def _pixels(self, images: jax.Array) -> jax.Array:
     return normalize(images, self.config.data.mean, self.config.data.std)
 
-  def evaluate(self, learner: LearnerState, images: jax.Array, order: jax.Array, increments: jax.Array,
-               mask: jax.Array, key) -> jax.Array:
-    """Eval-mode accuracy over the classes of the first `increments` increments, one increment's
-    classes per batch; `key` None: no augmentation."""
+  def evaluate(self, learner: LearnerState, test: jax.Array, val: jax.Array, order: jax.Array,
+               increments: jax.Array, mask: jax.Array, key) -> Tuple[jax.Array, jax.Array]:
+    """Eval-mode (test, validation) accuracy over the classes of the first `increments` increments,
+    one increment's classes per batch (test and validation images in one forward pass); `key` None:
+    no test augmentation, else augmented test images (the original's quirk)."""
     per = self.config.classes_per_increment
-    n = images.shape[1]
+    n_test, n_val = test.shape[1], val.shape[1]
 
     def body(b, correct):
       classes = jax.lax.dynamic_slice_in_dim(order, b * per, per)
-      x = self._pixels(images[classes].reshape((-1,) + images.shape[2:]))
+      x_test = self._pixels(test[classes].reshape((-1,) + test.shape[2:]))
       if key is not None:
-        x = augment(jax.random.fold_in(key, b), x)
+        x_test = augment(jax.random.fold_in(key, b), x_test)
+      x = jnp.concatenate([x_test, self._pixels(val[classes].reshape((-1,) + val.shape[2:]))])
       logits, _ = self.learner.apply(learner.params, x, learner.batch_stats)
-      predicted = jnp.argmax(jnp.where(mask, logits, -jnp.inf), -1)
-      return correct + (predicted == jnp.repeat(classes, n)).sum()
+      hit = jnp.argmax(jnp.where(mask, logits, -jnp.inf), -1) == jnp.concatenate(
+          [jnp.repeat(classes, n_test), jnp.repeat(classes, n_val)])
+      return correct + jnp.stack([hit[:per * n_test].sum(), hit[per * n_test:].sum()])
 
-    correct = jax.lax.fori_loop(0, increments, body, jnp.zeros((), jnp.int32))
-    return correct / (increments * per * n)
+    correct = jax.lax.fori_loop(0, increments, body, jnp.zeros(2, jnp.int32))
+    return correct[0] / (increments * per * n_test), correct[1] / (increments * per * n_val)
 
   def diagnostics(self, learner: LearnerState, images: jax.Array) -> Dict[str, jax.Array]:
     """Dormant fraction over all units, stable and effective rank of the pooled representation and
@@ -223,9 +226,8 @@ class ClassIncremental:
     factor = lr_factor(epoch_in_increment, tuple(config.lr_milestones), config.lr_decay)
     learner, sums = online.learn(self.learner, state.learner, minibatch, steps, state.step_key, state.steps,
                                  lr_factor=factor, output_mask=mask)
-    values['test_accuracy'] = self.evaluate(learner, test, order, increment + 1, mask,
-                                            test_key if data_config.augment_test else None)
-    values['val_accuracy'] = self.evaluate(learner, train[:, :val], order, increment + 1, mask, None)
+    values['test_accuracy'], values['val_accuracy'] = self.evaluate(
+        learner, test, train[:, :val], order, increment + 1, mask, test_key if data_config.augment_test else None)
     values['train_accuracy'] = sums.correct / sums.examples
     values['train_loss'] = sums.loss / steps
     if self.learner.uses_cbp:
@@ -243,7 +245,7 @@ class ClassIncremental:
       params = pick(end, best_params, params)
       batch_stats = pick(end, best_batch_stats, batch_stats)
     if config.increment_reset != 'none':
-      fresh = self.learner.network.init(jax.random.fold_in(state.reset_key, increment),
+      fresh = self.learner.network.init(nets.rbg_key(jax.random.fold_in(state.reset_key, increment)),
                                         jnp.zeros((1, 32, 32, 3)))['params']
       if config.increment_reset == 'head':
         params = {**params, 'fc': pick(end, fresh['fc'], params['fc'])}

@@ -66,7 +66,8 @@ def get_config(arg: str = ''):
   config.probe_per_class = 10             # diagnostics on 10 training images of each class (1 000)
   config.figure_bin = 200                 # figures: per increment
   config.figure_reduce = 'max'            # ... the max over the increment's epochs, as the paper
-  config.figure_baseline = 'retrained'    # ... and minus the retrained network's, paired by seed
+  config.figure_baseline = 'retrained'    # ... and minus the retrained network's, paired by seed, for
+  config.figure_baseline_metrics = ('test_accuracy',)
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', num_classes=100, val_per_class=50,
                      train_per_class=450, test_per_class=100, augment_test=True,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))

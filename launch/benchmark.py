@@ -29,6 +29,9 @@ WORKLOADS = {
     'permuted_mnist': ('permuted_mnist', {'data.source': 'mock', 'data.mock_examples': 60_000,
                                           'examples_per_task': 2_000}),
     'permuted_digits': ('permuted_digits', {}),
+    # one increment of 5 classes: a chunk is an epoch of the first increment (25 steps of 90, then
+    # test and validation of 750 images); later increments scale the steps by the increment number
+    'cifar100': ('cifar100', {'data.source': 'mock', 'data.num_classes': 5}),
 }
 
 flags.DEFINE_enum('workload', 'scr', sorted(WORKLOADS), 'Experiment to measure.')

@@ -182,6 +182,7 @@ def test_missing_data_and_bad_settings_are_one_clear_error(tmp_path):
   config.data.source = 'tfds'
   config.data.num_classes = 100
   config.classes_per_increment = 5
+  config.batch_size = 15
   config.data.data_dir = str(tmp_path / 'nothing')
   config.data.cache_dir = ''
   with pytest.raises(config_lib.ConfigError, match='cifar100'):

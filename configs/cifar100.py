@@ -19,13 +19,20 @@ test accuracy), the cumulative never-reset CBP statistic (`cbp.utility_statistic
 clean running utility), S&P noise added with the optimizer step (before CBP; the original adds it
 after the CBP step).
 
-Expected run time and memory: 1.05 M SGD steps of batch 90 per run plus 4 000 evaluations. On this
-2-core CPU, 1 seed of the full width runs ~2.5 steps/s (launch/benchmark.py --workload=cifar100), so
-a run would take ~5 days: full runs are for GPUs. Memory per run is dominated by activations of the
-training step (batch 90 at 32x32: ~0.4 GB in float32 with the patch convolution's copies) plus
-~0.35 GB of parameters, momentum, best-state copy and CBP state: 30 seeds vmapped need ~25 GB, so
-one 80 GB GPU holds all 30 seeds of one variant (runs_per_call=30; use runs_per_call to bound memory
-on smaller devices: slices run in sequence). Smoke: about a minute on a 2-core CPU.
+Expected run time and memory (not measured on a GPU: none was available): 1.05 M SGD steps of
+batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (ResNet-18 at 32x32:
+1.1 GFLOP forward, x3 for a training step). On this shared 2-core CPU one seed at full width trains
+~9 examples/s (launch/benchmark.py --workload=cifar100, about the PyTorch reference's speed): ~4
+months per run, so full runs are for GPUs. Projection for one H100 at a sustained 100-200 TFLOP/s
+(TF32): 30 seeds of one variant in ~15-30 h, the five variants in ~3-6 days; the original reports
+~6 h per single run on an A100. Memory per seed: ~0.45 GB of state (parameters, momentum, the
+early-stopping copy, CBP statistics) plus the training step's activations, ~0.7 GB at batch 90 with
+`network.conv='lax'` and ~2.3 GB with 'patches' (whose im2col copies are kept for the backward
+pass); 30 seeds therefore need ~35 GB ('lax') or ~80 GB ('patches'). `runs_per_call` (default 15)
+is the number of seeds vmapped on one device; the rest run in sequence. On GPUs prefer
+`--config.network.conv=lax --config.runs_per_call=30` (one call of 30 seeds, ~35 GB). Measured on
+CPU: 1 seed, full width, 'patches': peak RSS 5.6 GB. Smoke: about 1-2 minutes on a 2-core CPU
+(mostly compilation of 3 programs).
 """
 from ddl import config as config_lib
 
@@ -34,6 +41,7 @@ def smoke(config):
   """Mock data (6 classes), 3 increments of 2 classes and 2 epochs each, a ResNet-18 of width 4,
   2 seeds; base, snp and cbp share one program (3 programs in all)."""
   config.num_seeds = 2
+  config.runs_per_call = 0
   config.classes_per_increment = 2
   config.epochs_per_increment = 2
   config.lr_milestones = (1,)
@@ -56,6 +64,7 @@ def smoke(config):
 def get_config(arg: str = ''):
   config = config_lib.base_config()
   config.experiment = 'class_incremental'
+  config.runs_per_call = 15               # seeds vmapped on one device (see the memory note above)
   config.classes_per_increment = 5
   config.epochs_per_increment = 200
   config.lr_milestones = (60, 120, 160)   # epochs within an increment where the learning rate ...

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   # method 'cbp' (ddl.learners.cbp) or 'redo' (ddl.learners.redo: threshold, period in steps)
   config.cbp = dict(method='cbp', util_type='contribution', count_mode='bernoulli', count_base='eligible',
                     reset_optimizer_state=False, next_bias_correction=False, redo_threshold=0.1,
-                    redo_period=1000)
+                    redo_period=1000, utility_statistic='ema')
   config.hparams = dict(learning_rate=0.01, weight_decay=0.0, noise_scale=0.0, replacement_rate=0.0,
                         maturity_threshold=100.0, decay_rate=0.99, b1=0.9, b2=0.999)
   config.variants = ml_collections.ConfigDict()
@@ -161,11 +161,13 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
          f'{config.optimizer.name!r} is not known; use one of {optimizers.OPTIMIZERS}')
   _check(0 <= config.optimizer.momentum < 1, 'optimizer.momentum', 'must be in [0, 1)')
   for key, allowed in (('util_type', cbp_lib.UTIL_TYPES), ('count_mode', cbp_lib.COUNT_MODES),
-                       ('count_base', cbp_lib.COUNT_BASES)):
+                       ('count_base', cbp_lib.COUNT_BASES), ('utility_statistic', cbp_lib.UTILITY_STATISTICS)):
     _check(config.cbp[key] in allowed, f'cbp.{key}', f'{config.cbp[key]!r} is not known; use one of {allowed}')
   _check(config.cbp.method in learner_lib.RESETS, 'cbp.method',
          f'{config.cbp.method!r} is not known; use one of {learner_lib.RESETS}')
   _check(config.cbp.redo_period >= 1, 'cbp.redo_period', f'must be >= 1 step, got {config.cbp.redo_period}')
+  _check(config.cbp.utility_statistic == 'ema' or config.cbp.util_type in ('contribution', 'weight'),
+         'cbp.utility_statistic', "'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'")
   _check(config.wandb.mode in WANDB_MODES, 'wandb.mode', f'{config.wandb.mode!r} is not known; use one of {WANDB_MODES}')
   _check(len(config.variants) > 0, 'variants', 'at least one variant is needed')
   top_level = set(config.keys())

@@ -102,34 +102,51 @@ def torch_default_bias(fan_in: int) -> Callable[..., jax.Array]:
 
 
 class Conv(nn.Module):
-  """VALID, stride-1 convolution with the parameter layout of `nn.Conv` (kernel (kh, kw, in, out),
-  bias (out,)), computed either by `lax.conv_general_dilated` ('lax') or as image patches times a
-  matrix ('patches'). Under `jax.vmap` over parameters the first becomes a grouped convolution, a
-  slow path on CPU; the second stays a batched matmul. The patches are shifted slices of the input
-  (`lax.conv_general_dilated_patches` costs a convolution of its own)."""
+  """Convolution with the parameter layout of `nn.Conv` (kernel (kh, kw, in, out), bias (out,)),
+  computed either by `lax.conv_general_dilated` ('lax') or as image patches times a matrix
+  ('patches'). Under `jax.vmap` over parameters the first becomes a grouped convolution, a slow path
+  on CPU; the second stays a batched matmul. The patches are shifted (strided) slices of the input
+  (`lax.conv_general_dilated_patches` costs a convolution of its own).
+  padding: 'VALID' or 'SAME' (PyTorch's symmetric padding (k - 1) // 2, also with stride 2).
+  use_bias: False leaves the bias parameter out."""
   features: int
   kernel_size: Tuple[int, int]
   implementation: str = 'patches'
   kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
   bias_init: Callable[..., jax.Array] = nn.initializers.zeros
+  strides: int = 1
+  padding: str = 'VALID'
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
+    s = self.strides
     channels = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (kh, kw, channels, self.features))
-    bias = self.param('bias', self.bias_init, (self.features,))
+    if self.padding == 'SAME':
+      pads = ((kh - 1) // 2, (kw - 1) // 2)
+    elif self.padding == 'VALID':
+      pads = (0, 0)
+    else:
+      raise ValueError(f'conv padding {self.padding!r} is not known; use VALID or SAME.')
     numbers = ('NHWC', 'HWIO', 'NHWC')
     if self.implementation == 'lax':
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'VALID', dimension_numbers=numbers)
+      y = jax.lax.conv_general_dilated(x, kernel, (s, s), ((pads[0], pads[0]), (pads[1], pads[1])),
+                                       dimension_numbers=numbers)
     elif self.implementation == 'patches':
+      if any(pads):
+        x = jnp.pad(x, ((0, 0), (pads[0], pads[0]), (pads[1], pads[1]), (0, 0)))
       # shifted views stacked along features, ordered (kh, kw, in): data movement only
-      h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-      patches = jnp.concatenate([x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+      h, w = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
+      patches = jnp.concatenate([x[:, i:i + (h - 1) * s + 1:s, j:j + (w - 1) * s + 1:s, :]
+                                 for i in range(kh) for j in range(kw)], axis=-1)
       y = patches @ kernel.reshape(kh * kw * channels, self.features)
     else:
       raise ValueError(f'conv implementation {self.implementation!r} is not known; use lax or patches.')
-    return y + bias
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,))
+    return y
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -205,3 +222,89 @@ class ActorCritic(nn.Module):
             features=f'{name}/{layer.features}', kernel=(name,) + layer.kernel, bias=(name,) + layer.bias,
             consumer=(name,) + layer.consumer, consumer_bias=(name,) + layer.consumer_bias, init=layer.init))
     return tuple(layers)
+
+
+
+def rbg_key(key: jax.Array) -> jax.Array:
+  """The key as an 'rbg' key (XLA's RngBitGenerator; split and fold_in stay threefry): a draw then
+  compiles to one op instead of an unrolled threefry, which keeps programs with many initializers
+  (the ResNet's, CBP's fresh weights of 17 layers) compiling in seconds on CPU. Its numbers are the
+  same for a run under vmap of any batch size, not between vmapped and unbatched calls."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if jax.random.key_impl(key) == jax.random.key_impl(jax.random.key(0, impl='rbg')):
+      return key
+    key = jax.random.key_data(key)
+  if key.shape[-1] == 4:    # raw rbg key data
+    return jax.random.wrap_key_data(key, impl='rbg')
+  return jax.random.wrap_key_data(jnp.concatenate([key, key ^ jnp.uint32(0x9E3779B9)], axis=-1), impl='rbg')
+
+
+def _rbg(init: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """`init` drawing from `rbg_key(key)`."""
+  return lambda key, shape, dtype=jnp.float32: init(rbg_key(key), shape, dtype)
+
+
+def he_normal() -> Callable[..., jax.Array]:
+  """N(0, 2 / fan_in), untruncated: PyTorch's kaiming_normal_(mode='fan_in', relu), the ResNet's
+  conv init and ResGnT's fresh weights (lop_reference.md §1.1, §2.4). Draws from `rbg_key`."""
+  return _rbg(nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'))
+
+
+class ResNet18(nn.Module):
+  """The modified ResNet-18 of class-incremental CIFAR-100 (lop_reference.md §5.2): 3x3 stride-1
+  stem, no max-pool, BasicBlocks [2, 2, 2, 2] at widths w, 2w, 4w, 8w (stride 2 and a 1x1 conv + BN
+  downsample at the first block of stages 2-4), convs with biases, BN (PyTorch momentum 0.1, eps
+  1e-5; running variance biased, as Flax keeps it), global average pool -> fc(outputs). Init:
+  convs He normal, fc N(0, 1/fan_in), zero biases, BN 1 / 0. Call with train=True for batch
+  statistics (mutable 'batch_stats').
+
+  Features (what ResGnT and the diagnostics read, 17 entries): 'stem' (after BN + ReLU), per block
+  'block{i}_conv1' (after bn1 + ReLU) and 'block{i}_out' (after the residual add + ReLU); the last
+  block's output is replaced by the pooled (batch, 8w) vector."""
+  outputs: int = 100
+  width: int = 64
+  conv: str = 'patches'
+
+  def _conv(self, features, size, strides, name):
+    return Conv(features, (size, size), self.conv, he_normal(), nn.initializers.zeros, strides=strides,
+                padding='SAME', name=name)
+
+  def _bn(self, train, name):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    features = {}
+    x = nn.relu(self._bn(train, 'stem_bn')(self._conv(self.width, 3, 1, 'stem')(x)))
+    features['stem'] = x
+    for i, (width, strides) in enumerate(self._blocks()):
+      h = nn.relu(self._bn(train, f'block{i}_bn1')(self._conv(width, 3, strides, f'block{i}_conv1')(x)))
+      features[f'block{i}_conv1'] = h
+      h = self._bn(train, f'block{i}_bn2')(self._conv(width, 3, 1, f'block{i}_conv2')(h))
+      if strides != 1 or x.shape[-1] != width:
+        x = self._bn(train, f'block{i}_down_bn')(self._conv(width, 1, strides, f'block{i}_down')(x))
+      x = nn.relu(h + x)
+      features[f'block{i}_out'] = x
+    x = x.mean(axis=(1, 2))
+    features[f'block{len(self._blocks()) - 1}_out'] = x
+    out = nn.Dense(self.outputs, kernel_init=_rbg(nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')),
+                   bias_init=nn.initializers.zeros, name='fc')(x)
+    return out, features
+
+  def _blocks(self):
+    return [(self.width * m, 2 if (m > 1 and b == 0) else 1) for m in (1, 2, 4, 8) for b in range(2)]
+
+  def unit_layers(self) -> Tuple[UnitLayer, ...]:
+    """ResGnT's 17 hidden layers: layer i (conv + its BN) feeds weight layer i + 1; a block's conv2
+    feeds the next block's conv1 (the last one feeds fc); the downsample branch is not touched, and
+    the skip path keeps carrying a reset conv2 channel (§2.4)."""
+    layers = [('stem', 'stem', 'stem_bn')]
+    for i in range(len(self._blocks())):
+      layers += [(f'block{i}_conv1', f'block{i}_conv1', f'block{i}_bn1'),
+                 (f'block{i}_out', f'block{i}_conv2', f'block{i}_bn2')]
+    consumers = [conv for _, conv, _ in layers[1:]] + ['fc']
+    return tuple(
+        UnitLayer(features=feature, kernel=(conv, 'kernel'), bias=(conv, 'bias'), consumer=(after, 'kernel'),
+                  consumer_bias=(after, 'bias'), init=he_normal(), norm_ones=((bn, 'scale'), (bn, 'var')),
+                  norm_zeros=((bn, 'bias'), (bn, 'mean')))
+        for (feature, conv, bn), after in zip(layers, consumers))

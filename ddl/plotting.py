@@ -9,9 +9,12 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+REDUCE = {'mean': np.nanmean, 'max': np.nanmax}
 
-def read_metrics(path: str) -> Dict[Tuple[str, str], Tuple[np.ndarray, np.ndarray]]:
-  """{(variant, metric): (steps (T,), values (seeds, T))} from a long-form metrics.csv."""
+
+def read_metrics(path: str, with_seeds: bool = False) -> Dict[Tuple[str, str], Tuple[np.ndarray, ...]]:
+  """{(variant, metric): (steps (T,), values (seeds, T)[, seed ids (seeds,)])} from a long-form
+  metrics.csv."""
   table = collections.defaultdict(dict)
   with open(path) as f:
     for row in csv.DictReader(f):
@@ -23,8 +26,19 @@ def read_metrics(path: str) -> Dict[Tuple[str, str], Tuple[np.ndarray, np.ndarra
     values = np.full((len(seeds), len(steps)), np.nan)
     for (s, t), v in cells.items():
       values[seeds.index(s), steps.index(t)] = v
-    out[key] = (np.asarray(steps), values)
+    out[key] = (np.asarray(steps), values) + ((np.asarray(seeds),) if with_seeds else ())
   return out
+
+
+def minus_baseline(curve: Tuple[np.ndarray, ...], baseline: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, np.ndarray]:
+  """(steps, values minus the baseline's) over the steps and seeds both have, paired by seed id;
+  arguments as `read_metrics(..., with_seeds=True)` gives them."""
+  steps, values, seeds = curve
+  b_steps, b_values, b_seeds = baseline
+  common_steps = np.intersect1d(steps, b_steps)
+  common_seeds = np.intersect1d(seeds, b_seeds)
+  pick = lambda v, st, se: v[np.searchsorted(se, common_seeds)][:, np.searchsorted(st, common_steps)]
+  return common_steps, pick(values, steps, seeds) - pick(b_values, b_steps, b_seeds)
 
 
 def mean_and_se(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -53,14 +67,20 @@ def bootstrap_band(values: np.ndarray, level: float = 0.95, resamples: int = 100
       return np.nanmean(values, axis=0), low, high
 
 
-def binned(steps: np.ndarray, values: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Each seed's values averaged over consecutive bins of `size` logged steps (the paper's
-  'bins of 50 tasks'); x is each bin's first step."""
-  if size <= 1:
+def binned(steps: np.ndarray, values: np.ndarray, size: int, reduce: str = 'mean') -> Tuple[np.ndarray, np.ndarray]:
+  """Each seed's values reduced ('mean' or 'max') over bins of `size` steps, [k size, (k + 1) size)
+  (the paper's 'bins of 50 tasks', CIFAR's 'max over the increment'); x is each bin's first
+  logged step. Metrics logged every n steps get one bin per size steps all the same."""
+  if size <= 1 and reduce == 'mean':
     return steps, values
-  edges = range(0, len(steps), size)
-  return (np.asarray([steps[i] for i in edges]),
-          np.stack([np.nanmean(values[:, i:i + size], axis=1) for i in edges], axis=1))
+  if reduce not in REDUCE:
+    raise ValueError(f'figure_reduce={reduce!r} is not known; use one of {sorted(REDUCE)}.')
+  index = np.asarray(steps) // max(size, 1)
+  bins = np.unique(index)
+  with warnings.catch_warnings():   # all-nan bins stay nan
+    warnings.simplefilter('ignore', RuntimeWarning)
+    out = np.stack([REDUCE[reduce](values[:, index == b], axis=1) for b in bins], axis=1)
+  return np.asarray([steps[np.argmax(index == b)] for b in bins]), out
 
 
 MARKERS = ('nonfinite',)   # rows that mark events (a run stopped on NaN/inf), not curves
@@ -70,28 +90,42 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
                  out_dir: Optional[str] = None) -> Sequence[str]:
   """Writes <out_dir or workdir/figures>/<metric>.png for every metric of the workdir's
   metrics.csv (and of any further metrics.csv files given, drawn on the same axes; with `labels`,
-  one per file, each curve is named '<label>: <variant>'), binned by the config's `figure_bin`
-  logged steps when it has one. Runs stopped on NaN/inf count only up to where they stopped.
-  Returns the written paths."""
+  one per file, each curve is named '<label>: <variant>'). The config's figure settings apply:
+  `figure_bin` (steps per bin), `figure_reduce` ('mean' or 'max' over a bin), `figure_band` ('se'
+  or 'bootstrap95'), and with `figure_baseline` (a variant) also <metric>_minus_<baseline>.png for
+  the metrics in `figure_baseline_metrics`: each variant's binned values minus the baseline's,
+  paired by seed. Runs stopped on NaN/inf count only up to where they stopped. Returns the
+  written paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   data = {}
   paths = [os.path.join(workdir, 'metrics.csv'), *metrics_csv]
   for i, path in enumerate(paths):
-    for (variant, metric), value in read_metrics(path).items():
+    for (variant, metric), value in read_metrics(path, with_seeds=True).items():
       if metric not in MARKERS:
         data[(f'{labels[i]}: {variant}' if labels else variant, metric)] = value
   bin_size, band = figure_bin(workdir), figure_setting(workdir, 'figure_band', 'se')
+  reduce, baseline = figure_setting(workdir, 'figure_reduce', 'mean'), figure_setting(workdir, 'figure_baseline', '')
+  figures = [(metric, data, bin_size) for metric in sorted({m for _, m in data})]
+  for metric in figure_setting(workdir, 'figure_baseline_metrics', ()):
+    if (baseline, metric) in data:   # bin first, then pair by seed
+      binned_data = {key: binned(steps, values, bin_size, reduce) + (seeds,)
+                     for key, (steps, values, seeds) in data.items() if key[1] == metric}
+      name = f'{metric}_minus_{baseline}'
+      figures.append((name, {(v, name): minus_baseline(curve, binned_data[(baseline, metric)])
+                             for (v, _), curve in binned_data.items() if v != baseline}, 1))
   out_dir = out_dir or os.path.join(workdir, 'figures')
   os.makedirs(out_dir, exist_ok=True)
   written = []
-  for metric in sorted({m for _, m in data}):
+  for name, curves, size in figures:
     fig, ax = plt.subplots(figsize=(6, 4))
-    draw(ax, data, metric, bin_size, band=band)
+    draw(ax, curves, name, size, band=band, reduce=reduce)
+    if size != bin_size:   # pre-binned curves: name the bins all the same
+      ax.set_title(f'{name} ({reduce} over bins of {bin_size}): mean over seeds, paired by seed', fontsize=9)
     ax.legend()
     fig.tight_layout()
-    path = os.path.join(out_dir, f'{metric}.png')
+    path = os.path.join(out_dir, f'{name}.png')
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)
@@ -108,18 +142,20 @@ def figure_setting(workdir: str, key: str, default):
 
 
 def figure_bin(workdir: str) -> int:
-  """The config's `figure_bin` (logged steps per bin of the figures), 1 without one."""
+  """The config's `figure_bin` (steps per bin of the figures), 1 without one."""
   return int(figure_setting(workdir, 'figure_bin', 1))
 
 
-def draw(ax, data, metric: str, bin_size: int = 1, xlabel: str = 'step', band: str = 'se') -> None:
+def draw(ax, data, metric: str, bin_size: int = 1, xlabel: str = 'step', band: str = 'se',
+         reduce: str = 'mean') -> None:
   """One metric's curves on `ax`: per variant, the mean over seeds with a band of +- one standard
   error ('se') or the 95 % bootstrap confidence interval ('bootstrap95', the paper's RL figures),
-  binned by `bin_size` logged steps (used by the figures and the notebooks)."""
-  for (variant, m), (steps, values) in sorted(data.items()):
-    if m != metric:
+  each seed's values reduced over bins of `bin_size` steps (used by the figures and the
+  notebooks). `data`: {(variant, metric): (steps, values[, seeds])}."""
+  for (variant, m), (steps, values, *_) in sorted(data.items()):
+    if m != metric or not values.size:
       continue
-    steps, values = binned(steps, values, bin_size)
+    steps, values = binned(steps, values, bin_size, reduce)
     if band == 'bootstrap95':
       mean, low, high = bootstrap_band(values)
     else:
@@ -129,6 +165,6 @@ def draw(ax, data, metric: str, bin_size: int = 1, xlabel: str = 'step', band: s
     ax.fill_between(steps, low, high, alpha=0.25)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(metric)
-  per_bin = f' in bins of {bin_size}' if bin_size > 1 else ''
+  per_bin = f' ({reduce} over bins of {bin_size})' if bin_size > 1 or reduce != 'mean' else ''
   spread = '95 % bootstrap CI' if band == 'bootstrap95' else 's.e.'
-  ax.set_title(f'{metric}{per_bin}: mean and {spread} over seeds')
+  ax.set_title(f'{metric}{per_bin}: mean and {spread} over seeds', fontsize=9)

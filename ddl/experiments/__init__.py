@@ -5,6 +5,7 @@ None when the experiment generates its data), plus `num_chunks`,
 `examples_per_chunk` (per run), `chunk_step(chunk)` (the x-axis value logged for a chunk) and
 `metric_every` ({metric: n}: log it only every n chunks; others every chunk), and the static
 `checks(config)`: (condition, message) pairs that config validation enforces."""
+from ddl.experiments.class_incremental import ClassIncremental
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO
@@ -15,6 +16,7 @@ EXPERIMENTS = {
     'permuted_inputs': PermutedInputs,
     'continual_imagenet': ContinualImageNet,
     'ppo': PPO,
+    'class_incremental': ClassIncremental,
 }
 
 

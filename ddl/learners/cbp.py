@@ -11,7 +11,8 @@ Which kernel makes a layer's units, which kernel reads them and which norm layer
 declared once per network as a tuple of `UnitLayer`s. Defaults follow the original code (GnT, see
 `lop_reference.md` §2.2): the next-layer bias correction, a no-op there, is off; optimizer state is
 not reset. The original's conv variant (ConvGnT, §2.3) is `count_base='width'` with
-`count_mode='accumulate'`.
+`count_mode='accumulate'`. The ResNet variant (ResGnT, §2.4) adds `utility_statistic='cumulative'` and
+restores the norm layers of replaced channels, Flax `batch_stats` included (`restore_norms`).
 """
 import dataclasses
 import math
@@ -28,6 +29,7 @@ UTIL_TYPES = ('contribution', 'adaptable_contribution', 'zero_contribution', 'we
               'feature_by_input', 'random')
 COUNT_MODES = ('accumulate', 'bernoulli')
 COUNT_BASES = ('eligible', 'width')
+UTILITY_STATISTICS = ('ema', 'cumulative')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +44,9 @@ class UnitLayer:
   init: initializer of fresh input weights (fan-in based, so a (..., k) slice gets the layer's
     distribution).
   consumer_bias: bias of the consumer, only for the optional next-layer bias correction.
-  norm_ones, norm_zeros: parameters of a norm layer to restore to 1 (scale, running variance) and
-    0 (offset, running mean) for replaced units, when the tree given to CBP holds them.
+  norm_ones, norm_zeros: entries of a norm layer to restore to 1 (scale, running variance) and
+    0 (offset, running mean) for replaced units, in whichever tree holds them (the parameters, or
+    a Flax `batch_stats` collection given to `restore_norms`).
   """
   features: str
   kernel: Path
@@ -57,7 +60,8 @@ class UnitLayer:
 
 @struct.dataclass
 class LayerState:
-  utility: jax.Array          # running utility (not bias-corrected), (units,)
+  utility: jax.Array          # running utility (not bias-corrected), (units,); with
+                              # utility_statistic='cumulative' the cumulative mean |activation|
   mean_activation: jax.Array  # running mean activation, (units,)
   ages: jax.Array             # CBP steps since (re)initialisation, int32 (units,)
   accumulated: jax.Array      # fractional replacement count carried between steps, ()
@@ -133,6 +137,7 @@ def reset_units(unit_layers: Tuple[UnitLayer, ...], tree, picks, fresh: bool, ne
   outgoing weights, norm parameters restored. Shared by every reset transform (CBP, ReDo)."""
   flat = dict(traverse_util.flatten_dict(tree))
   for layer, (replaced, index, valid, centre, key) in zip(unit_layers, picks):
+    _restore_norm(flat, layer, replaced, fresh)
     if layer.kernel not in flat:
       continue
     kernel = flat[layer.kernel]
@@ -152,10 +157,6 @@ def reset_units(unit_layers: Tuple[UnitLayer, ...], tree, picks, fresh: bool, ne
       flat[layer.consumer_bias] = flat[layer.consumer_bias] + shift
     rows = jnp.where(replaced[None, :, None], 0.0, rows)
     flat[layer.consumer] = rows.reshape(consumer.shape).astype(consumer.dtype)
-    for paths, value in ((layer.norm_ones, 1.0), (layer.norm_zeros, 0.0)):
-      for path in paths:
-        if path in flat:
-          flat[path] = jnp.where(replaced, value if fresh else 0.0, flat[path])
   return traverse_util.unflatten_dict(flat)
 
 
@@ -172,7 +173,8 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
                        util_type: str = 'contribution', count_mode: str = 'bernoulli',
                        count_base: str = 'eligible', max_replacement_rate: Optional[float] = None,
                        reset_optimizer_state: bool = False,
-                       next_bias_correction: bool = False) -> ResetTransform:
+                       next_bias_correction: bool = False,
+                       utility_statistic: str = 'ema') -> ResetTransform:
   """Builds the CBP reset transform.
 
   replacement_rate, maturity_threshold, decay_rate: may be traced (a sweep axis).
@@ -188,12 +190,20 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
     torch Adam moments persist); the global Adam step count is never reset.
   next_bias_correction: add the replaced units' mean contribution to the consumer bias (the clean
     variant; in the original this code path adds exactly 0).
+  utility_statistic: 'ema' (GnT/ConvGnT: a decaying, bias-corrected running utility, zeroed on
+    reset) or 'cumulative' (ResGnT quirk: `stat += (1 - decay) * mean|h|` with no decay, never
+    reset, and the utility computed from it at selection time: out_mag x stat for 'contribution',
+    out_mag for 'weight'; other util_types are not defined there).
   """
   for name, value, allowed in (('util_type', util_type, UTIL_TYPES),
                                ('count_mode', count_mode, COUNT_MODES),
-                               ('count_base', count_base, COUNT_BASES)):
+                               ('count_base', count_base, COUNT_BASES),
+                               ('utility_statistic', utility_statistic, UTILITY_STATISTICS)):
     if value not in allowed:
       raise ValueError(f'cbp.{name}={value!r} is not known; use one of {allowed}.')
+  if utility_statistic == 'cumulative' and util_type not in ('contribution', 'weight'):
+    raise ValueError(f"cbp.utility_statistic='cumulative' (ResGnT) defines util_type 'contribution' or "
+                     f"'weight', not {util_type!r}.")
   if max_replacement_rate is None:
     if not isinstance(replacement_rate, (int, float)):
       raise ValueError('continual_backprop: a traced replacement_rate needs max_replacement_rate '
@@ -227,7 +237,11 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
     mean_activation = decay * state.mean_activation + (1 - decay) * h.mean(axis=(0, 1))
     centre = mean_activation / correction
     util_key, draw_key = jax.random.split(key)
-    if util_type == 'random':
+    if utility_statistic == 'cumulative':   # ResGnT: no decay, no reset, utility at selection time
+      utility = state.utility + (1 - decay) * jnp.abs(h).mean(axis=(0, 1))
+      out_mag = _instant_utility('weight', h, centre, kernel, consumer, units)
+      corrected = out_mag * utility if util_type == 'contribution' else out_mag
+    elif util_type == 'random':
       utility = state.utility
       corrected = jax.random.uniform(util_key, (units,))
     else:
@@ -251,7 +265,7 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
     valid = jnp.arange(k_max) < count
     replaced = jnp.zeros(units, bool).at[index].max(valid)
     new_state = LayerState(
-        utility=jnp.where(replaced, 0.0, utility),
+        utility=utility if utility_statistic == 'cumulative' else jnp.where(replaced, 0.0, utility),
         mean_activation=jnp.where(replaced, 0.0, mean_activation),
         ages=jnp.where(replaced, 0, ages), accumulated=accumulated)
     return new_state, replaced, index, valid, centre
@@ -281,3 +295,22 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
     return params, opt_state, CBPState(layers=layers), CBPInfo(replaced_masks, num.astype(jnp.int32))
 
   return ResetTransform(init, update)
+
+
+def _restore_norm(flat, layer: UnitLayer, replaced: jax.Array, fresh: bool = True) -> None:
+  """Sets the norm entries of `layer` found in `flat` to 1 / 0 (fresh) or 0 (optimizer state) for
+  replaced units, in place."""
+  for paths, value in ((layer.norm_ones, 1.0), (layer.norm_zeros, 0.0)):
+    for path in paths:
+      if path in flat:
+        flat[path] = jnp.where(replaced, value if fresh else 0.0, flat[path]).astype(flat[path].dtype)
+
+
+def restore_norms(unit_layers: Tuple[UnitLayer, ...], tree: Any, replaced: Mapping[str, jax.Array]) -> Any:
+  """Restores the norm entries (`norm_ones` to 1, `norm_zeros` to 0) of the replaced units in a tree
+  other than the parameters, e.g. Flax `batch_stats` (running mean 0, running variance 1), as
+  ResGnT does. `replaced`: `CBPInfo.replaced`. Entries the tree lacks are skipped."""
+  flat = dict(traverse_util.flatten_dict(tree))
+  for layer in unit_layers:
+    _restore_norm(flat, layer, replaced[layer.features])
+  return traverse_util.unflatten_dict(flat)

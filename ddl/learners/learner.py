@@ -3,6 +3,9 @@
 Hyperparameters that a sweep varies live in the state as arrays (`HPARAMS`), so one compiled step
 serves every point of a seeds x sweep grid under `jax.vmap`; the optimizer and the CBP transform are
 rebuilt from them inside the traced step (cheap: closures, no compilation).
+
+Networks with batch norm (a Flax `batch_stats` collection at init) take `train`: training steps run
+them in train mode and carry the updated running statistics in the state; `apply` is eval mode.
 """
 import dataclasses
 from typing import Any, Dict, Mapping, NamedTuple, Optional
@@ -30,6 +33,7 @@ class LearnerState:
   opt_state: Any
   cbp_state: Optional[cbp_lib.CBPState]
   hparams: Dict[str, jax.Array]
+  batch_stats: Any = None        # Flax batch-norm running statistics (None: no batch norm)
 
 
 class StepOutput(NamedTuple):
@@ -62,9 +66,9 @@ class Learner:
     traced hparams.
   perturbation: whether the optimizer holds the S&P noise transform.
   cbp: config section with util_type, count_mode, count_base, reset_optimizer_state,
-    next_bias_correction, and optionally method ('cbp' or 'redo', ddl.learners.redo, with
-    redo_threshold and redo_period); None, or for CBP max_replacement_rate 0, leaves the reset
-    transform out of the program.
+    next_bias_correction, utility_statistic, and optionally method ('cbp' or 'redo',
+    ddl.learners.redo, with redo_threshold and redo_period); None, or for CBP max_replacement_rate
+    0, leaves the reset transform out of the program.
   max_replacement_rate: the largest replacement rate of the sweep sharing this program.
   """
   network: nn.Module
@@ -97,35 +101,63 @@ class Learner:
         util_type=self.cbp.util_type, count_mode=self.cbp.count_mode,
         count_base=self.cbp.count_base, max_replacement_rate=self.max_replacement_rate,
         reset_optimizer_state=self.cbp.reset_optimizer_state,
-        next_bias_correction=self.cbp.next_bias_correction)
+        next_bias_correction=self.cbp.next_bias_correction,
+        utility_statistic=self.cbp.get('utility_statistic', 'ema'))
 
   def init(self, key: chex.PRNGKey, sample_input: jax.Array,
            hparams: Mapping[str, chex.Numeric]) -> LearnerState:
     params_key, noise_key = jax.random.split(key)
-    params = self.network.init(params_key, sample_input)['params']
+    variables = self.network.init(params_key, sample_input)
+    params = variables['params']
     hparams = {name: jnp.asarray(hparams[name], jnp.float32) for name in HPARAMS}
     opt_state = self.make_optimizer(hparams, noise_key).init(params)
     cbp_state = self.make_cbp(hparams).init(params) if self.uses_cbp else None
-    return LearnerState(params=params, opt_state=opt_state, cbp_state=cbp_state, hparams=hparams)
+    return LearnerState(params=params, opt_state=opt_state, cbp_state=cbp_state, hparams=hparams,
+                        batch_stats=variables.get('batch_stats'))
 
-  def apply(self, params, x: jax.Array):
-    return self.network.apply({'params': params}, x)
+  def apply(self, params, x: jax.Array, batch_stats=None):
+    """Evaluation forward pass (batch norm on its running statistics) -> (output, features)."""
+    if batch_stats is None:
+      return self.network.apply({'params': params}, x)
+    return self.network.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
 
-  def step(self, state: LearnerState, x: jax.Array, y: Any, key: chex.PRNGKey):
+  def apply_train(self, params, x: jax.Array, batch_stats=None):
+    """Training forward pass -> ((output, features), new batch_stats): batch norm on the batch's
+    statistics, running statistics updated (None without batch norm)."""
+    if batch_stats is None:
+      return self.network.apply({'params': params}, x), None
+    out, updates = self.network.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                                      mutable=['batch_stats'])
+    return out, updates['batch_stats']
+
+  def step(self, state: LearnerState, x: jax.Array, y: Any, key: chex.PRNGKey,
+           lr_factor: chex.Numeric = 1.0, output_mask: Optional[jax.Array] = None):
     """One minibatch: forward, loss, gradient, optimizer step, then the reset transform with the
-    activations of this forward pass. Returns (new state, StepOutput)."""
+    activations of this forward pass. Returns (new state, StepOutput).
+
+    lr_factor: multiplies the learning rate of this step (a schedule). output_mask: bool over the
+    outputs; masked-out logits are excluded from the loss and the returned output (classes not
+    seen yet)."""
 
     def objective(params):
-      output, features = self.apply(params, x)
-      return loss_fn(self.loss, output, y), (output, features)
+      (output, features), batch_stats = self.apply_train(params, x, state.batch_stats)
+      if output_mask is not None:
+        output = jnp.where(output_mask, output, -1e9)
+      return loss_fn(self.loss, output, y), (output, features, batch_stats)
 
-    (loss, (output, features)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    updates, opt_state = self.make_optimizer(state.hparams).update(grads, state.opt_state, state.params)
+    (loss, (output, features, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    hparams = state.hparams
+    if not (isinstance(lr_factor, (int, float)) and lr_factor == 1.0):
+      hparams = {**hparams, 'learning_rate': hparams['learning_rate'] * lr_factor}
+    updates, opt_state = self.make_optimizer(hparams).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     cbp_state, num_replaced = state.cbp_state, jnp.zeros((), jnp.int32)
     if self.uses_cbp:
+      unit_layers = self.network.unit_layers()
       params, opt_state, cbp_state, info = self.make_cbp(state.hparams).update(
           params, opt_state, state.cbp_state, features, key)
       num_replaced = info.num_replaced
-    new_state = state.replace(params=params, opt_state=opt_state, cbp_state=cbp_state)
+      if batch_stats is not None:
+        batch_stats = cbp_lib.restore_norms(unit_layers, batch_stats, info.replaced)
+    new_state = state.replace(params=params, opt_state=opt_state, cbp_state=cbp_state, batch_stats=batch_stats)
     return new_state, StepOutput(loss, output, features, num_replaced)

@@ -1,0 +1,102 @@
+"""Class-incremental CIFAR-100 with ResNet-18 (Dohare et al. 2024, Fig. 2; lop_reference.md §5.2, §6.2).
+
+Reproduces: a ResNet-18 learns CIFAR-100 5 classes at a time (a new 5 every 200 epochs, 20
+increments, 4 000 epochs, SGD lr 0.1 momentum 0.9 weight decay 5e-4 batch 90, lr x0.2 at epochs 60,
+120, 160 of each increment, early stopping on validation accuracy). At 100 classes the test accuracy
+(max over the increment) is about 76.1 % for the network retrained from scratch at every increment
+and for CBP, 74.5 % for S&P, 73.7 % for head resetting and 71.1 % for the base system, whose
+dormant units grow to ~55 % and stable rank falls to ~75 % of 512. Variants: base, head_reset,
+retrained, snp (sigma 1e-5), cbp (ResGnT: contribution utility, rate 1e-5, maturity 1000).
+
+  python launch/main.py --config=configs/cifar100.py
+  python launch/main.py --config=configs/cifar100.py:smoke      # mock data, narrow net, about a minute
+  python launch/main.py --config=configs/cifar100.py:cbp,retrained --config.num_seeds=8 --config.runs_per_call=8
+
+Data: tfds `cifar100` in array_record form (`tfds build cifar100 --file_format=array_record` where
+TensorFlow is installed; copy the folder to data.data_dir), cached as .npy in data.cache_dir.
+Quirks of the original kept by default: augmented test images (`data.augment_test=False` for clean
+test accuracy), the cumulative never-reset CBP statistic (`cbp.utility_statistic='ema'` for the
+clean running utility), S&P noise added with the optimizer step (before CBP; the original adds it
+after the CBP step).
+
+Expected run time and memory (not measured on a GPU: none was available): 1.05 M SGD steps of
+batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (ResNet-18 at 32x32:
+1.1 GFLOP forward, x3 for a training step). On this shared 2-core CPU one seed at full width trains
+~9 examples/s (launch/benchmark.py --workload=cifar100, about the PyTorch reference's speed): ~4
+months per run, so full runs are for GPUs. Projection for one H100 at a sustained 100-200 TFLOP/s
+(TF32): 30 seeds of one variant in ~15-30 h, the five variants in ~3-6 days; the original reports
+~6 h per single run on an A100. Memory per seed: ~0.45 GB of state (parameters, momentum, the
+early-stopping copy, CBP statistics) plus the training step's activations, ~0.7 GB at batch 90 with
+`network.conv='lax'` and ~2.3 GB with 'patches' (whose im2col copies are kept for the backward
+pass); 30 seeds therefore need ~35 GB ('lax') or ~80 GB ('patches'). `runs_per_call` (default 15)
+is the number of seeds vmapped on one device; the rest run in sequence. On GPUs prefer
+`--config.network.conv=lax --config.runs_per_call=30` (one call of 30 seeds, ~35 GB). Measured on
+CPU: 1 seed, full width, 'patches': peak RSS 5.6 GB. Smoke: about 1-2 minutes on a 2-core CPU
+(mostly compilation of 3 programs).
+"""
+from ddl import config as config_lib
+
+
+def smoke(config):
+  """Mock data (6 classes), 3 increments of 2 classes and 2 epochs each, a ResNet-18 of width 4,
+  2 seeds; base, snp and cbp share one program (3 programs in all)."""
+  config.num_seeds = 2
+  config.runs_per_call = 0
+  config.classes_per_increment = 2
+  config.epochs_per_increment = 2
+  config.lr_milestones = (1,)
+  config.batch_size = 10
+  config.probe_per_class = 5
+  config.checkpoint_every = 2
+  config.figure_bin = 2
+  config.data.source = 'mock'
+  config.data.num_classes = 6
+  config.data.val_per_class = 5
+  config.data.train_per_class = 15
+  config.data.test_per_class = 5
+  config.network.width = 4
+  config.network.conv = 'lax'     # compiles in half the time of 'patches' (same results)
+  config.variants.cbp.replacement_rate = 1e-2
+  config.variants.cbp.maturity_threshold = 2.0
+  config.fuse_variants = True     # fewer programs to compile
+
+
+def get_config(arg: str = ''):
+  config = config_lib.base_config()
+  config.experiment = 'class_incremental'
+  config.runs_per_call = 15               # seeds vmapped on one device (see the memory note above)
+  config.classes_per_increment = 5
+  config.epochs_per_increment = 200
+  config.lr_milestones = (60, 120, 160)   # epochs within an increment where the learning rate ...
+  config.lr_decay = 0.2                   # ... is multiplied by this
+  config.batch_size = 90
+  config.early_stopping = True
+  config.increment_reset = 'none'         # 'head' or 'network': re-initialised at each increment end
+  config.probe_per_class = 10             # diagnostics on 10 training images of each class (1 000)
+  config.figure_bin = 200                 # figures: per increment
+  config.figure_reduce = 'max'            # ... the max over the increment's epochs, as the paper
+  config.figure_baseline = 'retrained'    # ... and minus the retrained network's, paired by seed, for
+  config.figure_baseline_metrics = ('test_accuracy',)
+  config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', num_classes=100, val_per_class=50,
+                     train_per_class=450, test_per_class=100, augment_test=True,
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+  config.network = dict(width=64, conv='patches')
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.9
+  config.cbp.util_type = 'contribution'
+  config.cbp.count_mode = 'accumulate'
+  config.cbp.count_base = 'width'
+  config.cbp.utility_statistic = 'cumulative'
+  config.hparams.learning_rate = 0.1
+  config.hparams.weight_decay = 5e-4
+  config.hparams.maturity_threshold = 1000.0
+  config.hparams.decay_rate = 0.99
+  config.variants = dict(
+      base=dict(),
+      head_reset=dict(increment_reset='head'),
+      retrained=dict(increment_reset='network'),
+      snp=dict(noise_scale=1e-5),
+      cbp=dict(replacement_rate=1e-5),
+  )
+  config_lib.apply_config_arg(config, arg, {'smoke': smoke})
+  return config

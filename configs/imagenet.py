@@ -18,9 +18,13 @@ original's per-class files `<data_dir>/<class_id>.npy`. Both are cached as one u
 1/255: [0, 1]); the original fed its files' values unnormalised and their scale is undocumented,
 so set pixel_scale=1.0 to feed raw 0-255 values. Class orders: one permutation per seed drawn
 from the seed (the original's class_order file is not public), or `data.order_file`.
-Expected run time: 15 M SGD steps per run; the full grid does not fit a CPU (see
-launch/benchmark.py --workload=imagenet for measured throughput and projections). Smoke: about a
-minute on a 2-core CPU.
+Expected run time: 15 M SGD steps per run (BP: 6 M). Measured on a 2-core CPU
+(launch/benchmark.py --workload=imagenet): ~2 000-2 200 examples/s for 1-8 seeds together (0.8-0.9x
+the PyTorch reference's one process), so the full grid (1.9e11 examples) is ~2.7 CPU-years: a GPU
+job (not measured on one yet; the design goal, 30 seeds x 5 000 tasks in a day on one H100, needs
+~520 000 examples/s). Vmapped seeds cost ~211 MB of device memory each (1.7 GB for 8 in one call,
+data of 10 classes included; ~6 GB for 30; the whole data set adds 2.2 GB); `runs_per_call`
+bounds it. Smoke: about a minute on a 2-core CPU.
 """
 from ddl import config as config_lib
 

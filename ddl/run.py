@@ -92,6 +92,10 @@ def _guard(run_chunk):
   return step
 
 
+def _is_key(x) -> bool:
+  return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 class Devices:
   """The mesh that the runs axis is sharded over: all visible devices (or the first
   `config.num_devices`), one mesh axis 'runs'; data is replicated."""
@@ -115,12 +119,22 @@ class Devices:
 
   # Checkpoints hold the real runs only, so a run can resume on another number of devices.
   # Host copies: no device holds all runs at once.
+  # Typed PRNG key arrays travel as their raw key data (NumPy and orbax hold plain arrays);
+  # `rewrap` restores them from a template state.
   def unpad(self, tree, runs: int):
-    return jax.tree.map(lambda x: np.asarray(x)[:runs], self.get(tree))
+    data = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+    return jax.tree.map(lambda x: np.asarray(x)[:runs], self.get(data))
 
   def unpadded_target(self, tree, runs: int):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct((runs,) + x.shape[1:], x.dtype, sharding=self.replicated),
-                        tree)
+    def one(x):
+      x = jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x
+      return jax.ShapeDtypeStruct((runs,) + x.shape[1:], x.dtype, sharding=self.replicated)
+    return jax.tree.map(one, tree)
+
+  @staticmethod
+  def rewrap(tree, template):
+    return jax.tree.map(lambda x, t: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
+                        tree, template)
 
   def pad(self, tree, size: int):
     """Pads the runs axis to `size` with copies of the last run, sharded over the devices."""
@@ -405,7 +419,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
           state=ocp.args.StandardRestore([devices.unpadded_target(s, len(p.variants))
                                           for p, s in zip(programs, states)]),
           meta=ocp.args.JsonRestore()))
-    states = [devices.pad(tuple(s), p.padded) for p, s in zip(programs, restored.state)]
+    states = [devices.pad(devices.rewrap(tuple(s), t), p.padded) for p, s, t in zip(programs, restored.state, states)]
     if lead:
       with open(csv_path, 'r+') as f:
         f.truncate(restored.meta['csv_bytes'])

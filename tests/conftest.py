@@ -18,3 +18,13 @@ def load_config(name: str, arg: str = ''):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks: int) -> None:
+  """A run stopped after `stop_after_chunks` chunks and relaunched into the same workdir ends with a
+  metrics.csv identical to that of the uninterrupted run already written to `whole`."""
+  from ddl import run as run_lib  # pylint: disable=g-import-not-at-top
+  run_lib.run(config, split, stop_after_chunks=stop_after_chunks, figures=False)
+  run_lib.run(config, split, figures=False)
+  read = lambda p: open(os.path.join(p, 'metrics.csv')).read()
+  assert read(split) == read(whole)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import assert_resume_is_identical, ROOT, load_config
 from ddl import config as config_lib
 from ddl import nets
 from ddl import run as run_lib
@@ -46,10 +46,7 @@ def test_smoke_through_main(tmp_path):
 def test_resume_between_epochs_is_identical(tmp_path):
   config = load_config('cifar100', 'smoke,retrained,cbp')
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)
-  run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=3, figures=False)
-  run_lib.run(config, str(tmp_path / 'split'), figures=False)
-  read = lambda p: open(os.path.join(p, 'metrics.csv')).read()
-  assert read(tmp_path / 'split') == read(tmp_path / 'whole')
+  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=3)
 
 
 def test_augmentation_keeps_shapes_and_values_and_differs_across_seeds():

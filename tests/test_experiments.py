@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import assert_resume_is_identical, ROOT, load_config
 from ddl import config as config_lib
 from ddl import nets
 from ddl import run as run_lib
@@ -70,10 +70,7 @@ def test_digits_are_learned_within_a_task():
 def test_imagenet_resume_between_tasks_is_identical(tmp_path):
   config = load_config('imagenet', 'smoke,snp,cbp')
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)
-  run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=1, figures=False)
-  run_lib.run(config, str(tmp_path / 'split'), figures=False)
-  read = lambda p: open(os.path.join(p, 'metrics.csv')).read()
-  assert read(tmp_path / 'split') == read(tmp_path / 'whole')
+  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1)
 
 
 def test_imagenet_class_orders_per_seed_and_from_a_file(tmp_path):

@@ -194,6 +194,10 @@ def test_slippery_ant_smoke_through_main_and_exact_resume(tmp_path):
   assert all(np.isfinite(value('std', '0', 'episode_return')))
   assert os.path.exists(tmp_path / 'whole' / 'figures' / 'episode_return.png')
   config = load_config('slippery_ant', 'smoke,std,cbp')
+  width = config.network.hidden[-1]
+  np.testing.assert_allclose(value('std', '0', 'stable_rank_percent'),
+                             [100 * r / width for r in value('std', '0', 'stable_rank')], rtol=1e-6)
+  assert all(0 < p <= 100 for p in value('std', '0', 'stable_rank_percent'))
   assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1)
 
 

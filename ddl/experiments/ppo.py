@@ -151,13 +151,15 @@ class PPO:
     _, features = network.apply({'params': sums['acting_params']}, sums['probe'])
     policy = [h for name, h in features.items() if name.startswith('policy/')]
     count = sums['episodes']
+    stable_rank = metrics.stable_rank(policy[-1]).astype(jnp.float32)
     values = {
         'episode_return': jnp.where(count > 0, sums['return_sum'] / jnp.maximum(count, 1), jnp.nan),
         'episodes': count.astype(jnp.float32),
         'ppo_loss': sums['loss'] / config.updates_per_chunk,
         'weight_change': sums['weight_change'] / config.updates_per_chunk,
         'dormant_fraction': metrics.dormant_fraction_all(policy, threshold=0.01, strict=False),
-        'stable_rank': metrics.stable_rank(policy[-1]).astype(jnp.float32),
+        'stable_rank': stable_rank,
+        'stable_rank_percent': 100.0 * stable_rank / policy[-1].shape[-1],   # the paper's % of 256
         'friction': self.env.friction(jax.tree.map(lambda x: x[0], state.env), state.schedule),
         'weight_magnitude': metrics.weight_magnitude(state.learner.params),
     }

@@ -15,13 +15,14 @@ Physics backend (`env.backend`): 'mjx' by default: it is MuJoCo itself (the orig
 steps/s with 30 environments, close to 'spring' (about 8 100, an impulse approximation with a
 different contact model) and 3x 'generalized'/'positional' (about 2 300); compile 40 s vs 24 s
 (spring). Brax's ant.xml lets only the feet touch the floor (gym's lets every geom collide).
-Expected run time: measured on the shared 2-core CPU (load average ~9 from other jobs), mjx, full
-networks: 1 seed 910 env steps/s including learning, 30 vmapped seeds 1 320-1 450 steps/s in total
-for std and 3 220 for cbp (measured while the load was lower: the figures vary 2x with the other
-jobs) against the original's ~580 steps/s per core; about half the time is the 160 minibatch steps per update,
-a third acting. So one seed of 50 M steps is ~15 h here and the 180-run grid a GPU job (not measured
-on a GPU). Compile: 1-2 min per program on this CPU. Smoke: ~1 min (about 30 s with a warm
-compilation cache).
+Expected run time (launch/benchmark.py --workload=ant, mjx, full networks, 2-core CPU, quiet
+machine): 1 seed 4 060 env steps/s including learning; 30 vmapped seeds 6 860 (std) and 6 680
+(cbp) steps/s in total, 11.8x and 11.5x the original's ~580 steps/s per core (under load from
+other jobs: 1 320-3 220). The 160 minibatch steps of each update take about half the time, acting
+a third. So 30 seeds x 50 M steps of one variant is ~61 h here and the 180-run grid a GPU job (not
+measured on a GPU; the 30-seed 20 M-step slippery Ant goal of 2 h needs ~83 000 steps/s).
+Compile: 1-2 min per program on this CPU. Smoke: ~1 min (about 30 s with a warm compilation
+cache).
 """
 from ddl import config as config_lib
 

@@ -13,7 +13,7 @@ bootstrap bands, and the current friction per chunk.
       --config.env.friction.file=frictions.pkl
 
 Settings as configs/ant.py (physics backend mjx, see there). Expected run time: 20 M steps per run
-at the throughput measured there (30 seeds: 1 320 steps/s on the shared 2-core CPU) is ~126 h per
+at the throughput measured there (30 seeds: ~6 800 steps/s on a quiet 2-core CPU) is ~25 h per
 30-seed variant on this CPU, so the grid is a GPU job (not measured on a GPU). Smoke: ~1 min.
 """
 import importlib.util

@@ -97,6 +97,8 @@ def test_conv_net_has_the_paper_size_and_both_convolutions_agree():
   out_p, feats = nets.ConvNet(conv='patches').apply({'params': params}, x)
   out_l, _ = nets.ConvNet(conv='lax').apply({'params': params}, x)
   np.testing.assert_allclose(out_p, out_l, rtol=1e-5, atol=1e-5)
+  grad = lambda conv: jax.grad(lambda p: nets.ConvNet(conv=conv).apply({'params': p}, x)[0].sum())(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad('patches'), grad('lax'))
   assert feats['conv_2'].shape == (3, 2, 2, 128)
   bound = 1 / np.sqrt(3 * 5 * 5)                   # PyTorch default init of conv_0
   assert float(jnp.abs(params['conv_0']['kernel']).max()) <= bound

@@ -19,12 +19,13 @@ original's per-class files `<data_dir>/<class_id>.npy`. Both are cached as one u
 so set pixel_scale=1.0 to feed raw 0-255 values. Class orders: one permutation per seed drawn
 from the seed (the original's class_order file is not public), or `data.order_file`.
 Expected run time: 15 M SGD steps per run (BP: 6 M). Measured on a 2-core CPU
-(launch/benchmark.py --workload=imagenet): ~2 000-2 200 examples/s for 1-8 seeds together (0.8-0.9x
-the PyTorch reference's one process), so the full grid (1.9e11 examples) is ~2.7 CPU-years: a GPU
-job (not measured on one yet; the design goal, 30 seeds x 5 000 tasks in a day on one H100, needs
-~520 000 examples/s). Vmapped seeds cost ~211 MB of device memory each (1.7 GB for 8 in one call,
-data of 10 classes included; ~6 GB for 30; the whole data set adds 2.2 GB); `runs_per_call`
-bounds it. Smoke: about a minute on a 2-core CPU.
+(launch/benchmark.py --workload=imagenet): ~2 800 examples/s for 30 seeds (cpu_devices=2: two CPU
+devices, one seed each, concurrently), ~2 200 for 1 seed, 1.0-1.1x the PyTorch reference's one
+process; so the full grid (1.9e11 examples) is ~2.1 CPU-years: a GPU job (not measured on one yet;
+the design goal, 30 seeds x 5 000 tasks in a day on one H100, needs ~520 000 examples/s; on GPUs
+`cpu_devices` does not apply and `runs_per_call`, default all, vmaps the seeds). Vmapped seeds cost
+~211 MB of device memory each (1.7 GB for 8 in one call, data of 10 classes included; ~6 GB for 30;
+the whole data set adds 2.2 GB); `runs_per_call` bounds it. Smoke: about a minute on a 2-core CPU.
 """
 from ddl import config as config_lib
 
@@ -63,6 +64,9 @@ def get_config(arg: str = ''):
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
                      images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
   config.network = dict(kind='convnet', conv='patches')
+  # On CPU: 2 JAX devices, one seed each, running concurrently: ~15 % more examples/s on 2 cores
+  # than vmapping the seeds on one device or running them one after another (launch/benchmark.py).
+  config.cpu_devices = 2
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.cbp.util_type = 'adaptable_contribution'

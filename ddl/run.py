@@ -150,8 +150,30 @@ class Devices:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def split_cpu(config) -> None:
+  """Splits the host CPU into `config.cpu_devices` JAX devices (at most `num_seeds`, so that a
+  variant's seeds need no padding); must run before JAX starts its backends (a process that already
+  started them keeps its devices, with a warning)."""
+  count = min(config.cpu_devices, config.num_seeds)
+  if count <= 0:
+    return
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:
+    if len(jax.devices('cpu')) != count:
+      logging.warning('cpu_devices=%d: JAX started with %d CPU device(s) in this process already; keeping them.',
+                      count, len(jax.devices('cpu')))
+
+
+def calls_size(config, devices: Devices, runs: int) -> int:
+  """Runs per call: one per device on a split CPU (`cpu_devices`), else `runs_per_call` (0: all)."""
+  if devices.platform == 'cpu' and config.cpu_devices > 0:
+    return devices.count
+  return config.runs_per_call or runs
+
+
 def _programs(config, devices: Devices) -> List[Program]:
-  """One program per group and slice of at most `runs_per_call` runs (variants x seeds). Slices of a
+  """One program per group and slice of at most `calls_size` runs (variants x seeds). Slices of a
   group share one jitted function (and its compilation when they have the same size) and run one
   after another. Each slice is padded to a multiple of the devices with copies of its last run."""
   experiment_cls = experiments.get(config.experiment)
@@ -164,7 +186,7 @@ def _programs(config, devices: Devices) -> List[Program]:
     init = jax.jit(lambda k, h, s, f=init_one: (f(k, h, s), jnp.ones(s.shape, bool)), out_shardings=devices.runs)
     run_chunk = jax.jit(_guard(experiment.run_chunk), donate_argnums=donate, out_shardings=devices.runs)
     runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
-    size = config.runs_per_call or len(runs)
+    size = calls_size(config, devices, len(runs))
     for start in range(0, len(runs), size):
       part = runs[start:start + size]
       padded = part + [part[-1]] * (-len(part) % devices.count)
@@ -379,7 +401,8 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   second, non-finite runs."""
   experiment_cls = experiments.get(config.experiment)
   config_lib.validate(config, experiment_cls)
-  _initialize_distributed(config)   # before anything touches the backend
+  split_cpu(config)                 # before anything touches the backend
+  _initialize_distributed(config)
   _check_platform(config)
   lead = jax.process_index() == 0    # multi-host: only process 0 writes files (orbax syncs itself)
   workdir = os.path.abspath(workdir)
@@ -414,6 +437,14 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   start = 0
   if manager.latest_step() is not None:
     start = manager.latest_step()
+    with _quiet():
+      meta = manager.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    calls = [len(p.variants) for p in programs]
+    if meta.get('calls', calls) != calls:
+      raise config_lib.ConfigError(
+          f'--workdir={workdir}: its checkpoint holds calls of {meta["calls"]} runs, this launch makes calls of '
+          f'{calls} ({devices.count} {devices.platform} device(s), cpu_devices={config.cpu_devices}); resume on the '
+          'platform that started the run, or pass --fresh to start over.')
     with _quiet():
       restored = manager.restore(start, args=ocp.args.Composite(
           state=ocp.args.StandardRestore([devices.unpadded_target(s, len(p.variants))
@@ -478,8 +509,9 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
             os.fsync(csv.fileno())
           with _quiet():
             saved = [devices.unpad(s, len(p.variants)) for p, s in zip(programs, states)]
+            meta = {'csv_bytes': csv.tell(), 'calls': [len(p.variants) for p in programs]}
             manager.save(chunk + 1, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(saved), meta=ocp.args.JsonSave({'csv_bytes': csv.tell()})), force=True)
+                state=ocp.args.StandardSave(saved), meta=ocp.args.JsonSave(meta)), force=True)
             manager.wait_until_finished()
         if stop is not None and chunk + 1 < end:
           raise Interrupted(chunk + 1, num_chunks, stop)

@@ -4,11 +4,12 @@ and one for all of them together.
   python launch/benchmark.py --workload=scr --seeds=30 [--variant=cbp] [--chunks=3]
 
 Fields: workload, variant (a group of variants: one program), seeds, runs (variants x seeds),
-runs_per_call (runs vmapped in one call, padded to the devices; the group's slices run one after
-another, as in the run loop), examples_per_sec (all runs together, steady state, after one untimed
-chunk), compile_sec (init + chunk compilation + the untimed chunk), device_mb (memory one call
-needs by XLA's accounting: arguments, outputs, temporaries; the whole state when runs_per_call is
-all runs), peak_rss_mb (of this process so far), backend.
+runs_per_call (runs in one call, padded to the devices: vmapped on each device, or one per device
+with `cpu_devices`; the group's slices run one after another, as in the run loop), examples_per_sec
+(all runs together, steady state, after one untimed chunk), compile_sec (init + chunk compilation +
+the untimed chunk), device_mb (memory one call needs by XLA's accounting: arguments, outputs,
+temporaries; the whole state when runs_per_call is all runs), peak_rss_mb (of this process so far),
+backend.
 """
 import ast
 import json
@@ -100,6 +101,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   config = _config()
+  run_lib.split_cpu(config)
   config_lib.validate(config, run_lib.experiments.get(config.experiment))
   devices = run_lib.Devices(config)   # the runs axis sharded over the devices, as in ddl/run.py
   data = devices.put(run_lib.experiments.get(config.experiment).load_data(config), devices.replicated)

@@ -182,6 +182,26 @@ def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
   assert _sorted_rows(tmp_path / 'eight' / 'metrics.csv') == _sorted_rows(tmp_path / 'one' / 'metrics.csv')
 
 
+def test_split_cpu_runs_one_run_per_device_and_refuses_a_resume_with_other_calls(tmp_path, caplog):
+  """cpu_devices=2 in a fresh process: 2 CPU devices, calls of one run per device, the same rows as one
+  device. In this process (JAX already started with 1 device) it warns and keeps 1 device, and a
+  checkpoint written with calls of 1 run is refused, with one clear error, by a launch making calls of 2."""
+  config = load_config(SCR, 'smoke,bp,cbp')
+  run_lib.run(config, str(tmp_path / 'one'), figures=False)
+  proc = _launch([f'--workdir={tmp_path / "split"}', '--config.cpu_devices=2'])
+  _, err = proc.communicate(timeout=400)
+  assert proc.returncode == 0, err[-2000:]
+  assert '6 runs in 4 call(s) per chunk, over 2 device(s) (2 padding runs)' in err
+  assert _sorted_rows(tmp_path / 'split' / 'metrics.csv') == _sorted_rows(tmp_path / 'one' / 'metrics.csv')
+  config.cpu_devices = 2
+  run_lib.run(config, str(tmp_path / 'here'), stop_after_chunks=2, figures=False)
+  assert 'cpu_devices=2: JAX started with 1 CPU device(s)' in caplog.text
+  proc = _launch([f'--workdir={tmp_path / "here"}', '--config.cpu_devices=2'])
+  _, err = proc.communicate(timeout=400)
+  assert proc.returncode == 2 and 'Traceback' not in err, err[-2000:]
+  assert 'its checkpoint holds calls of [1, 1, 1, 1, 1, 1] runs, this launch makes calls of [2, 1, 2, 1]' in err
+
+
 def test_two_processes_through_jax_distributed_match_one_process(tmp_path):
   """Two localhost processes (one CPU device each, gloo collectives) via jax.distributed.initialize:
   process 0 writes the same metrics.csv as one process, byte for byte."""

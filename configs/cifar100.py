@@ -21,10 +21,11 @@ after the CBP step).
 
 Expected run time and memory (not measured on a GPU: none was available): 1.05 M SGD steps of
 batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (ResNet-18 at 32x32:
-1.1 GFLOP forward, x3 for a training step). On this shared 2-core CPU one seed at full width trains
-~9 examples/s (launch/benchmark.py --workload=cifar100, about the PyTorch reference's speed): ~4
-months per run, so full runs are for GPUs. Projection for one H100 at a sustained 100-200 TFLOP/s
-(TF32): 30 seeds of one variant in ~15-30 h, the five variants in ~3-6 days; the original reports
+1.1 GFLOP forward, x3 for a training step). On this 2-core CPU one seed at full width trains
+~30 examples/s (launch/benchmark.py --workload=cifar100, the epoch's evaluation included; the
+PyTorch reference's training steps: ~51, so ~0.6x; two seeds on two CPU devices, `cpu_devices=2`:
+31 in total): ~6 weeks per run, so full runs are for GPUs. Projection for one H100 at a sustained
+100-200 TFLOP/s (TF32): 30 seeds of one variant in ~15-30 h, the five variants in ~3-6 days; the original reports
 ~6 h per single run on an A100. Memory per seed: ~0.45 GB of state (parameters, momentum, the
 early-stopping copy, CBP statistics) plus the training step's activations, ~0.7 GB at batch 90 with
 `network.conv='lax'` and ~2.3 GB with 'patches' (whose im2col copies are kept for the backward

@@ -434,12 +434,12 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
         options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
                                              cleanup_tmp_directories=True))
   csv_path = os.path.join(workdir, 'metrics.csv')
+  calls = [len(p.variants) for p in programs]   # runs per call, recorded with each checkpoint
   start = 0
   if manager.latest_step() is not None:
     start = manager.latest_step()
     with _quiet():
       meta = manager.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    calls = [len(p.variants) for p in programs]
     if meta.get('calls', calls) != calls:
       raise config_lib.ConfigError(
           f'--workdir={workdir}: its checkpoint holds calls of {meta["calls"]} runs, this launch makes calls of '
@@ -509,7 +509,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
             os.fsync(csv.fileno())
           with _quiet():
             saved = [devices.unpad(s, len(p.variants)) for p, s in zip(programs, states)]
-            meta = {'csv_bytes': csv.tell(), 'calls': [len(p.variants) for p in programs]}
+            meta = {'csv_bytes': csv.tell(), 'calls': calls}
             manager.save(chunk + 1, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(saved), meta=ocp.args.JsonSave(meta)), force=True)
             manager.wait_until_finished()

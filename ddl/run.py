@@ -448,12 +448,11 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
     with _quiet():
       restored = manager.restore(start, args=ocp.args.Composite(
           state=ocp.args.StandardRestore([devices.unpadded_target(s, len(p.variants))
-                                          for p, s in zip(programs, states)]),
-          meta=ocp.args.JsonRestore()))
+                                          for p, s in zip(programs, states)])))
     states = [devices.pad(devices.rewrap(tuple(s), t), p.padded) for p, s, t in zip(programs, restored.state, states)]
     if lead:
       with open(csv_path, 'r+') as f:
-        f.truncate(restored.meta['csv_bytes'])
+        f.truncate(meta['csv_bytes'])
     logging.info('Resumed %s at chunk %d/%d.', workdir, start, num_chunks)
   elif lead:
     _write_atomic(csv_path, METRICS_HEADER)

@@ -105,6 +105,31 @@ def test_conv_net_has_the_paper_size_and_both_convolutions_agree():
   assert float(jnp.abs(params['conv_0']['bias']).max()) <= bound
 
 
+@pytest.mark.parametrize('size,strides,padding', [(5, 1, 'VALID'), (3, 2, 'SAME'), (1, 2, 'SAME')])
+def test_lax_conv_gradients_are_channels_last_convolutions_inside_loops(size, strides, padding):
+  """On CPU the 'lax' Conv's gradients match jax.grad of the plain convolution, and inside a scan
+  every convolution XLA runs is in the canonical NHWC x HWIO form (jax-ml/jax#12868)."""
+  conv = nets.Conv(6, (size, size), 'lax', strides=strides, padding=padding)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 9, 9, 3))
+  params = conv.init(jax.random.PRNGKey(1), x)['params']
+  pad = (size - 1) // 2 if padding == 'SAME' else 0
+  plain = lambda p, x: jax.lax.conv_general_dilated(x, p['kernel'], (strides, strides), ((pad, pad), (pad, pad)),
+                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p['bias']
+  loss = lambda apply: lambda p, x: (jnp.sin(apply(p, x)) ** 2).sum()
+  ours, theirs = (jax.grad(loss(f), argnums=(0, 1))(params, x) for f in (lambda p, x: conv.apply({'params': p}, x), plain))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), ours, theirs)
+
+  def steps(p, x):
+    def step(carry, _):
+      p, x = carry
+      dp, dx = jax.grad(loss(lambda p, x: conv.apply({'params': p}, x)), argnums=(0, 1))(p, x)
+      return (jax.tree.map(lambda a, b: a - 1e-3 * b, p, dp), x - 1e-3 * dx), None
+    return jax.lax.scan(step, (p, x), None, length=2)[0]
+  hlo = jax.jit(steps).lower(params, x).compile().as_text()
+  labels = [line.split('dim_labels=')[1].split(',')[0] for line in hlo.splitlines() if ' convolution(' in line]
+  assert len(labels) == 3 and set(labels) == {'b01f_01io->b01f'}, labels
+
+
 def test_missing_imagenet_data_is_one_clear_error_before_compilation(tmp_path):
   proc = _main('imagenet.py:smoke,bp', tmp_path / 'w', '--config.data.source=npy',
                f'--config.data.data_dir={tmp_path / "nothing"}')

@@ -106,7 +106,10 @@ class Conv(nn.Module):
   """Convolution with the parameter layout of `nn.Conv` (kernel (kh, kw, in, out), bias (out,)),
   computed either by `lax.conv_general_dilated` ('lax') or as image patches times a matrix
   ('patches'). Under `jax.vmap` over parameters the first becomes a grouped convolution, a slow path
-  on CPU; the second stays a batched matmul. The patches are shifted (strided) slices of the input
+  on CPU; the second stays a batched matmul. On CPU, 'lax' takes its gradients from
+  `channels_last_conv` (fast inside loops): for one run per device it is the faster and much the
+  leaner choice for the ResNet (README, Benchmarks), while 'patches' wins for the ImageNet net, whose
+  3-channel 5x5 first layer XLA's convolution handles poorly. The patches are shifted (strided) slices of the input
   (`lax.conv_general_dilated_patches` costs a convolution of its own), stacked in two passes, first
   the kw column shifts, then the kh row shifts of those: XLA's CPU concatenate of all kh x kw pieces
   at once is ~3x slower for the 3-channel input of the ImageNet net's first layer.
@@ -165,7 +168,8 @@ def channels_last_conv(x: jax.Array, kernel: jax.Array, strides, padding) -> jax
   naive loop, ~30x slower for the kernel gradient and ~3x for the input gradient (jax-ml/jax#12868).
   Here the operands are transposed into the canonical layouts explicitly (XLA leaves such explicit
   transposes in place; a test checks that a scan of gradient steps holds only canonical ones).
-  Same values as `jax.grad` of the plain convolution, up to float rounding."""
+  Same values as `jax.grad` of the plain convolution, up to float rounding; being a custom VJP it
+  has no forward-mode derivative (`jax.jvp`), for which use conv='patches'."""
   return _conv_nhwc(x, kernel, strides, padding)
 
 

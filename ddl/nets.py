@@ -108,11 +108,12 @@ class Conv(nn.Module):
   ('patches'). Under `jax.vmap` over parameters the first becomes a grouped convolution, a slow path
   on CPU; the second stays a batched matmul. On CPU, 'lax' takes its gradients from
   `channels_last_conv` (fast inside loops): for one run per device it is the faster and much the
-  leaner choice for the ResNet (README, Benchmarks), while 'patches' wins for the ImageNet net, whose
-  3-channel 5x5 first layer XLA's convolution handles poorly. The patches are shifted (strided) slices of the input
-  (`lax.conv_general_dilated_patches` costs a convolution of its own), stacked in two passes, first
-  the kw column shifts, then the kh row shifts of those: XLA's CPU concatenate of all kh x kw pieces
-  at once is ~3x slower for the 3-channel input of the ImageNet net's first layer.
+  leaner choice for the ResNet (README, Benchmarks), while 'patches' wins for the ImageNet net,
+  whose 3-channel 5x5 first layer XLA's convolution handles poorly. The patches are shifted
+  (strided) slices of the input (`lax.conv_general_dilated_patches` costs a convolution of its
+  own), stacked in two passes, first the kw column shifts, then the kh row shifts of those: XLA's
+  CPU concatenate of all kh x kw pieces at once is ~3x slower for the 3-channel input of the
+  ImageNet net's first layer.
   padding: 'VALID' or 'SAME' (PyTorch's symmetric padding (k - 1) // 2, also with stride 2).
   use_bias: False leaves the bias parameter out."""
   features: int

@@ -13,10 +13,11 @@ from typing import Any, Dict, List, Sequence
 
 import ml_collections
 
-from ddl.learners import HPARAMS
-from ddl.learners import cbp as cbp_lib
-from ddl.learners import learner as learner_lib
-from ddl.learners import optimizers
+from ddl.learners import registry
+from ddl.learners import schedules
+from ddl.learners import topology
+
+HPARAMS = registry.HPARAMS
 
 WANDB_MODES = ('disabled', 'offline', 'online')
 PLATFORMS = ('', 'cpu', 'gpu', 'tpu')
@@ -54,13 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
   # numbers dominate a small net's step on CPU). True: one program for all variants of the same
   # static settings (fewer programs; better where steps are latency bound, as on a GPU).
   config.fuse_variants = False
-  config.optimizer = dict(name='sgd', momentum=0.0, eps=1e-8)   # Adam's b1, b2 are hparams
-  # method 'cbp' (ddl.learners.cbp) or 'redo' (ddl.learners.redo: threshold, period in steps)
-  config.cbp = dict(method='cbp', util_type='contribution', count_mode='bernoulli', count_base='eligible',
-                    reset_optimizer_state=False, next_bias_correction=False, redo_threshold=0.1,
-                    redo_period=1000, utility_statistic='ema')
-  config.hparams = dict(learning_rate=0.01, weight_decay=0.0, noise_scale=0.0, replacement_rate=0.0,
-                        maturity_threshold=100.0, decay_rate=0.99, b1=0.9, b2=0.999)
+  # Every method's hyperparameters, with the defaults they declare (ddl.learners.registry): the
+  # traced ones in `hparams`, the static ones in their method's section.
+  statics = {section: {h.name: h.default for h in hypers} for section, hypers in registry.static_hypers().items()}
+  config.optimizer = dict(name='sgd', **statics['optimizer'])
+  config.cbp = dict(method='cbp', **statics['cbp'])   # method 'cbp' (ddl.learners.cbp) or 'redo'
+  config.upgd = statics['upgd']
+  config.schedule = statics['schedule']               # resets and plasticity injection
+  config.hparams = {h.name: h.default for h in registry.traced_hypers()}
   config.variants = ml_collections.ConfigDict()
   config.wandb = dict(mode='disabled', project='ddl', entity='', group='', name='')
   return config
@@ -106,7 +108,11 @@ class Group:
   @property
   def perturbation(self) -> bool:
     """Whether the program holds the S&P noise transform."""
-    return any(h['noise_scale'] > 0 for h in self.hparams)
+    return self.uses('snp')
+
+  def uses(self, method: str) -> bool:
+    """Whether the program holds a gated intervention (`registry.GATES`): some variant switches it on."""
+    return any(h[registry.GATES[method]] > 0 for h in self.hparams)
 
 
 def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -128,8 +134,7 @@ def groups(config: ml_collections.ConfigDict) -> List[Group]:
     static = {k: v for k, v in variant.items() if k not in HPARAMS}
     hparams = {k: float(config.hparams[k]) for k in HPARAMS}
     hparams.update({k: float(v) for k, v in variant.items() if k in HPARAMS})
-    uses = {} if config.fuse_variants else {
-        'noise': hparams['noise_scale'] > 0, 'cbp': hparams['replacement_rate'] > 0}
+    uses = {} if config.fuse_variants else {name: hparams[gate] > 0 for name, gate in registry.GATES.items()}
     signature = json.dumps([static, uses], sort_keys=True)
     if signature not in result:
       group_config = copy.deepcopy(config)
@@ -164,15 +169,14 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(config.cpu_devices >= 0, 'cpu_devices', f'must be >= 0 (0: one CPU device), got {config.cpu_devices}')
   _check(config.num_devices >= 0, 'num_devices', f'must be >= 0 (0: all visible devices), got {config.num_devices}')
   _check(config.platform in PLATFORMS, 'platform', f'{config.platform!r} is not known; use one of {PLATFORMS}')
-  _check(config.optimizer.name in optimizers.OPTIMIZERS, 'optimizer.name',
-         f'{config.optimizer.name!r} is not known; use one of {optimizers.OPTIMIZERS}')
-  _check(0 <= config.optimizer.momentum < 1, 'optimizer.momentum', 'must be in [0, 1)')
-  for key, allowed in (('util_type', cbp_lib.UTIL_TYPES), ('count_mode', cbp_lib.COUNT_MODES),
-                       ('count_base', cbp_lib.COUNT_BASES), ('utility_statistic', cbp_lib.UTILITY_STATISTICS)):
-    _check(config.cbp[key] in allowed, f'cbp.{key}', f'{config.cbp[key]!r} is not known; use one of {allowed}')
-  _check(config.cbp.method in learner_lib.RESETS, 'cbp.method',
-         f'{config.cbp.method!r} is not known; use one of {learner_lib.RESETS}')
-  _check(config.cbp.redo_period >= 1, 'cbp.redo_period', f'must be >= 1 step, got {config.cbp.redo_period}')
+  _check(config.optimizer.name in registry.OPTIMIZERS, 'optimizer.name',
+         f'{config.optimizer.name!r} is not known; use one of {tuple(registry.OPTIMIZERS)}')
+  _check(config.cbp.method in ('cbp', 'redo'), 'cbp.method', f"{config.cbp.method!r} is not known; use one of ('cbp', 'redo')")
+  for section, hypers in registry.static_hypers().items():
+    for h in hypers:
+      if section in config and h.name in config[section]:
+        problem = h.problem(config[section][h.name])
+        _check(problem is None, f'{section}.{h.name}', str(problem))
   _check(config.cbp.utility_statistic == 'ema' or config.cbp.util_type in ('contribution', 'weight'),
          'cbp.utility_statistic', "'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'")
   _check(config.wandb.mode in WANDB_MODES, 'wandb.mode', f'{config.wandb.mode!r} is not known; use one of {WANDB_MODES}')
@@ -184,22 +188,45 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
     for key in variant.keys():
       _check(key in HPARAMS or key in top_level, f'variants.{name}.{key}',
              f'is neither a hyperparameter {HPARAMS} nor a config key{_suggest(key, list(HPARAMS) + sorted(top_level))}')
-  ranges = {'learning_rate': (0, None, False), 'weight_decay': (0, None, True), 'noise_scale': (0, None, True),
-            'replacement_rate': (0, 1, True), 'maturity_threshold': (0, None, True), 'decay_rate': (0, 1, True),
-            'b1': (0, 1, True), 'b2': (0, 1, True)}
+  traced = registry.traced_hypers()
   for group in groups(config):
     for variant, hparams in zip(group.variants, group.hparams):
-      for key, (low, high, inclusive) in ranges.items():
-        value = hparams[key]
-        ok = (value >= low if inclusive else value > low) and (high is None or value <= high)
-        bound = f'{">=" if inclusive else ">"} {low}' + (f' and <= {high}' if high is not None else '')
-        _check(ok, f'variant {variant}: hparams.{key}', f'must be {bound}, got {value}')
+      for h in traced:
+        problem = h.problem(hparams[h.name])
+        _check(problem is None, f'variant {variant}: hparams.{h.name}', str(problem))
     try:
       checks = experiment_cls.checks(group.config)
     except (ZeroDivisionError, TypeError, KeyError, AttributeError) as e:
       raise ConfigError(f'variant(s) {", ".join(group.variants)}: a size or type is impossible ({e!r})') from None
     for ok, message in checks:
       _check(ok, f'variant(s) {", ".join(group.variants)}', message)
+    _check_applies(config.experiment, experiment_cls, group)
+
+
+def _check_applies(experiment: str, experiment_cls: Any, group: Group) -> None:
+  """Each intervention a group switches on must find what it needs in the experiment's network
+  (registry.Method.needs): hidden units for CBP and ReDo, named layers for a head."""
+  c = group.config
+  wanted = []
+  if group.max_replacement_rate > 0 or c.cbp.method == 'redo':
+    wanted.append(registry.INTERVENTIONS['redo' if c.cbp.method == 'redo' else 'cbp'])
+  if c.schedule.injection_first > 0:
+    wanted.append(registry.INTERVENTIONS['injection'])
+  if c.schedule.reset_first > 0 and c.schedule.reset_layers > 0:
+    wanted.append(dataclasses.replace(registry.INTERVENTIONS['reset'], needs='head'))
+  if not any(m.needs for m in wanted):
+    return
+  network = experiment_cls.make_network(c)
+  for method in wanted:
+    name = type(network).__name__
+    if method.needs == 'units' and not topology.unit_layers(network):
+      missing = f'its network ({name}) has no hidden units'
+    elif method.needs == 'head' and not hasattr(network, 'layer_names'):
+      missing = f'its network ({name}) declares no named layers to form a head (networks with one: MLP, ConvNet)'
+    else:
+      continue
+    raise ConfigError(f'variant(s) {", ".join(group.variants)}: {method.name} ({method.doc}) does not apply to '
+                      f'experiment {experiment}: {missing}; remove the variant or choose another network.')
 
 
 def differing_keys(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:

@@ -1,8 +1,13 @@
 """Networks of the paper as Flax modules.
 
 Every learner network returns `(output, features)`, where `features` maps a hidden layer's name to
-its post-activation output (what CBP and the diagnostics read), and declares its replaceable units
-once with `unit_layers()` (see `ddl.learners.cbp.UnitLayer`).
+its post-activation output: the one way hidden activations reach the reset transforms (CBP, ReDo)
+and the diagnostics alike. Which kernels make and read those units is declared outside the
+networks, in `ddl.learners.topology`. `layer_norm` (every network): '' none, 'affine' Flax
+`LayerNorm` over a layer's units before its activation (per position in conv maps), 'plain' the
+no-affine variant over all of a sample's features (as in streaming RL). Networks that name their
+layers (`layer_names()`: MLP, ConvNet) also run from a hidden layer on (`start`): the head that
+plasticity injection and head resets act on.
 """
 import functools
 import math
@@ -12,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddl.learners.cbp import UnitLayer
 
 ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': nn.relu, 'tanh': jnp.tanh, 'sigmoid': nn.sigmoid, 'elu': nn.elu, 'swish': nn.swish,
@@ -23,6 +27,21 @@ GAINS = {'relu': math.sqrt(2.0), 'tanh': 5.0 / 3.0, 'sigmoid': 1.0, 'linear': 1.
          'swish': math.sqrt(2.0), 'leaky_relu': math.sqrt(2.0 / (1 + 0.01 ** 2)), 'selu': 1.0}
 
 INITS = ('kaiming', 'lecun', 'xavier', 'default')
+LAYER_NORMS = ('', 'affine', 'plain')
+
+
+def normalize(kind: str, name: str, x: jax.Array) -> jax.Array:
+  """The `layer_norm` option applied to pre-activations x (batch, ..., units), inside a compact
+  module: 'affine' is Flax LayerNorm over units with a learned scale and offset (params `name`),
+  'plain' normalises over all of a sample's features with no parameters, '' leaves x as it is."""
+  if kind == 'affine':
+    return nn.LayerNorm(epsilon=1e-5, name=name)(x)
+  if kind == 'plain':
+    return nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, reduction_axes=tuple(range(1, x.ndim)),
+                        name=name)(x)
+  if kind:
+    raise ValueError(f'network.layer_norm={kind!r} is not known; use one of {LAYER_NORMS}.')
+  return x
 
 
 def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Array]:
@@ -46,32 +65,33 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
 class MLP(nn.Module):
   """in -> hidden... (activation) -> out; hidden layers use `init` with the activation's gain,
   the output layer the same scheme with linear gain; zero biases (the original's FFNN/DeepFFNN).
-  With no hidden layers it is the linear baseline (MyLinear). `weight_init`: see `initializer`."""
+  With no hidden layers it is the linear baseline (MyLinear). `weight_init`: see `initializer`.
+  start: index of the first layer to run (x is then that layer's input, the features of layer
+  start - 1): the network from a hidden layer on, as plasticity injection's head."""
   hidden: Sequence[int]
   outputs: int
   activation: str = 'relu'
   weight_init: str = 'kaiming'
+  layer_norm: str = ''
+
+  def layer_names(self) -> Tuple[str, ...]:
+    return tuple(f'hidden_{i}' for i in range(len(self.hidden))) + ('output',)
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     features = {}
     act = ACTIVATIONS[self.activation]
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden):
-      x = act(nn.Dense(width, kernel_init=initializer(self.weight_init, self.activation),
-                       bias_init=nn.initializers.zeros, name=f'hidden_{i}')(x))
+      if i < start:
+        continue
+      x = nn.Dense(width, kernel_init=initializer(self.weight_init, self.activation),
+                   bias_init=nn.initializers.zeros, name=f'hidden_{i}')(x)
+      x = act(normalize(self.layer_norm, f'norm_{i}', x))
       features[f'hidden_{i}'] = x
     out = nn.Dense(self.outputs, kernel_init=initializer(self.weight_init, 'linear'),
                    bias_init=nn.initializers.zeros, name='output')(x)
     return out, features
-
-  def unit_layers(self) -> Tuple[UnitLayer, ...]:
-    names = [f'hidden_{i}' for i in range(len(self.hidden))] + ['output']
-    return tuple(
-        UnitLayer(features=name, kernel=(name, 'kernel'), bias=(name, 'bias'),
-                  consumer=(after, 'kernel'), consumer_bias=(after, 'bias'),
-                  init=initializer(self.weight_init, self.activation))
-        for name, after in zip(names[:-1], names[1:]))
 
 
 class LTUNet(nn.Module):
@@ -207,31 +227,35 @@ class ConvNet(nn.Module):
   """The continual-ImageNet network (lop_reference.md §5.1): conv5x5(32) -> pool -> conv3x3(64) ->
   pool -> conv3x3(128) -> pool -> fc128 -> fc128 -> fc(outputs), ReLU, 2x2 max-pool, PyTorch
   default init; 177 218 parameters for 32x32x3 inputs and 2 outputs. Features: the pooled conv
-  maps and the dense activations (what the original's ConvGnT reads)."""
+  maps and the dense activations (what the original's ConvGnT reads). start: as `MLP` (3 runs the
+  dense layers from the flattened last conv map)."""
   outputs: int = 2
   conv: str = 'patches'
+  layer_norm: str = ''
+
+  def layer_names(self) -> Tuple[str, ...]:
+    return ('conv_0', 'conv_1', 'conv_2', 'dense_0', 'dense_1', 'output')
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     features = {}
     init = initializer('default')
-    pool = max_pool_2x2
-    for name, width, size in (('conv_0', 32, 5), ('conv_1', 64, 3), ('conv_2', 128, 3)):
+    for i, (name, width, size) in enumerate((('conv_0', 32, 5), ('conv_1', 64, 3), ('conv_2', 128, 3))):
+      if i < start:
+        continue
       fan_in = x.shape[-1] * size * size
-      x = pool(nn.relu(Conv(width, (size, size), self.conv, init, torch_default_bias(fan_in), name=name)(x)))
+      x = Conv(width, (size, size), self.conv, init, torch_default_bias(fan_in), name=name)(x)
+      x = max_pool_2x2(nn.relu(normalize(self.layer_norm, f'{name}_norm', x)))
       features[name] = x
     x = x.reshape(x.shape[0], -1)
-    for name, width in (('dense_0', 128), ('dense_1', 128)):
-      x = nn.relu(nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x))
+    for i, (name, width) in enumerate((('dense_0', 128), ('dense_1', 128)), start=3):
+      if i < start:
+        continue
+      x = nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x)
+      x = nn.relu(normalize(self.layer_norm, f'{name}_norm', x))
       features[name] = x
     out = nn.Dense(self.outputs, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name='output')(x)
     return out, features
-
-  def unit_layers(self) -> Tuple[UnitLayer, ...]:
-    names = ['conv_0', 'conv_1', 'conv_2', 'dense_0', 'dense_1', 'output']
-    return tuple(UnitLayer(features=name, kernel=(name, 'kernel'), bias=(name, 'bias'), consumer=(after, 'kernel'),
-                           consumer_bias=(after, 'bias'), init=initializer('default'))
-                 for name, after in zip(names[:-1], names[1:]))
 
 
 class ActorCritic(nn.Module):
@@ -243,15 +267,18 @@ class ActorCritic(nn.Module):
   actions: int
   activation: str = 'relu'
   weight_init: str = 'lecun'
+  layer_norm: str = ''
 
-  def _mlps(self, **kwargs):
-    return (MLP(self.hidden, self.actions, self.activation, self.weight_init, **kwargs),
-            MLP(self.hidden, 1, self.activation, self.weight_init, **kwargs))
+  def mlps(self, **kwargs):
+    """The (policy, value) MLPs, as unbound modules with `parent=None`."""
+    return (MLP(self.hidden, self.actions, self.activation, self.weight_init, self.layer_norm, **kwargs),
+            MLP(self.hidden, 1, self.activation, self.weight_init, self.layer_norm, **kwargs))
 
   @nn.compact
   def __call__(self, x: jax.Array):
-    mean, policy_features = MLP(self.hidden, self.actions, self.activation, self.weight_init, name='policy')(x)
-    v, value_features = MLP(self.hidden, 1, self.activation, self.weight_init, name='value')(x)
+    mean, policy_features = MLP(self.hidden, self.actions, self.activation, self.weight_init, self.layer_norm,
+                                name='policy')(x)
+    v, value_features = MLP(self.hidden, 1, self.activation, self.weight_init, self.layer_norm, name='value')(x)
     log_std = self.param('log_std', nn.initializers.zeros, (self.actions,))
     features = {**{f'policy/{k}': h for k, h in policy_features.items()},
                 **{f'value/{k}': h for k, h in value_features.items()}}
@@ -259,17 +286,7 @@ class ActorCritic(nn.Module):
 
   def policy_mean(self, params, x: jax.Array) -> jax.Array:
     """The action mean alone (what acting needs)."""
-    return self._mlps(parent=None)[0].apply({'params': params['policy']}, x)[0]
-
-  def unit_layers(self) -> Tuple[UnitLayer, ...]:
-    layers = []
-    for name, mlp in zip(('policy', 'value'), self._mlps(parent=None)):
-      for layer in mlp.unit_layers():
-        layers.append(UnitLayer(
-            features=f'{name}/{layer.features}', kernel=(name,) + layer.kernel, bias=(name,) + layer.bias,
-            consumer=(name,) + layer.consumer, consumer_bias=(name,) + layer.consumer_bias, init=layer.init))
-    return tuple(layers)
-
+    return self.mlps(parent=None)[0].apply({'params': params['policy']}, x)[0]
 
 
 def rbg_key(key: jax.Array) -> jax.Array:
@@ -307,16 +324,24 @@ class ResNet18(nn.Module):
 
   Features (what ResGnT and the diagnostics read, 17 entries): 'stem' (after BN + ReLU), per block
   'block{i}_conv1' (after bn1 + ReLU) and 'block{i}_out' (after the residual add + ReLU); the last
-  block's output is replaced by the pooled (batch, 8w) vector."""
+  block's output is replaced by the pooled (batch, 8w) vector.
+
+  norm: 'batch' (the paper) or 'layer' (the `layer_norm` option: Flax LayerNorm over channels in
+  place of every BatchNorm, same names, no running statistics)."""
   outputs: int = 100
   width: int = 64
   conv: str = 'patches'
+  norm: str = 'batch'
 
   def _conv(self, features, size, strides, name):
     return Conv(features, (size, size), self.conv, he_normal(), nn.initializers.zeros, strides=strides,
                 padding='SAME', name=name)
 
   def _bn(self, train, name):
+    if self.norm == 'layer':
+      return nn.LayerNorm(epsilon=1e-5, name=name)
+    if self.norm != 'batch':
+      raise ValueError(f"ResNet18 norm={self.norm!r} is not known; use 'batch' or 'layer'.")
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
   @nn.compact
@@ -324,7 +349,7 @@ class ResNet18(nn.Module):
     features = {}
     x = nn.relu(self._bn(train, 'stem_bn')(self._conv(self.width, 3, 1, 'stem')(x)))
     features['stem'] = x
-    for i, (width, strides) in enumerate(self._blocks()):
+    for i, (width, strides) in enumerate(self.blocks()):
       h = nn.relu(self._bn(train, f'block{i}_bn1')(self._conv(width, 3, strides, f'block{i}_conv1')(x)))
       features[f'block{i}_conv1'] = h
       h = self._bn(train, f'block{i}_bn2')(self._conv(width, 3, 1, f'block{i}_conv2')(h))
@@ -333,25 +358,10 @@ class ResNet18(nn.Module):
       x = nn.relu(h + x)
       features[f'block{i}_out'] = x
     x = x.mean(axis=(1, 2))
-    features[f'block{len(self._blocks()) - 1}_out'] = x
+    features[f'block{len(self.blocks()) - 1}_out'] = x
     out = nn.Dense(self.outputs, kernel_init=_rbg(nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')),
                    bias_init=nn.initializers.zeros, name='fc')(x)
     return out, features
 
-  def _blocks(self):
+  def blocks(self):
     return [(self.width * m, 2 if (m > 1 and b == 0) else 1) for m in (1, 2, 4, 8) for b in range(2)]
-
-  def unit_layers(self) -> Tuple[UnitLayer, ...]:
-    """ResGnT's 17 hidden layers: layer i (conv + its BN) feeds weight layer i + 1; a block's conv2
-    feeds the next block's conv1 (the last one feeds fc); the downsample branch is not touched, and
-    the skip path keeps carrying a reset conv2 channel (§2.4)."""
-    layers = [('stem', 'stem', 'stem_bn')]
-    for i in range(len(self._blocks())):
-      layers += [(f'block{i}_conv1', f'block{i}_conv1', f'block{i}_bn1'),
-                 (f'block{i}_out', f'block{i}_conv2', f'block{i}_bn2')]
-    consumers = [conv for _, conv, _ in layers[1:]] + ['fc']
-    return tuple(
-        UnitLayer(features=feature, kernel=(conv, 'kernel'), bias=(conv, 'bias'), consumer=(after, 'kernel'),
-                  consumer_bias=(after, 'bias'), init=he_normal(), norm_ones=((bn, 'scale'), (bn, 'var')),
-                  norm_zeros=((bn, 'bias'), (bn, 'mean')))
-        for (feature, conv, bn), after in zip(layers, consumers))

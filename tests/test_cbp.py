@@ -8,6 +8,7 @@ import pytest
 
 from ddl import nets
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import topology
 
 MLP = nets.MLP(hidden=(8, 6), outputs=3)
 
@@ -30,7 +31,7 @@ def test_reset_preserves_function_when_outgoing_weights_are_zeroed():
   """Right after a reset the net computes what it computed before with the replaced units'
   outgoing weights set to zero: a new unit contributes nothing until it learns."""
   params, x, features = _mlp_setup()
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=0.3, maturity_threshold=0,
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=0.3, maturity_threshold=0,
                                    count_mode='accumulate')
   new_params, _, _, info = jax.jit(cbp.update)(params, None, cbp.init(params), features, jax.random.PRNGKey(1))
   assert int(info.num_replaced) > 0
@@ -49,7 +50,7 @@ def test_reset_preserves_function_when_outgoing_weights_are_zeroed():
   single = nets.MLP(hidden=(8,), outputs=3)
   p1 = single.init(jax.random.PRNGKey(2), x)['params']
   out_before, f1 = single.apply({'params': p1}, x)
-  cbp1 = cbp_lib.continual_backprop(single.unit_layers(), replacement_rate=0.3, maturity_threshold=0,
+  cbp1 = cbp_lib.continual_backprop(topology.unit_layers(single), replacement_rate=0.3, maturity_threshold=0,
                                     count_mode='accumulate')
   p1_new, _, _, info1 = jax.jit(cbp1.update)(p1, None, cbp1.init(p1), f1, jax.random.PRNGKey(3))
   assert int(info1.num_replaced) == 2
@@ -63,7 +64,7 @@ def test_reset_preserves_function_when_outgoing_weights_are_zeroed():
 def test_replaced_units_get_fresh_inputs_zero_bias_zero_outgoing_and_reset_state():
   params, _, features = _mlp_setup()
   params = jax.tree.map(lambda p: p + 0.5, params)     # non-zero biases everywhere
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=0.3, maturity_threshold=0,
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=0.3, maturity_threshold=0,
                                    count_mode='accumulate')
   state = cbp.init(params)
   new_params, _, new_state, info = jax.jit(cbp.update)(params, None, state, features, jax.random.PRNGKey(1))
@@ -86,7 +87,7 @@ def test_replaced_units_get_fresh_inputs_zero_bias_zero_outgoing_and_reset_state
 
 def test_exactly_the_lowest_utility_eligible_units_are_chosen():
   params, _, features = _mlp_setup()
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers()[:1], replacement_rate=0.25, maturity_threshold=5,
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP)[:1], replacement_rate=0.25, maturity_threshold=5,
                                    count_mode='accumulate', util_type='contribution', decay_rate=0.0)
   state = cbp.init(params)
   ages = jnp.array([10, 10, 2, 10, 10, 3, 10, 10], jnp.int32)   # units 2 and 5 immature
@@ -107,7 +108,7 @@ def test_exactly_the_lowest_utility_eligible_units_are_chosen():
 
 def test_immature_units_are_never_replaced():
   params, _, features = _mlp_setup()
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=1.0, maturity_threshold=50,
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=1.0, maturity_threshold=50,
                                    count_mode='accumulate')
   update = jax.jit(cbp.update)
   state = cbp.init(params)
@@ -123,11 +124,11 @@ def test_immature_units_are_never_replaced():
 def test_replacement_count_matches_rate_times_eligible_times_steps(count_mode, count_base):
   params, _, features = _mlp_setup()
   rate, steps = 0.01, 2000
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=rate, maturity_threshold=1e9,
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=rate, maturity_threshold=1e9,
                                    count_mode=count_mode, count_base=count_base)
   state = _aged(cbp.init(params), 10)
   # maturity is huge, so no unit is eligible: pin eligibility by making the threshold traced-low.
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=rate, maturity_threshold=0,
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=rate, maturity_threshold=0,
                                    count_mode=count_mode, count_base=count_base)
 
   def body(carry, key):
@@ -147,7 +148,7 @@ def test_replacement_count_matches_rate_times_eligible_times_steps(count_mode, c
 
 def test_rate_zero_replaces_nothing_and_utilities_still_track():
   params, _, features = _mlp_setup()
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=0.0, maturity_threshold=0)
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=0.0, maturity_threshold=0)
   new_params, _, state, info = jax.jit(cbp.update)(params, None, cbp.init(params), features, jax.random.PRNGKey(0))
   assert int(info.num_replaced) == 0
   jax.tree.map(np.testing.assert_array_equal, new_params, params)
@@ -164,7 +165,7 @@ def test_vmap_over_seeds_and_traced_rates_gives_per_seed_choices():
   def one(key, rate, xb):
     p = MLP.init(key, xb)['params']
     _, f = MLP.apply({'params': p}, xb)
-    cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=rate, maturity_threshold=0,
+    cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=rate, maturity_threshold=0,
                                      count_mode='accumulate', max_replacement_rate=0.6)
     _, _, _, info = jax.jit(cbp.update)(p, None, cbp.init(p), f, key)
     return info.replaced['hidden_0'], info.num_replaced
@@ -184,7 +185,7 @@ def test_optimizer_state_reset_is_optional():
   opt_state = opt.init(params)
   opt_state = jax.tree.map(lambda a: a + 1.0, opt_state)    # non-zero momentum everywhere
   for reset, expect_zero in ((False, False), (True, True)):
-    cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=0.3, maturity_threshold=0,
+    cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=0.3, maturity_threshold=0,
                                      count_mode='accumulate', reset_optimizer_state=reset)
     _, new_opt, _, info = jax.jit(cbp.update)(params, opt_state, cbp.init(params), features, jax.random.PRNGKey(1))
     m = np.asarray(info.replaced['hidden_0'])
@@ -201,10 +202,10 @@ def test_next_bias_correction_is_off_by_default_and_shifts_the_consumer_bias_whe
   p = single.init(jax.random.PRNGKey(2), x)['params']
   _, f = single.apply({'params': p}, x)
   kwargs = dict(replacement_rate=0.3, maturity_threshold=0, count_mode='accumulate', decay_rate=0.5)
-  off = cbp_lib.continual_backprop(single.unit_layers(), **kwargs)
+  off = cbp_lib.continual_backprop(topology.unit_layers(single), **kwargs)
   p_off, _, _, _ = jax.jit(off.update)(p, None, off.init(p), f, jax.random.PRNGKey(1))
   np.testing.assert_array_equal(p_off['output']['bias'], p['output']['bias'])
-  on = cbp_lib.continual_backprop(single.unit_layers(), next_bias_correction=True, **kwargs)
+  on = cbp_lib.continual_backprop(topology.unit_layers(single), next_bias_correction=True, **kwargs)
   p_on, _, _, info = jax.jit(on.update)(p, None, on.init(p), f, jax.random.PRNGKey(1))
   m = np.asarray(info.replaced['hidden_0'])
   # after one step with decay 0.5 and age 1, the bias-corrected mean activation is the batch mean
@@ -231,8 +232,8 @@ class _ConvNet(nn.Module):
   @staticmethod
   def unit_layers():
     init = nets.initializer('default')
-    return (cbp_lib.UnitLayer('conv_0', ('conv_0', 'kernel'), ('conv_1', 'kernel'), init, bias=('conv_0', 'bias')),
-            cbp_lib.UnitLayer('conv_1', ('conv_1', 'kernel'), ('output', 'kernel'), init, bias=('conv_1', 'bias')))
+    return (cbp_lib.UnitLayer('conv_0', ('conv_0', 'kernel'), (('conv_1', 'kernel'),), init, bias=('conv_0', 'bias')),
+            cbp_lib.UnitLayer('conv_1', ('conv_1', 'kernel'), (('output', 'kernel'),), init, bias=('conv_1', 'bias')))
 
 
 def test_conv_channels_as_units_and_conv_to_dense_flatten():
@@ -265,7 +266,7 @@ def test_conv_channels_as_units_and_conv_to_dense_flatten():
 def test_norm_layer_parameters_of_replaced_units_are_restored():
   params, _, features = _mlp_setup()
   params = {**params, 'norm_0': {'scale': jnp.full(8, 3.0), 'bias': jnp.full(8, 2.0)}}
-  layers = MLP.unit_layers()
+  layers = topology.unit_layers(MLP)
   layer = cbp_lib.UnitLayer(**{**layers[0].__dict__, 'norm_ones': (('norm_0', 'scale'),),
                                'norm_zeros': (('norm_0', 'bias'),)})
   cbp = cbp_lib.continual_backprop((layer,), replacement_rate=0.3, maturity_threshold=0, count_mode='accumulate')
@@ -277,10 +278,10 @@ def test_norm_layer_parameters_of_replaced_units_are_restored():
 
 def test_bad_settings_raise_clear_errors():
   with pytest.raises(ValueError, match='util_type'):
-    cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=0.1, maturity_threshold=1, util_type='nope')
+    cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=0.1, maturity_threshold=1, util_type='nope')
   with pytest.raises(ValueError, match='max_replacement_rate'):
-    cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=jnp.array(0.1), maturity_threshold=1)
+    cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=jnp.array(0.1), maturity_threshold=1)
   params, _, features = _mlp_setup()
-  cbp = cbp_lib.continual_backprop(MLP.unit_layers(), replacement_rate=0.1, maturity_threshold=1)
+  cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=0.1, maturity_threshold=1)
   with pytest.raises(KeyError, match='hidden_1'):
     jax.jit(cbp.update)(params, None, cbp.init(params), {'hidden_0': features['hidden_0']}, jax.random.PRNGKey(0))

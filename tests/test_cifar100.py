@@ -14,6 +14,7 @@ import pytest
 from conftest import assert_resume_is_identical, ROOT, load_config
 from ddl import config as config_lib
 from ddl import nets
+from ddl.learners import topology
 from ddl import run as run_lib
 from ddl.experiments import ClassIncremental
 from ddl.experiments import class_incremental as ci
@@ -108,7 +109,7 @@ def test_resnet18_size_topology_and_convolutions():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   shapes = jax.eval_shape(nets.ResNet18().init, jax.random.PRNGKey(0), x)
   assert sum(np.prod(p.shape) for p in jax.tree.leaves(shapes['params'])) == 11_224_932   # 11.22 M + conv biases
-  layers = nets.ResNet18().unit_layers()
+  layers = topology.unit_layers(nets.ResNet18())
   assert len(layers) == 17
   assert sum(shapes['params'][l.kernel[0]]['kernel'].shape[-1] for l in layers) == 3904
   assert layers[2].consumer == ('block1_conv1', 'kernel') and layers[-1].consumer == ('fc', 'kernel')
@@ -136,7 +137,7 @@ def test_cbp_in_the_resnet_resets_bn_statistics_of_chosen_channels_only():
   without, _ = make(0.0).step(state.replace(cbp_state=None), x, y, jax.random.PRNGKey(2))
   assert int(out.num_replaced) > 0
   changed = {}
-  for layer in network.unit_layers():
+  for layer in topology.unit_layers(network):
     bn = layer.norm_ones[0][0]
     stats, plain = with_cbp.batch_stats[bn], without.batch_stats[bn]
     mask = (np.asarray(stats['mean']) != np.asarray(plain['mean'])) | (np.asarray(stats['var']) != np.asarray(plain['var']))
@@ -147,7 +148,7 @@ def test_cbp_in_the_resnet_resets_bn_statistics_of_chosen_channels_only():
     kernel = np.asarray(with_cbp.params[layer.kernel[0]]['kernel'])
     assert (kernel[..., mask] != np.asarray(without.params[layer.kernel[0]]['kernel'])[..., mask]).all()   # fresh
     changed[layer.kernel[0]] = mask
-  for layer in network.unit_layers():       # outgoing weights zeroed (except into units reset themselves)
+  for layer in topology.unit_layers(network):       # outgoing weights zeroed (except into units reset themselves)
     consumer = np.asarray(with_cbp.params[layer.consumer[0]]['kernel'])[..., changed[layer.kernel[0]], :]
     assert np.all(consumer[..., ~changed.get(layer.consumer[0], np.zeros(consumer.shape[-1], bool))] == 0)
   reset_channels = sum(m.sum() for m in changed.values())
@@ -158,7 +159,7 @@ def test_cbp_in_the_resnet_resets_bn_statistics_of_chosen_channels_only():
 
 
 def test_cumulative_statistic_is_not_reset_nor_decayed():
-  layer = nets.ResNet18(width=4).unit_layers()[-1]       # the pooled 32 -> fc layer
+  layer = topology.unit_layers(nets.ResNet18(width=4))[-1]       # the pooled 32 -> fc layer
   params = {'block7_conv2': {'kernel': jnp.ones((3, 3, 32, 32)), 'bias': jnp.zeros(32)},
             'fc': {'kernel': jnp.ones((32, 5)), 'bias': jnp.zeros(5)}}
   transform = cbp_lib.continual_backprop((layer,), replacement_rate=1.0, maturity_threshold=0, decay_rate=0.9,

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import assert_resume_is_identical, ROOT, load_config
 from ddl import nets
+from ddl.learners import topology
 from ddl.learners import Learner
 from ddl.learners import redo as redo_lib
 from ddl.rl import env as env_lib
@@ -69,7 +70,7 @@ def test_redo_resets_low_score_units_every_period_calls():
   params = net.init(jax.random.PRNGKey(1), x)['params']
   params['hidden_0']['bias'] = params['hidden_0']['bias'].at[:].set(0.1)
   h = jnp.ones((8, 6)).at[:, 2].set(0.0).at[:, 4].set(0.05)    # scores / mean: unit 2: 0, unit 4: ~0.06
-  transform = redo_lib.redo(net.unit_layers(), threshold=0.1, period=3)
+  transform = redo_lib.redo(topology.unit_layers(net), threshold=0.1, period=3)
   state = transform.init(params)
   replaced = []
   for _ in range(6):

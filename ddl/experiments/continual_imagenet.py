@@ -139,7 +139,7 @@ class ContinualImageNet:
               'train_accuracy': correct / (2 * train * config.epochs)}
     probe = images[order[:2], :config.probe_size // 2].reshape((-1, 32, 32, 3))
     values['weight_magnitude'] = metrics.weight_magnitude(learner.params)
-    if self.learner.network.unit_layers():
+    if self.learner.unit_layers:
       _, features = self.learner.apply(learner.params, self._pixels(probe))
       hidden = list(features.values())
       values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.01, strict=True)

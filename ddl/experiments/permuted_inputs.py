@@ -87,7 +87,7 @@ class PermutedInputs:
 
   def _diagnostics(self, params, probe) -> Dict[str, jax.Array]:
     values = {'weight_magnitude': metrics.weight_magnitude({k: v['kernel'] for k, v in params.items()})}
-    if self.learner.network.unit_layers():
+    if self.learner.unit_layers:
       _, features = self.learner.apply(params, probe)
       hidden = list(features.values())
       values['dead_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
@@ -116,6 +116,6 @@ class PermutedInputs:
                                  state.task * steps, config.scan_unroll)
     values['accuracy'] = sums.correct / sums.examples
     values['loss'] = sums.loss / steps
-    if self.learner.network.unit_layers():
+    if self.learner.unit_layers:
       values['replacements'] = sums.replaced.astype(jnp.float32)
     return state.replace(learner=learner, task=state.task + 1), values

@@ -86,7 +86,7 @@ class SlowlyChangingRegression:
     learner, sums = online.learn(self.learner, state.learner, lambda i: (x[i][None], y[i][None]), count,
                                  state.step_key, state.examples, config.scan_unroll)
     values = {'error': sums.loss / count, 'weight_magnitude': metrics.weight_magnitude(learner.params)}
-    if self.learner.network.unit_layers():
+    if self.learner.unit_layers:
       _, features = self.learner.apply(learner.params, x[-config.probe_size:])
       hidden = list(features.values())
       values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 from flax import struct
 from flax import traverse_util
 
+from ddl.learners.hyper import Hyper
+
 Path = Tuple[str, ...]
 UTIL_TYPES = ('contribution', 'adaptable_contribution', 'zero_contribution', 'weight', 'adaptation',
               'feature_by_input', 'random')
@@ -31,31 +33,60 @@ COUNT_MODES = ('accumulate', 'bernoulli')
 COUNT_BASES = ('eligible', 'width')
 UTILITY_STATISTICS = ('ema', 'cumulative')
 
+HYPERS = (
+    Hyper('replacement_rate', 0.0, low=0, high=1, doc='units replaced per eligible unit and step (0: no CBP)'),
+    Hyper('maturity_threshold', 100.0, low=0, doc='steps a unit is protected after (re)initialisation'),
+    Hyper('decay_rate', 0.99, low=0, high=1, doc='decay of the running utility and mean activation'),
+    Hyper('util_type', 'contribution', choices=UTIL_TYPES, traced=False, doc='utility measure (original names)'),
+    Hyper('count_mode', 'bernoulli', choices=COUNT_MODES, traced=False, doc='how a fractional count is drawn'),
+    Hyper('count_base', 'eligible', choices=COUNT_BASES, traced=False, doc='what the rate multiplies'),
+    Hyper('utility_statistic', 'ema', choices=UTILITY_STATISTICS, traced=False, doc="'cumulative': ResGnT"),
+    Hyper('reset_optimizer_state', False, choices=(False, True), traced=False,
+          doc='zero the optimizer state of replaced weights (the original does not)'),
+    Hyper('next_bias_correction', False, choices=(False, True), traced=False,
+          doc="add a replaced unit's mean contribution to the next layer's bias (a no-op in the original)"),
+)
+
+# The original's option bundles: GnT (dense nets), ConvGnT (the ImageNet ConvNet), ResGnT (ResNet-18).
+PRESETS = {
+    'gnt': dict(count_base='eligible', utility_statistic='ema'),
+    'convgnt': dict(count_base='width', count_mode='accumulate', utility_statistic='ema'),
+    'resgnt': dict(util_type='contribution', count_base='width', count_mode='accumulate',
+                   utility_statistic='cumulative'),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class UnitLayer:
-  """One layer of replaceable units (the last axis of `kernel`), declared by its network.
+  """One layer of replaceable units (the last axis of `kernel`), declared per network in
+  `ddl.learners.topology`.
 
   features: key of the layer's activations (batch, ..., units) in the features mapping.
   kernel, bias: the parameters that make the units (units on the last axis).
-  consumer: the kernel that reads the units. A 2-D (dense) consumer after a conv layer reads the
-    flattened map: its rows are (position, unit) in NHWC order, positions matching the features'.
-    A 4-D (conv) consumer reads them on axis -2.
+  consumers: the kernels that read the units (one or more). A 2-D (dense) consumer after a conv
+    layer reads the flattened map: its rows are (position, unit) in NHWC order, positions matching
+    the features'. A 4-D (conv) consumer reads them on axis -2. A replaced unit's outgoing weights
+    are zeroed in every consumer; its utility's outgoing magnitude averages over them.
   init: initializer of fresh input weights (fan-in based, so a (..., k) slice gets the layer's
     distribution).
-  consumer_bias: bias of the consumer, only for the optional next-layer bias correction.
+  consumer_biases: biases of the consumers, only for the optional next-layer bias correction.
   norm_ones, norm_zeros: entries of a norm layer to restore to 1 (scale, running variance) and
     0 (offset, running mean) for replaced units, in whichever tree holds them (the parameters, or
-    a Flax `batch_stats` collection given to `restore_norms`).
+    a Flax `batch_stats` collection given to `restore_norms`); entries a tree lacks are skipped.
   """
   features: str
   kernel: Path
-  consumer: Path
+  consumers: Tuple[Path, ...]
   init: Callable[..., jax.Array]
   bias: Optional[Path] = None
-  consumer_bias: Optional[Path] = None
+  consumer_biases: Tuple[Path, ...] = ()
   norm_ones: Tuple[Path, ...] = ()
   norm_zeros: Tuple[Path, ...] = ()
+
+  @property
+  def consumer(self) -> Path:
+    """The first consumer (the only one in the paper's networks)."""
+    return self.consumers[0]
 
 
 @struct.dataclass
@@ -101,13 +132,18 @@ def _consumer_rows(consumer: jax.Array, units: int) -> jax.Array:
   return consumer.reshape(-1, units, consumer.shape[-1])
 
 
-def _instant_utility(util_type, h, centre, kernel, consumer, units):
-  """Instantaneous utility y of each unit (original GnT/ConvGnT formulas)."""
+def _outgoing_magnitude(consumer: jax.Array, units: int) -> jax.Array:
+  """Mean |outgoing weight| of each unit in one consumer: (positions, units) for a dense consumer
+  (one magnitude per position of a flattened map), (1, units) for a conv one (over taps and outputs)."""
   rows = jnp.abs(_consumer_rows(consumer, units))
-  if consumer.ndim == 2:   # dense: one outgoing magnitude per (position, unit)
-    out_mag = rows.mean(axis=2)                         # (positions, units)
-  else:                    # conv: averaged over taps and output channels
-    out_mag = rows.mean(axis=(0, 2))[None]              # (1, units)
+  return rows.mean(axis=2) if consumer.ndim == 2 else rows.mean(axis=(0, 2))[None]
+
+
+def _instant_utility(util_type, h, centre, kernel, consumers, units):
+  """Instantaneous utility y of each unit (original GnT/ConvGnT formulas). With several consumers
+  the outgoing magnitude is their mean, per unit."""
+  mags = [_outgoing_magnitude(c, units) for c in consumers]
+  out_mag = mags[0] if len(mags) == 1 else sum(m.mean(axis=0, keepdims=True) for m in mags) / len(mags)
   in_mag = jnp.abs(kernel).reshape(-1, units).mean(axis=0)
   if util_type == 'weight':
     return out_mag.mean(axis=0)
@@ -150,13 +186,15 @@ def reset_units(unit_layers: Tuple[UnitLayer, ...], tree, picks, fresh: bool, ne
     flat[layer.kernel] = kernel.at[..., index].set(jnp.where(valid, new, current))
     if layer.bias is not None:
       flat[layer.bias] = jnp.where(replaced, 0.0, flat[layer.bias]).astype(flat[layer.bias].dtype)
-    consumer = flat[layer.consumer]
-    rows = _consumer_rows(consumer, units)
-    if fresh and next_bias_correction and layer.consumer_bias is not None:
-      shift = jnp.einsum('pno,n->o', rows, jnp.where(replaced, centre, 0.0))
-      flat[layer.consumer_bias] = flat[layer.consumer_bias] + shift
-    rows = jnp.where(replaced[None, :, None], 0.0, rows)
-    flat[layer.consumer] = rows.reshape(consumer.shape).astype(consumer.dtype)
+    biases = layer.consumer_biases or (None,) * len(layer.consumers)
+    for path, bias_path in zip(layer.consumers, biases):
+      consumer = flat[path]
+      rows = _consumer_rows(consumer, units)
+      if fresh and next_bias_correction and bias_path is not None:
+        shift = jnp.einsum('pno,n->o', rows, jnp.where(replaced, centre, 0.0))
+        flat[bias_path] = flat[bias_path] + shift
+      rows = jnp.where(replaced[None, :, None], 0.0, rows)
+      flat[path] = rows.reshape(consumer.shape).astype(consumer.dtype)
   return traverse_util.unflatten_dict(flat)
 
 
@@ -228,7 +266,7 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
 
   def select(layer, state, flat, h, key, draw):
     """Updates a layer's statistics and picks the units to replace (before any reset)."""
-    kernel, consumer = _get(flat, layer.kernel), _get(flat, layer.consumer)
+    kernel, consumers = _get(flat, layer.kernel), [_get(flat, path) for path in layer.consumers]
     units = kernel.shape[-1]
     h = _as_positions(h, units)
     decay = jnp.asarray(decay_rate, jnp.float32)
@@ -239,13 +277,13 @@ def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: 
     util_key, draw_key = jax.random.split(key)
     if utility_statistic == 'cumulative':   # ResGnT: no decay, no reset, utility at selection time
       utility = state.utility + (1 - decay) * jnp.abs(h).mean(axis=(0, 1))
-      out_mag = _instant_utility('weight', h, centre, kernel, consumer, units)
+      out_mag = _instant_utility('weight', h, centre, kernel, consumers, units)
       corrected = out_mag * utility if util_type == 'contribution' else out_mag
     elif util_type == 'random':
       utility = state.utility
       corrected = jax.random.uniform(util_key, (units,))
     else:
-      instant = _instant_utility(util_type, h, centre, kernel, consumer, units)
+      instant = _instant_utility(util_type, h, centre, kernel, consumers, units)
       utility = decay * state.utility + (1 - decay) * instant
       corrected = utility / correction
     eligible = ages > maturity_threshold

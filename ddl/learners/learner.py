@@ -1,11 +1,16 @@
 """The learner: a network, its optimizer and its reset transform, stepped as one pure function.
 
-Hyperparameters that a sweep varies live in the state as arrays (`HPARAMS`), so one compiled step
-serves every point of a seeds x sweep grid under `jax.vmap`; the optimizer and the CBP transform are
-rebuilt from them inside the traced step (cheap: closures, no compilation).
+Hyperparameters that a sweep varies live in the state as arrays (`HPARAMS`, declared by the methods
+in `ddl.learners.registry`), so one compiled step serves every point of a seeds x sweep grid under
+`jax.vmap`; the optimizer and the reset transform are rebuilt from them inside the traced step
+(cheap: closures, no compilation). The optimizer is an optax `GradientTransformationExtraArgs`:
+besides the gradient it receives the step's `key` (per seed and step) and `loss`, which per-weight
+methods (UPGD) use. Interventions at task boundaries (resets, plasticity injection) run in
+`boundary`, which experiments call at the start of every chunk.
 
 Networks with batch norm (a Flax `batch_stats` collection at init) take `train`: training steps run
-them in train mode and carry the updated running statistics in the state; `apply` is eval mode.
+them in train mode and carry the updated running statistics in the state; evaluation runs
+(`predict`) use eval mode.
 """
 import dataclasses
 from typing import Any, Dict, Mapping, NamedTuple, Optional
@@ -20,9 +25,11 @@ from flax import struct
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import optimizers
 from ddl.learners import redo as redo_lib
+from ddl.learners import registry
+from ddl.learners import schedules
+from ddl.learners import topology
 
-HPARAMS = ('learning_rate', 'weight_decay', 'noise_scale', 'replacement_rate', 'maturity_threshold',
-           'decay_rate', 'b1', 'b2')
+HPARAMS = registry.HPARAMS
 RESETS = ('cbp', 'redo')
 LOSSES = ('mse', 'cross_entropy')
 
@@ -34,6 +41,7 @@ class LearnerState:
   cbp_state: Optional[cbp_lib.CBPState]
   hparams: Dict[str, jax.Array]
   batch_stats: Any = None        # Flax batch-norm running statistics (None: no batch norm)
+  injection: Optional[schedules.InjectionState] = None   # frozen heads of plasticity injection
 
 
 class StepOutput(NamedTuple):
@@ -60,16 +68,21 @@ def loss_fn(kind, output: Any, target: Any) -> jax.Array:
 class Learner:
   """Online learner of one run. Static structure only; everything numeric is in the state.
 
-  network: a Flax module returning (output, features) and declaring `unit_layers()`.
+  network: a Flax module returning (output, features); its unit topology comes from
+    `ddl.learners.topology`.
   loss: 'mse', 'cross_entropy' or a callable (output, target) -> scalar loss.
-  optimizer: config section with name, momentum, eps (ddl.learners.optimizers); Adam's b1, b2 are
-    traced hparams.
+  optimizer: config section with name ('sgd', 'adam', 'upgd'), momentum, eps; Adam's b1, b2 and
+    UPGD's hyperparameters are traced hparams (UPGD's `protect` in the `upgd` section).
   perturbation: whether the optimizer holds the S&P noise transform.
+  l2_init: whether the optimizer holds the L2 Init regulariser.
   cbp: config section with util_type, count_mode, count_base, reset_optimizer_state,
     next_bias_correction, utility_statistic, and optionally method ('cbp' or 'redo',
     ddl.learners.redo, with redo_threshold and redo_period); None, or for CBP max_replacement_rate
     0, leaves the reset transform out of the program.
   max_replacement_rate: the largest replacement rate of the sweep sharing this program.
+  upgd: config section of UPGD's static options (None: defaults).
+  schedule: config section with reset_* and injection_* (ddl.learners.schedules); None: neither.
+  num_chunks: chunks of the run (sizes the injection slots).
   """
   network: nn.Module
   loss: Any
@@ -77,6 +90,22 @@ class Learner:
   cbp: Any = None
   max_replacement_rate: float = 0.0
   perturbation: bool = True
+  l2_init: bool = False
+  upgd: Any = None
+  schedule: Any = None
+  num_chunks: int = 0
+
+  @classmethod
+  def from_config(cls, network: nn.Module, loss: Any, config: Any, group: Any, num_chunks: int) -> 'Learner':
+    """The learner of a group of variants (ddl.config.Group): what its program holds."""
+    return cls(network=network, loss=loss, optimizer=config.optimizer, cbp=config.cbp,
+               max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation,
+               l2_init=group.uses('l2_init'), upgd=config.get('upgd'), schedule=config.get('schedule'),
+               num_chunks=num_chunks)
+
+  @property
+  def unit_layers(self):
+    return topology.unit_layers(self.network)
 
   @property
   def reset_method(self) -> str:
@@ -86,17 +115,28 @@ class Learner:
   def uses_cbp(self) -> bool:
     """Whether the program holds a reset transform (CBP with a positive rate, or ReDo)."""
     active = self.max_replacement_rate > 0 or self.reset_method == 'redo'
-    return self.cbp is not None and active and bool(self.network.unit_layers())
+    return self.cbp is not None and active and bool(self.unit_layers)
 
-  def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformation:
-    return optimizers.from_config(self.optimizer, hparams, self.perturbation, key)
+  @property
+  def injections(self) -> int:
+    """Plasticity injections this run makes (static: sizes the frozen-head slots)."""
+    s = self.schedule
+    return 0 if s is None else schedules.count(s.injection_first, s.injection_every, self.num_chunks)
+
+  @property
+  def head_start(self) -> int:
+    return schedules.head_start(self.network, self.schedule.injection_layers)
+
+  def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformationExtraArgs:
+    return optimizers.from_config(self.optimizer, hparams, self.perturbation, key, l2_init=self.l2_init,
+                                  upgd_config=self.upgd)
 
   def make_cbp(self, hparams: Mapping[str, chex.Numeric]) -> cbp_lib.ResetTransform:
     if self.reset_method == 'redo':
-      return redo_lib.redo(self.network.unit_layers(), threshold=self.cbp.redo_threshold,
+      return redo_lib.redo(self.unit_layers, threshold=self.cbp.redo_threshold,
                            period=int(self.cbp.redo_period), reset_optimizer_state=self.cbp.reset_optimizer_state)
     return cbp_lib.continual_backprop(
-        self.network.unit_layers(), replacement_rate=hparams['replacement_rate'],
+        self.unit_layers, replacement_rate=hparams['replacement_rate'],
         maturity_threshold=hparams['maturity_threshold'], decay_rate=hparams['decay_rate'],
         util_type=self.cbp.util_type, count_mode=self.cbp.count_mode,
         count_base=self.cbp.count_base, max_replacement_rate=self.max_replacement_rate,
@@ -109,14 +149,19 @@ class Learner:
     params_key, noise_key = jax.random.split(key)
     variables = self.network.init(params_key, sample_input)
     params = variables['params']
-    hparams = {name: jnp.asarray(hparams[name], jnp.float32) for name in HPARAMS}
+    hparams = {h.name: jnp.asarray(hparams.get(h.name, h.default), jnp.float32) for h in registry.traced_hypers()}
     opt_state = self.make_optimizer(hparams, noise_key).init(params)
     cbp_state = self.make_cbp(hparams).init(params) if self.uses_cbp else None
+    injection = None
+    if self.injections:
+      names = schedules.head_names(self.network, sample_input, self.head_start)
+      injection = schedules.init_injection({n: params[n] for n in names}, self.injections)
     return LearnerState(params=params, opt_state=opt_state, cbp_state=cbp_state, hparams=hparams,
-                        batch_stats=variables.get('batch_stats'))
+                        batch_stats=variables.get('batch_stats'), injection=injection)
 
   def apply(self, params, x: jax.Array, batch_stats=None):
-    """Evaluation forward pass (batch norm on its running statistics) -> (output, features)."""
+    """Evaluation forward pass of the network alone (batch norm on its running statistics) ->
+    (output, features). `predict` adds what the learner state holds beside the parameters."""
     if batch_stats is None:
       return self.network.apply({'params': params}, x)
     return self.network.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
@@ -130,6 +175,27 @@ class Learner:
                                       mutable=['batch_stats'])
     return out, updates['batch_stats']
 
+  def _with_injection(self, output, features, x, injection):
+    if injection is None:
+      return output
+    start = self.head_start
+    z = x if start == 0 else features[self.network.layer_names()[start - 1]]
+    return output + schedules.frozen_output(self.network, injection, z, start)
+
+  def predict(self, state: LearnerState, x: jax.Array):
+    """Evaluation forward pass of the learner -> (output, features): the network on the state's
+    parameters and batch-norm statistics, plus injected frozen heads."""
+    output, features = self.apply(state.params, x, state.batch_stats)
+    return self._with_injection(output, features, x, state.injection), features
+
+  def objective(self, params, state: LearnerState, x: jax.Array, y: Any, output_mask=None):
+    """Training loss of a batch -> (loss, (output, features, new batch_stats))."""
+    (output, features), batch_stats = self.apply_train(params, x, state.batch_stats)
+    output = self._with_injection(output, features, x, state.injection)
+    if output_mask is not None:
+      output = jnp.where(output_mask, output, -1e9)
+    return loss_fn(self.loss, output, y), (output, features, batch_stats)
+
   def step(self, state: LearnerState, x: jax.Array, y: Any, key: chex.PRNGKey,
            lr_factor: chex.Numeric = 1.0, output_mask: Optional[jax.Array] = None):
     """One minibatch: forward, loss, gradient, optimizer step, then the reset transform with the
@@ -138,26 +204,67 @@ class Learner:
     lr_factor: multiplies the learning rate of this step (a schedule). output_mask: bool over the
     outputs; masked-out logits are excluded from the loss and the returned output (classes not
     seen yet)."""
-
-    def objective(params):
-      (output, features), batch_stats = self.apply_train(params, x, state.batch_stats)
-      if output_mask is not None:
-        output = jnp.where(output_mask, output, -1e9)
-      return loss_fn(self.loss, output, y), (output, features, batch_stats)
-
-    (loss, (output, features, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (loss, (output, features, batch_stats)), grads = jax.value_and_grad(self.objective, has_aux=True)(
+        state.params, state, x, y, output_mask)
     hparams = state.hparams
     if not (isinstance(lr_factor, (int, float)) and lr_factor == 1.0):
       hparams = {**hparams, 'learning_rate': hparams['learning_rate'] * lr_factor}
-    updates, opt_state = self.make_optimizer(hparams).update(grads, state.opt_state, state.params)
+    updates, opt_state = self.make_optimizer(hparams).update(
+        grads, state.opt_state, state.params, key=jax.random.fold_in(key, 1), loss=loss)
     params = optax.apply_updates(state.params, updates)
     cbp_state, num_replaced = state.cbp_state, jnp.zeros((), jnp.int32)
     if self.uses_cbp:
-      unit_layers = self.network.unit_layers()
       params, opt_state, cbp_state, info = self.make_cbp(state.hparams).update(
           params, opt_state, state.cbp_state, features, key)
       num_replaced = info.num_replaced
       if batch_stats is not None:
-        batch_stats = cbp_lib.restore_norms(unit_layers, batch_stats, info.replaced)
+        batch_stats = cbp_lib.restore_norms(self.unit_layers, batch_stats, info.replaced)
     new_state = state.replace(params=params, opt_state=opt_state, cbp_state=cbp_state, batch_stats=batch_stats)
     return new_state, StepOutput(loss, output, features, num_replaced)
+
+  def boundary(self, state: LearnerState, index: jax.Array, key: chex.PRNGKey, sample_input: jax.Array):
+    """The interventions due at the start of chunk `index` (a task): a reset of the last
+    `reset_layers` layers or the whole network, and a plasticity injection. Their parameters'
+    optimizer state is zeroed. A no-op (nothing in the program) without a schedule."""
+    s = self.schedule
+    if s is None or (s.reset_first <= 0 and not self.injections):
+      return state
+    reset_key, inject_key = jax.random.split(key)
+    params, opt_state, batch_stats, cbp_state = state.params, state.opt_state, state.batch_stats, state.cbp_state
+    if s.reset_first > 0:
+      now = schedules.due(index, s.reset_first, s.reset_every)
+      fresh = self.network.init(reset_key, sample_input)
+      if s.reset_layers > 0:
+        names = schedules.head_names(self.network, sample_input, schedules.head_start(self.network, s.reset_layers))
+      else:
+        names = tuple(params)
+        if batch_stats is not None:
+          batch_stats = _select(now, fresh['batch_stats'], batch_stats)
+        if cbp_state is not None:
+          cbp_state = _select(now, self.make_cbp(state.hparams).init(params), cbp_state)
+      params = {**params, **{n: _select(now, fresh['params'][n], params[n]) for n in names}}
+      opt_state = _zero_optimizer_entries(params, opt_state, names, now)
+    injection = state.injection
+    if self.injections:
+      now = schedules.due(index, s.injection_first, s.injection_every)
+      start = self.head_start
+      z = schedules.head_input_shape(self.network, sample_input, start)
+      fresh_head = self.network.init(inject_key, jnp.zeros(z.shape, z.dtype), start=start)['params']
+      names = tuple(fresh_head)
+      params, injection = schedules.inject(injection, params, fresh_head, names, now)
+      opt_state = _zero_optimizer_entries(params, opt_state, names, now)
+    return state.replace(params=params, opt_state=opt_state, batch_stats=batch_stats, cbp_state=cbp_state,
+                         injection=injection)
+
+
+def _select(now: jax.Array, new: Any, old: Any) -> Any:
+  return jax.tree.map(lambda n, o: jnp.where(now, n, o), new, old)
+
+
+def _zero_optimizer_entries(params: Any, opt_state: Any, names, now: jax.Array) -> Any:
+  """Zeroes, when `now`, the entries of top-level parameters `names` in every params-shaped subtree
+  of an optimizer state (momentum, Adam moments, UPGD utilities)."""
+  params_def = jax.tree.structure(params)
+  is_params = lambda sub: jax.tree.structure(sub) == params_def
+  zero = lambda sub: {k: _select(now, jax.tree.map(jnp.zeros_like, v), v) if k in names else v for k, v in sub.items()}
+  return jax.tree.map(lambda sub: zero(sub) if is_params(sub) else sub, opt_state, is_leaf=is_params)

@@ -1,18 +1,23 @@
 """Optimizers of the paper as optax transforms, built from a config.
 
-Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2 and
+UPGD and L2 Init have modules of their own (`ddl.learners.upgd`, `ddl.learners.l2_init`); the
+chain's order and which parts it holds are decided here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2 and
 the "shrink" of Shrink & Perturb are one `optax.add_decayed_weights`. The "perturb" is its own
 transform that carries its PRNG key in its state. Every hyperparameter a sweep varies
 (`learning_rate`, `weight_decay`, `noise_scale`) may be a traced array.
 """
-from typing import Any, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import chex
 import jax
 import jax.flatten_util
 import optax
 
-OPTIMIZERS = ('sgd', 'adam')
+from ddl.learners import l2_init as l2_init_lib
+from ddl.learners import registry
+from ddl.learners import upgd
+
+OPTIMIZERS = ('sgd', 'adam', 'upgd')
 
 
 class PerturbState(NamedTuple):
@@ -48,34 +53,49 @@ def perturb(noise_scale: chex.Numeric, key: Optional[chex.PRNGKey] = None) -> op
 def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex.Numeric = 0.0,
                    noise_scale: chex.Numeric = 0.0, momentum: float = 0.0, b1: float = 0.9,
                    b2: float = 0.999, eps: float = 1e-8, perturbation: bool = True,
-                   key: Optional[chex.PRNGKey] = None) -> optax.GradientTransformation:
-  """The learner's optimizer: coupled L2 -> SGD (momentum) or Adam -> optional perturbation.
+                   key: Optional[chex.PRNGKey] = None, l2_init_strength: Optional[chex.Numeric] = None,
+                   upgd_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
+  """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam or UPGD -> optional
+  perturbation. Extra arguments of `update` (the step's `key`, `loss`) reach every transform.
 
-  name: 'sgd' (PyTorch SGD: dampening 0, no Nesterov; momentum 0 keeps no buffer) or 'adam'
-    (PyTorch Adam, bias-corrected).
+  name: 'sgd' (PyTorch SGD: dampening 0, no Nesterov; momentum 0 keeps no buffer), 'adam'
+    (PyTorch Adam, bias-corrected) or 'upgd' (ddl.learners.upgd; `upgd_options`: its
+    utility_decay, noise_std, weight_decay, protect).
   perturbation: whether the chain holds the S&P noise transform (structure, hence static); with
     noise_scale 0 it adds nothing, so BP, L2 and S&P are points of one program.
   key: seeds the perturbation's noise stream (needed only to `init`).
+  l2_init_strength: lambda of L2 Init (None: not in the chain).
   """
   if name == 'sgd':
     inner = optax.sgd(learning_rate, momentum=momentum or None)
   elif name == 'adam':
     inner = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+  elif name == 'upgd':
+    inner = upgd.upgd(learning_rate, **(upgd_options or {}))
   else:
     raise ValueError(f'optimizer.name={name!r} is not known; use one of {OPTIMIZERS}.')
   parts = [optax.add_decayed_weights(weight_decay), inner]
+  if l2_init_strength is not None:
+    parts.insert(0, l2_init_lib.l2_init(l2_init_strength))
   if perturbation:
     parts.append(perturb(noise_scale, key))
   return optax.chain(*parts)
 
 
-def from_config(opt_config: Any, hparams: Any, perturbation: bool,
-                key: Optional[chex.PRNGKey] = None) -> optax.GradientTransformation:
+def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional[chex.PRNGKey] = None,
+                l2_init: bool = False, upgd_config: Any = None) -> optax.GradientTransformationExtraArgs:
   """`make_optimizer` from a config section (static settings) and a hyperparameter mapping
-  (traced values: learning_rate, weight_decay, noise_scale and Adam's b1, b2, which fall back to
-  the config section's when the mapping has none)."""
-  betas = {b: hparams[b] if b in hparams else opt_config[b] for b in ('b1', 'b2')}
+  (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2 and UPGD's,
+  which fall back to their declared defaults when the mapping has none)."""
+  defaults = {h.name: h.default for h in registry.traced_hypers()}
+  value = lambda name: hparams[name] if name in hparams else defaults[name]
+  options = None
+  if opt_config.name == 'upgd':
+    options = dict(utility_decay=value('utility_decay'), noise_std=value('upgd_noise'),
+                   weight_decay=value('upgd_weight_decay'),
+                   protect=bool(upgd_config.protect) if upgd_config is not None else True)
   return make_optimizer(
-      opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=hparams['weight_decay'],
-      noise_scale=hparams['noise_scale'], momentum=opt_config.momentum, eps=opt_config.eps,
-      perturbation=perturbation, key=key, **betas)
+      opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=value('weight_decay'),
+      noise_scale=value('noise_scale'), momentum=opt_config.get('momentum', 0.0), eps=opt_config.get('eps', 1e-8),
+      perturbation=perturbation, key=key, b1=value('b1'), b2=value('b2'),
+      l2_init_strength=value('l2_init') if l2_init else None, upgd_options=options)

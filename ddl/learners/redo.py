@@ -15,6 +15,12 @@ from flax import struct
 from flax import traverse_util
 
 from ddl.learners import cbp as cbp_lib
+from ddl.learners.hyper import Hyper
+
+HYPERS = (
+    Hyper('redo_threshold', 0.1, low=0, traced=False, doc='tau: reset units whose normalised score is <= tau'),
+    Hyper('redo_period', 1000, low=1, traced=False, doc='steps between ReDo resets'),
+)
 
 
 @struct.dataclass

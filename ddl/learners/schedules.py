@@ -1,0 +1,104 @@
+"""Interventions at task boundaries: resets (Nikishin et al. 2022) and plasticity injection (Nikishin
+et al. 2023). The learner applies them at the start of a chunk (a task, or a bin of steps), when
+the chunk index is due: `due(index, first, every)`.
+
+Reset: re-initialise the last `layers` weight layers (the head) or the whole network (layers=0)
+from the network's own initializers, and zero their optimizer state.
+
+Injection: at injection j the head θ is frozen and a fresh head θ' (trainable) minus a frozen copy
+θ'' of it is added, so the output is unchanged at that moment and only θ' (with the trunk) learns
+afterwards: out = f_θ'(x) + Σ_j (h_θj(z) − h_θ''j(z)), z the trunk's features. Shapes are static:
+`slots` frozen heads are preallocated (2 per injection of the run), so injecting recompiles nothing.
+"""
+from typing import Any, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ddl.learners.hyper import Hyper
+
+RESET_HYPERS = (
+    Hyper('reset_first', 0, low=0, traced=False, doc='chunk (task) of the first reset; 0: no resets'),
+    Hyper('reset_every', 0, low=0, traced=False, doc='chunks between resets after the first; 0: once'),
+    Hyper('reset_layers', 0, low=0, traced=False, doc='last weight layers re-initialised; 0: the whole network'),
+)
+INJECTION_HYPERS = (
+    Hyper('injection_first', 0, low=0, traced=False, doc='chunk (task) of the first injection; 0: none'),
+    Hyper('injection_every', 0, low=0, traced=False, doc='chunks between injections after the first; 0: once'),
+    Hyper('injection_layers', 2, low=1, traced=False, doc='last weight layers forming the head'),
+)
+
+
+def due(index: jax.Array, first: int, every: int) -> jax.Array:
+  """Whether chunk `index` gets the intervention: first, then every `every` chunks (0: once);
+  first=0 never."""
+  if first <= 0:
+    return jnp.zeros(jnp.shape(index), bool)
+  after = index - first
+  if every <= 0:
+    return after == 0
+  return (after >= 0) & (after % every == 0)
+
+
+def count(first: int, every: int, num_chunks: int) -> int:
+  """How many times the schedule fires in chunks [0, num_chunks)."""
+  if first <= 0 or first >= num_chunks:
+    return 0
+  return 1 if every <= 0 else (num_chunks - 1 - first) // every + 1
+
+
+def head_start(network, layers: int) -> int:
+  """Index of the first layer of a head of the last `layers` weight layers (0: the whole network)."""
+  names = network.layer_names()
+  return 0 if layers <= 0 else max(len(names) - layers, 0)
+
+
+def head_names(network, sample_input: jax.Array, start: int) -> Tuple[str, ...]:
+  """Top-level parameter names that the network from layer `start` on uses (weights and norms)."""
+  z = head_input_shape(network, sample_input, start)
+  shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros(z.shape, z.dtype), start=start))
+  return tuple(shapes['params'])
+
+
+def head_input_shape(network, sample_input: jax.Array, start: int):
+  if start == 0:
+    return jax.ShapeDtypeStruct(sample_input.shape, sample_input.dtype)
+  _, features = jax.eval_shape(lambda: network.init_with_output(jax.random.key(0), sample_input)[0])
+  return features[network.layer_names()[start - 1]]
+
+
+@struct.dataclass
+class InjectionState:
+  heads: Any          # frozen head parameters, each leaf stacked (slots, ...): θ_j at 2j, θ''_j at 2j + 1
+  signs: jax.Array    # (slots,) float32: +1 / -1 once slot is filled, 0 before
+  done: jax.Array     # injections so far, int32
+
+
+def init_injection(head_params: Any, injections: int) -> InjectionState:
+  slots = 2 * injections
+  heads = jax.tree.map(lambda x: jnp.zeros((slots,) + x.shape, x.dtype), head_params)
+  return InjectionState(heads=heads, signs=jnp.zeros((slots,), jnp.float32), done=jnp.zeros((), jnp.int32))
+
+
+def inject(state: InjectionState, params: Any, fresh_head: Any, names: Tuple[str, ...], now: jax.Array):
+  """(params, injection state) after an injection when `now`: the current head goes to slot 2j (+),
+  the fresh head becomes the trainable one and its copy goes to slot 2j + 1 (-)."""
+  current = {name: params[name] for name in names}
+  j = 2 * state.done
+  put = lambda stack, value, slot: jax.tree.map(
+      lambda s, v: s.at[slot].set(jnp.where(now, v, s[slot])), stack, value)
+  heads = put(put(state.heads, current, j), fresh_head, j + 1)
+  signs = state.signs.at[j].set(jnp.where(now, 1.0, state.signs[j])).at[j + 1].set(
+      jnp.where(now, -1.0, state.signs[j + 1]))
+  params = {**params, **{name: jax.tree.map(lambda f, c: jnp.where(now, f, c), fresh_head[name], params[name])
+                         for name in names}}
+  return params, InjectionState(heads=heads, signs=signs, done=state.done + now.astype(jnp.int32))
+
+
+def frozen_output(network, state: InjectionState, z: jax.Array, start: int) -> jax.Array:
+  """Σ over slots of sign x head_slot(z): the frozen heads' part of the output (gradients reach z,
+  not the frozen heads)."""
+  heads = jax.lax.stop_gradient(state.heads)
+  out = jax.vmap(lambda head: network.apply({'params': head}, z, start=start)[0])(heads)
+  return jnp.tensordot(state.signs, out, axes=1)

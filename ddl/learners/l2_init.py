@@ -1,0 +1,62 @@
+"""L2 Init, "regenerative regularization" (Kumar, Marklund & Van Roy), as an optax transform.
+
+The loss becomes L + l * ||theta - theta_0||^2 with theta_0 the initial parameters. Put first in a
+chain, before the optimizer (like coupled L2, which it is with theta_0 = 0): it adds
+2 l (theta - theta_0) to the gradient, and the optimizer (SGD, Adam, UPGD...) sees the regularised
+gradient. theta_0 is copied from `params` at `init` into the transform's state, so it is
+checkpointed, vmapped over seeds (each seed anchors to its own initialisation) and restored with
+the rest of the optimizer state. `l` may be traced.
+
+Interaction with CBP / ReDo (`cbp.reset_optimizer_units`, used when `reset_optimizer_state` is
+on): that function zeroes the replaced units' entries of EVERY params-shaped subtree of the
+optimizer state, and `L2InitState.anchor` is params-shaped. So with that option a replaced unit's
+anchor becomes 0 (its incoming weights and bias, and its outgoing weights, which the reset zeroes
+in the parameters anyway): the regulariser then pulls the unit's fresh input weights towards 0,
+i.e. it acts as plain L2 on them, not as "regenerate towards the initialisation". Without
+`reset_optimizer_state` the anchor keeps the unit's ORIGINAL initial weights. A replaced unit's
+anchor should arguably be its fresh weights (`state._replace(anchor=...)` with the new values at
+the replaced entries); that wiring is left to the learner. `tests/test_l2_init.py` shows the
+current behaviour.
+"""
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ddl.learners.hyper import Hyper
+
+HYPERS = (
+    Hyper('l2_init', 0.0, low=0,
+          doc='L2 Init: l of the penalty l ||theta - theta_0||^2 towards the initial parameters '
+              '(0: off).'),
+)
+
+
+class L2InitState(NamedTuple):
+  anchor: Any   # theta_0: the parameters at init (params-shaped)
+
+
+def l2_init(strength: chex.Numeric) -> optax.GradientTransformationExtraArgs:
+  """Adds 2 * strength * (params - theta_0) to the updates (gradients); theta_0 = params at init.
+
+  strength: may be a traced array. Extra arguments of `update` (e.g. a key for UPGD later in the
+  chain) are accepted and ignored.
+  """
+
+  def init_fn(params):
+    # A copy, not the same buffers: a step that donates both params and optimizer state must not
+    # see one buffer twice.
+    return L2InitState(anchor=jax.tree.map(lambda p: jnp.array(p, copy=True), params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del extra_args
+    if params is None:
+      raise ValueError('l2_init: update needs the parameters (the penalty is on params - theta_0): '
+                       'call update(grads, state, params).')
+    new_updates = jax.tree.map(
+        lambda g, w, w0: (g + 2 * strength * (w - w0)).astype(g.dtype), updates, params, state.anchor)
+    return new_updates, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

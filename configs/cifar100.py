@@ -83,7 +83,7 @@ def get_config(arg: str = ''):
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', num_classes=100, val_per_class=50,
                      train_per_class=450, test_per_class=100, augment_test=True,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
-  config.network = dict(width=64, conv='patches')
+  config.network = dict(width=64, conv='patches', layer_norm='')
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.cbp.util_type = 'contribution'

@@ -38,7 +38,7 @@ def smoke(config):
   config.epochs = 2
   config.batch_size = 10
   config.probe_size = 20
-  config.diagnostics_every = 2
+  config.diagnostics.every = 2
   config.figure_bin = 2
   config.checkpoint_every = 2
   config.data.source = 'mock'
@@ -59,11 +59,11 @@ def get_config(arg: str = ''):
   config.epochs = 250
   config.batch_size = 100
   config.probe_size = 200
-  config.diagnostics_every = 50
+  config.diagnostics.every = 50
   config.figure_bin = 50              # figures: accuracy per task in bins of 50 tasks
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
                      images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
-  config.network = dict(kind='convnet', conv='patches')
+  config.network = dict(kind='convnet', conv='patches', layer_norm='')
   # On CPU: 2 JAX devices, one seed each, running concurrently: ~15 % more examples/s on 2 cores
   # than vmapping the seeds on one device or running them one after another (launch/benchmark.py).
   config.cpu_devices = 2

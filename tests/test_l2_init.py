@@ -150,35 +150,22 @@ def test_hypers():
   assert h.problem(-1e-3) and h.problem(1e-3) is None
 
 
-def test_cbp_optimizer_reset_zeroes_the_anchor_of_replaced_units():
-  # What happens today (documented in the module): cbp.reset_optimizer_units treats the anchor
-  # like any params-shaped optimizer state and zeroes the replaced unit's entries (incoming
-  # column, bias, outgoing row); the other units keep their initial values. The next step then
-  # pulls the unit's fresh incoming weights towards 0 (plain L2), not towards their own init.
+def test_cbp_optimizer_reset_keeps_the_anchor():
+  # cbp.reset_optimizer_units zeroes per-weight statistics of replaced units, but L2 Init's anchor
+  # (the initial weights) is not such a statistic: it stays, so a fresh unit is pulled towards the
+  # unit's initial weights, never towards 0.
   rng = np.random.default_rng(2)
   params = {'dense_0': {'kernel': rng.normal(size=(3, 4)), 'bias': rng.normal(size=(4,))},
             'dense_1': {'kernel': rng.normal(size=(4, 2)), 'bias': rng.normal(size=(2,))}}
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-  opt = optax.chain(l2_init_lib.l2_init(STRENGTH), optax.sgd(LR))
-  state = opt.init(params)
-  layer = cbp_lib.UnitLayer('h', ('dense_0', 'kernel'), ('dense_1', 'kernel'),
+  opt = optax.chain(l2_init_lib.l2_init(STRENGTH), optax.sgd(LR, momentum=0.9))
+  state = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)[1]
+  layer = cbp_lib.UnitLayer('h', ('dense_0', 'kernel'), (('dense_1', 'kernel'),),
                             jax.nn.initializers.lecun_normal(), bias=('dense_0', 'bias'))
   pick = cbp_lib.Pick(replaced=jnp.array([False, True, False, False]), index=jnp.array([1], jnp.int32),
                       valid=jnp.array([True]), centre=jnp.zeros(4), key=jax.random.key(1))
-  fresh = cbp_lib.reset_units((layer,), params, (pick,), fresh=True)
   state = cbp_lib.reset_optimizer_units((layer,), params, state, (pick,))
-  anchor = state[0].anchor
-  np.testing.assert_array_equal(np.asarray(anchor['dense_0']['kernel'][:, 1]), 0)
-  np.testing.assert_array_equal(np.asarray(anchor['dense_0']['bias'][1]), 0)
-  np.testing.assert_array_equal(np.asarray(anchor['dense_1']['kernel'][1]), 0)
-  keep = np.array([0, 2, 3])
-  np.testing.assert_array_equal(np.asarray(anchor['dense_0']['kernel'][:, keep]),
-                                np.asarray(params['dense_0']['kernel'][:, keep]))
-  np.testing.assert_array_equal(np.asarray(anchor['dense_1']['bias']), np.asarray(params['dense_1']['bias']))
-  # One step with zero loss gradient: the fresh column moves by -lr * 2 l * fresh (towards 0).
-  zeros = jax.tree.map(jnp.zeros_like, fresh)
-  updates, _ = opt.update(zeros, state, fresh)
-  col = np.asarray(fresh['dense_0']['kernel'][:, 1])
-  assert np.all(col != 0)
-  np.testing.assert_allclose(np.asarray(updates['dense_0']['kernel'][:, 1]), -LR * 2 * STRENGTH * col,
-                             atol=ATOL, rtol=RTOL)
+  jax.tree.map(np.testing.assert_array_equal, state[0].anchor, params)
+  momentum = state[1][0].trace
+  np.testing.assert_array_equal(np.asarray(momentum['dense_0']['kernel'][:, 1]), 0)
+  assert np.all(np.asarray(momentum['dense_0']['kernel'][:, 0]) != 0)

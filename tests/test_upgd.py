@@ -64,7 +64,7 @@ def run_optax(opt, params, grads, keys):
 
 
 def ref_upgd(params, grads, keys, lr=LR, beta=BETA, sigma=SIGMA, wd=WD, protect=True,
-             max_of_raw=False):
+             max_of_raw=True):
   """Plain numpy loop of the equations, float64."""
   w = {k: np.asarray(v, np.float64) for k, v in params.items()}
   u = {k: np.zeros_like(v) for k, v in w.items()}
@@ -155,7 +155,7 @@ def test_non_positive_max_utility_flips_scaling_as_upstream(protect):
 def test_zero_noise_protecting_scales_the_gradient():
   # One step from zero utility: u_hat = -g w, so the update is -a l w - a g (1 - s) exactly.
   params, grads = make_params(), make_grads(1)
-  opt = upgd_lib.upgd(LR, utility_decay=BETA, noise_std=0.0, weight_decay=WD)
+  opt = upgd_lib.upgd(LR, utility_decay=BETA, noise_std=0.0, weight_decay=WD, max_of_raw_utility=False)
   p, g = to_jax(params), to_jax(grads[0])
   updates, _ = opt.update(g, opt.init(p), p, key=jax.random.key(0))
   u_hat = {k: -grads[0][k].astype(np.float64) * params[k] for k in params}
@@ -194,7 +194,7 @@ def test_noise_is_the_keyed_draw():
   params, grads = make_params(), make_grads(1)
   key = jax.random.key(9)
   sigma = 0.7
-  opt = upgd_lib.upgd(1.0, utility_decay=BETA, noise_std=sigma, weight_decay=0.0, protect=False)
+  opt = upgd_lib.upgd(1.0, utility_decay=BETA, noise_std=sigma, weight_decay=0.0, protect=False, max_of_raw_utility=False)
   p, g = to_jax(params), to_jax(grads[0])
   updates, _ = opt.update(g, opt.init(p), p, key=key)
   u_hat = {k: -grads[0][k].astype(np.float64) * params[k] for k in params}
@@ -279,8 +279,9 @@ def test_traced_protect_is_rejected():
 
 def test_hypers():
   by_name = {h.name: h for h in upgd_lib.HYPERS}
-  assert set(by_name) == {'utility_decay', 'upgd_noise', 'upgd_weight_decay', 'protect'}
-  assert {h.name for h in hyper.static(upgd_lib.HYPERS)} == {'protect'}
+  assert set(by_name) == {'utility_decay', 'upgd_noise', 'upgd_weight_decay', 'protect', 'max_of_raw_utility'}
+  assert {h.name for h in hyper.static(upgd_lib.HYPERS)} == {'protect', 'max_of_raw_utility'}
+  assert by_name['max_of_raw_utility'].default is True   # the official code's normalisation
   assert by_name['utility_decay'].default == 0.999 and by_name['upgd_noise'].default == 1e-3
   assert by_name['upgd_weight_decay'].default == 1e-3 and by_name['protect'].default is True
   assert by_name['utility_decay'].problem(1.0) and by_name['utility_decay'].problem(0.0) is None
@@ -298,7 +299,7 @@ def test_cbp_optimizer_reset_finds_the_utility():
   grads = jax.tree.map(lambda x: 0.5 * x + 0.1, params)
   opt = optax.chain(optax.identity(), upgd_lib.upgd(LR, utility_decay=BETA))
   _, state = opt.update(grads, opt.init(params), params, key=jax.random.key(0))
-  layer = cbp_lib.UnitLayer('h', ('dense_0', 'kernel'), ('dense_1', 'kernel'),
+  layer = cbp_lib.UnitLayer('h', ('dense_0', 'kernel'), (('dense_1', 'kernel'),),
                             jax.nn.initializers.lecun_normal(), bias=('dense_0', 'bias'))
   replaced = jnp.array([False, True, False, False])
   pick = cbp_lib.Pick(replaced=replaced, index=jnp.array([1], jnp.int32), valid=jnp.array([True]),

@@ -91,16 +91,21 @@ class ClassIncremental:
   def __init__(self, config, group):
     self.config = config
     data = config.data
-    network = nets.ResNet18(outputs=data.num_classes, width=config.network.width, conv=config.network.conv)
-    self.learner = Learner(network=network, loss='cross_entropy', optimizer=config.optimizer, cbp=config.cbp,
-                           max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation)
     self.num_increments = data.num_classes // config.classes_per_increment
     self.num_chunks = self.num_increments * config.epochs_per_increment
+    self.learner = Learner.from_config(self.make_network(config), 'cross_entropy', config, group, self.num_chunks)
     # training examples per epoch grow with the increment; this is the mean over the run
     self.examples_per_chunk = int(round(
         config.classes_per_increment * data.train_per_class * (self.num_increments + 1) / 2))
     diagnostics = ('dormant_fraction', 'stable_rank', 'stable_rank_percent', 'effective_rank', 'weight_magnitude')
     self.metric_every = {name: config.epochs_per_increment for name in diagnostics}
+
+  @staticmethod
+  def make_network(config):
+    """ResNet-18; `network.layer_norm` puts layer norm in place of batch norm."""
+    n = config.network
+    return nets.ResNet18(outputs=config.data.num_classes, width=n.width, conv=n.conv,
+                         norm='layer' if n.layer_norm else 'batch')
 
   @staticmethod
   def checks(config):
@@ -162,7 +167,7 @@ class ClassIncremental:
   def _pixels(self, images: jax.Array) -> jax.Array:
     return normalize(images, self.config.data.mean, self.config.data.std)
 
-  def evaluate(self, learner: LearnerState, test: jax.Array, val: jax.Array, order: jax.Array,
+  def accuracy(self, learner: LearnerState, test: jax.Array, val: jax.Array, order: jax.Array,
                increments: jax.Array, mask: jax.Array, key) -> Tuple[jax.Array, jax.Array]:
     """Eval-mode (test, validation) accuracy over the classes of the first `increments` increments,
     one increment's classes per batch (test and validation images in one forward pass); `key` None:
@@ -176,7 +181,7 @@ class ClassIncremental:
       if key is not None:
         x_test = augment(jax.random.fold_in(key, b), x_test)
       x = jnp.concatenate([x_test, self._pixels(val[classes].reshape((-1,) + val.shape[2:]))])
-      logits, _ = self.learner.apply(learner.params, x, learner.batch_stats)
+      logits, _ = self.learner.predict(learner, x)
       hit = jnp.argmax(jnp.where(mask, logits, -jnp.inf), -1) == jnp.concatenate(
           [jnp.repeat(classes, n_test), jnp.repeat(classes, n_val)])
       return correct + jnp.stack([hit[:per * n_test].sum(), hit[per * n_test:].sum()])
@@ -210,6 +215,8 @@ class ClassIncremental:
     seen = (increment + 1) * per
     mask = jnp.argsort(order) < seen                       # outputs of the seen classes
     values = self.diagnostics(state.learner, train)
+    learner = self.learner.boundary(state.learner, state.epoch, jax.random.fold_in(state.reset_key, -1 - state.epoch),
+                                    jnp.zeros((1, 32, 32, 3)))
 
     # one epoch over the seen training images, a fresh shuffle of them first
     shuffle_key, test_key = jax.random.split(jax.random.fold_in(state.epoch_key, state.epoch))
@@ -224,9 +231,9 @@ class ClassIncremental:
       return augment(jax.random.fold_in(state.augment_key, state.steps + i), x), classes
 
     factor = lr_factor(epoch_in_increment, tuple(config.lr_milestones), config.lr_decay)
-    learner, sums = online.learn(self.learner, state.learner, minibatch, steps, state.step_key, state.steps,
+    learner, sums = online.learn(self.learner, learner, minibatch, steps, state.step_key, state.steps,
                                  lr_factor=factor, output_mask=mask)
-    values['test_accuracy'], values['val_accuracy'] = self.evaluate(
+    values['test_accuracy'], values['val_accuracy'] = self.accuracy(
         learner, test, train[:, :val], order, increment + 1, mask, test_key if data_config.augment_test else None)
     values['train_accuracy'] = sums.correct / sums.examples
     values['train_loss'] = sums.loss / steps

@@ -4,8 +4,9 @@ The whole data set sits on the device once as uint8 (classes, images, 32, 32, 3)
 seed uses classes order[2t], order[2t+1] of the seed's class order (tiled), labelled 0 and 1,
 their first `train_per_class` images for training and the rest for testing. One chunk = one task:
 the head is zeroed, then `epochs` epochs of minibatches gathered on the device from a fresh
-shuffle each epoch, then the test accuracy. Diagnostics every `diagnostics_every` tasks on a fixed
-probe batch (training images of the seed's first two classes).
+shuffle each epoch, then the test accuracy. Interventions due at a task run at its start. The
+evaluator measures the network every `diagnostics.every` tasks on a fixed probe batch (training
+images of the seed's first two classes).
 """
 from typing import Dict, Tuple
 
@@ -18,6 +19,7 @@ from flax import struct
 from ddl import metrics
 from ddl.data import arrays
 from ddl import nets
+from ddl.experiments import evaluation
 from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
 
@@ -37,19 +39,21 @@ class State:
 
 class ContinualImageNet:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
+  metric_every: Dict[str, int] = {}   # every chunk metric at every chunk; diagnostics: `evaluate`
 
   def __init__(self, config, group):
     self.config = config
-    if config.network.kind == 'convnet':
-      network = nets.ConvNet(outputs=2, conv=config.network.conv)
-    else:
-      network = nets.MLP(hidden=(), outputs=2, weight_init='default')
-    self.learner = Learner(network=network, loss='cross_entropy', optimizer=config.optimizer, cbp=config.cbp,
-                           max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation)
     self.num_chunks = config.num_tasks
+    self.learner = Learner.from_config(self.make_network(config), 'cross_entropy', config, group, self.num_chunks)
     self.examples_per_chunk = 2 * config.data.train_per_class * config.epochs
-    diagnostics = ('dormant_fraction', 'stable_rank', 'effective_rank', 'weight_magnitude')
-    self.metric_every = {name: config.diagnostics_every for name in diagnostics}
+    self.diagnostics_every = config.diagnostics.every
+
+  @staticmethod
+  def make_network(config):
+    n = config.network
+    if n.kind == 'convnet':
+      return nets.ConvNet(outputs=2, conv=n.conv, layer_norm=n.layer_norm)
+    return nets.MLP(hidden=(), outputs=2, weight_init='default')
 
   @staticmethod
   def checks(config):
@@ -63,10 +67,9 @@ class ContinualImageNet:
         (2 <= data.num_classes, 'data.num_classes must be >= 2'),
         ((2 * data.train_per_class) % config.batch_size == 0,
          'batch_size must divide the 2 x data.train_per_class training images of a task'),
-        (config.num_tasks > 0 and config.epochs > 0 and config.diagnostics_every > 0,
-         'num_tasks, epochs and diagnostics_every must be > 0'),
+        (config.num_tasks > 0 and config.epochs > 0, 'num_tasks and epochs must be > 0'),
         (0 < config.probe_size <= 2 * data.train_per_class, 'probe_size must be in [1, 2 x data.train_per_class]'),
-    ]
+    ] + evaluation.checks(config)
 
   @staticmethod
   def load_data(config) -> Dict[str, np.ndarray]:
@@ -114,9 +117,10 @@ class ContinualImageNet:
     labels = lambda n: jnp.repeat(jnp.arange(2), n)
     y_train, y_test = labels(train), labels(pair.shape[1] - train)
 
-    params = state.learner.params
-    params = {**params, 'output': jax.tree.map(jnp.zeros_like, params['output'])}   # head zeroed
-    learner = state.learner.replace(params=params)
+    learner = self.learner.boundary(state.learner, state.task, jax.random.fold_in(state.order_key, -1 - state.task),
+                                    jnp.zeros((1, 32, 32, 3)))
+    learner = learner.replace(params={**learner.params, 'output': jax.tree.map(jnp.zeros_like,
+                                                                               learner.params['output'])})
     batch, steps = config.batch_size, (2 * train) // config.batch_size
     first_epoch = state.task * config.epochs
 
@@ -134,16 +138,26 @@ class ContinualImageNet:
 
     zero = jnp.zeros((), jnp.int32)
     (learner, correct, replaced), _ = jax.lax.scan(epoch, (learner, zero, zero), jnp.arange(config.epochs))
-    logits, _ = self.learner.apply(learner.params, self._pixels(x_test))
+    logits, _ = self.learner.predict(learner, self._pixels(x_test))
     values = {'test_accuracy': jnp.mean(jnp.argmax(logits, -1) == y_test),
               'train_accuracy': correct / (2 * train * config.epochs)}
-    probe = images[order[:2], :config.probe_size // 2].reshape((-1, 32, 32, 3))
-    values['weight_magnitude'] = metrics.weight_magnitude(learner.params)
     if self.learner.unit_layers:
-      _, features = self.learner.apply(learner.params, self._pixels(probe))
+      values['replacements'] = replaced.astype(jnp.float32)
+    return state.replace(learner=learner, task=state.task + 1), values
+
+  def evaluate(self, state: State, data) -> Dict[str, jax.Array]:
+    """Diagnostics on the probe: training images of the seed's first two classes (labels 0, 1)."""
+    order = self._order(state, data)
+    half = self.config.probe_size // 2
+    probe = self._pixels(data['images'][order[:2], :half].reshape((-1, 32, 32, 3)))
+    labels = jnp.repeat(jnp.arange(2), half)
+    learner = state.learner
+    values = {'weight_magnitude': metrics.weight_magnitude(learner.params)}
+    if self.learner.unit_layers:
+      _, features = self.learner.predict(learner, probe)
       hidden = list(features.values())
       values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.01, strict=True)
       values['effective_rank'] = metrics.effective_rank(hidden[-1])
       values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
-      values['replacements'] = replaced.astype(jnp.float32)
-    return state.replace(learner=learner, task=state.task + 1), values
+    key = jax.random.fold_in(state.step_key, -1 - state.task)
+    return {**values, **evaluation.diagnose(self.learner, learner, probe, labels, key, self.config.diagnostics)}

@@ -2,8 +2,9 @@
 
 Each task draws a fresh pixel permutation and a fresh order of the examples (per seed, from the
 seed's key), then presents `examples_per_task` examples once, in minibatches of `batch_size`
-(the paper: 60 000 examples, batch 1). One chunk = one task. At the start of every task the
-diagnostics are measured on the first `probe_size` examples of the newly permuted data.
+(the paper: 60 000 examples, batch 1). One chunk = one task. Interventions due at a task
+(resets, plasticity injection) run at its start. The evaluator measures the network after a task
+on that task's first `probe_size` (permuted) examples, every `diagnostics.every` tasks.
 """
 from typing import Dict, Tuple
 
@@ -16,6 +17,7 @@ from flax import struct
 from ddl import metrics
 from ddl.data import arrays
 from ddl import nets
+from ddl.experiments import evaluation
 from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
 
@@ -36,12 +38,16 @@ class PermutedInputs:
 
   def __init__(self, config, group):
     self.config = config
-    network = nets.MLP(hidden=(config.network.hidden,) * config.network.layers, outputs=config.data.num_classes,
-                       activation=config.network.activation, weight_init=config.network.weight_init)
-    self.learner = Learner(network=network, loss='cross_entropy', optimizer=config.optimizer, cbp=config.cbp,
-                           max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation)
     self.num_chunks = config.num_tasks
+    self.learner = Learner.from_config(self.make_network(config), 'cross_entropy', config, group, self.num_chunks)
     self.examples_per_chunk = config.examples_per_task
+    self.diagnostics_every = config.diagnostics.every
+
+  @staticmethod
+  def make_network(config):
+    n = config.network
+    return nets.MLP(hidden=(n.hidden,) * n.layers, outputs=config.data.num_classes, activation=n.activation,
+                    weight_init=n.weight_init, layer_norm=n.layer_norm)
 
   @staticmethod
   def checks(config):
@@ -53,7 +59,7 @@ class PermutedInputs:
          'examples_per_task must be a positive multiple of batch_size'),
         (config.network.layers >= 0 and config.network.hidden > 0, 'network.layers >= 0, network.hidden > 0'),
         (config.probe_size > 0, 'probe_size must be > 0'),
-    ]
+    ] + evaluation.checks(config)
 
   @staticmethod
   def load_data(config) -> Dict[str, np.ndarray]:
@@ -85,26 +91,36 @@ class PermutedInputs:
     learner = self.learner.init(learner_key, jnp.zeros((1, pixels)), hparams)
     return State(learner=learner, task_key=task_key, step_key=step_key, task=jnp.zeros((), jnp.int32))
 
-  def _diagnostics(self, params, probe) -> Dict[str, jax.Array]:
-    values = {'weight_magnitude': metrics.weight_magnitude({k: v['kernel'] for k, v in params.items()})}
+  def _task(self, state: State, data, task):
+    """Task `task`'s pixel permutation and example order."""
+    perm_key, order_key = jax.random.split(jax.random.fold_in(state.task_key, task))
+    return (jax.random.permutation(perm_key, data['images'].shape[1]),
+            jax.random.permutation(order_key, data['images'].shape[0]))
+
+  def evaluate(self, state: State, data) -> Dict[str, jax.Array]:
+    """Diagnostics of the network after its last task, on that task's first probe_size examples."""
+    permutation, order = self._task(state, data, state.task - 1)
+    index = order[:self.config.probe_size]
+    probe, labels = data['images'][index][:, permutation], data['labels'][index]
+    learner = state.learner
+    values = {'weight_magnitude': metrics.weight_magnitude({k: v['kernel'] for k, v in learner.params.items()
+                                                            if 'kernel' in v})}
     if self.learner.unit_layers:
-      _, features = self.learner.apply(params, probe)
+      _, features = self.learner.predict(learner, probe)
       hidden = list(features.values())
       values['dead_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
       values['effective_rank'] = sum(metrics.effective_rank(h) for h in hidden) / len(hidden)
       values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
-    return values
+    key = jax.random.fold_in(state.step_key, -1 - state.task)
+    return {**values, **evaluation.diagnose(self.learner, learner, probe, labels, key, self.config.diagnostics)}
 
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     config = self.config
     images, labels = data['images'], data['labels']
     count = images.shape[0]
-    task_key = jax.random.fold_in(state.task_key, state.task)
-    perm_key, order_key = jax.random.split(task_key)
-    permutation = jax.random.permutation(perm_key, images.shape[1])
-    order = jax.random.permutation(order_key, count)
-    probe = images[order[:config.probe_size]][:, permutation]
-    values = self._diagnostics(state.learner.params, probe)      # at the start of the task
+    permutation, order = self._task(state, data, state.task)
+    learner = self.learner.boundary(state.learner, state.task, jax.random.fold_in(state.task_key, -1 - state.task),
+                                    jnp.zeros((1, images.shape[1])))
     batch = config.batch_size
 
     def minibatch(i):
@@ -112,10 +128,9 @@ class PermutedInputs:
       return images[index][:, permutation], labels[index]
 
     steps = config.examples_per_task // batch
-    learner, sums = online.learn(self.learner, state.learner, minibatch, steps, state.step_key,
+    learner, sums = online.learn(self.learner, learner, minibatch, steps, state.step_key,
                                  state.task * steps, config.scan_unroll)
-    values['accuracy'] = sums.correct / sums.examples
-    values['loss'] = sums.loss / steps
+    values = {'accuracy': sums.correct / sums.examples, 'loss': sums.loss / steps}
     if self.learner.unit_layers:
       values['replacements'] = sums.replaced.astype(jnp.float32)
     return state.replace(learner=learner, task=state.task + 1), values

@@ -43,15 +43,18 @@ class PPO:
     self.config = config
     env = config.env
     self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts)
-    self.network = nets.ActorCritic(tuple(config.network.hidden), self.env.action_size,
-                                    weight_init=config.network.weight_init)
+    self.network = self.make_network(config, self.env.action_size)
     objective = functools.partial(ppo.ppo_loss, clip=config.ppo.clip, value_coef=config.ppo.value_coef)
-    self.learner = Learner(network=self.network, loss=objective, optimizer=config.optimizer, cbp=config.cbp,
-                           max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation)
     self.steps_per_update = config.ppo.rollout_steps
     self.examples_per_chunk = config.updates_per_chunk * self.steps_per_update
     self.num_chunks = -(-config.total_steps // self.examples_per_chunk)
+    self.learner = Learner.from_config(self.network, objective, config, group, self.num_chunks)
     self.metric_every = {}
+
+  @staticmethod
+  def make_network(config, actions: int = 8):   # Ant: 8 joints
+    return nets.ActorCritic(tuple(config.network.hidden), actions, weight_init=config.network.weight_init,
+                            layer_norm=config.network.layer_norm)
 
   @staticmethod
   def checks(config):
@@ -121,6 +124,9 @@ class PPO:
     if data is not None and 'frictions' in data:
       state = state.replace(schedule=data['frictions'][state.seed])
     network = self.network
+    chunk = state.updates // config.updates_per_chunk
+    state = state.replace(learner=self.learner.boundary(
+        state.learner, chunk, jax.random.fold_in(state.key, -1 - chunk), state.obs[:1]))
 
     def one_update(carry, _):
       state, sums = carry

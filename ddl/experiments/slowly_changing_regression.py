@@ -2,7 +2,8 @@
 
 A 20-5-1 network learns online (batch 1, MSE) a fixed LTU target whose inputs drift slowly. One
 chunk = one bin of `chunk_size` examples: a `lax.scan` of single-example learner steps over inputs
-generated on the device, then the bin's metrics.
+generated on the device, then the bin's metrics. Interventions due at a chunk run at its start;
+the evaluator measures the network on the next `probe_size` inputs of the stream (not consumed).
 """
 from typing import Dict, Tuple
 
@@ -14,6 +15,7 @@ from flax import struct
 from ddl import metrics
 from ddl import nets
 from ddl.data import slowly_changing_regression as stream
+from ddl.experiments import evaluation
 from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
 
@@ -35,13 +37,16 @@ class SlowlyChangingRegression:
     self.config = config
     data = config.data
     self.target = nets.LTUNet(hidden=data.target_hidden, beta=data.beta)
-    network = nets.MLP(hidden=(config.network.hidden,) * config.network.layers, outputs=1,
-                       activation=config.network.activation, weight_init=config.network.weight_init)
-    self.learner = Learner(network=network, loss='mse', optimizer=config.optimizer, cbp=config.cbp,
-                           max_replacement_rate=group.max_replacement_rate,
-                           perturbation=group.perturbation)
     self.num_chunks = config.num_examples // config.chunk_size
+    self.learner = Learner.from_config(self.make_network(config), 'mse', config, group, self.num_chunks)
     self.examples_per_chunk = config.chunk_size    # per run, for throughput figures
+    self.diagnostics_every = config.diagnostics.every
+
+  @staticmethod
+  def make_network(config):
+    n = config.network
+    return nets.MLP(hidden=(n.hidden,) * n.layers, outputs=1, activation=n.activation, weight_init=n.weight_init,
+                    layer_norm=n.layer_norm)
 
   @staticmethod
   def checks(config):
@@ -56,7 +61,7 @@ class SlowlyChangingRegression:
          'network.layers must be >= 0 and network.hidden > 0'),
         (0 < config.probe_size <= config.chunk_size, 'probe_size must be in [1, chunk_size]'),
         (data.generator in stream.GENERATORS, f'data.generator must be one of {stream.GENERATORS}'),
-    ]
+    ] + evaluation.checks(config)
 
   def chunk_step(self, chunk: int) -> int:
     """The x-axis value logged for a chunk: examples seen at its end."""
@@ -76,22 +81,38 @@ class SlowlyChangingRegression:
     """Nothing to load: the stream is generated on the device."""
     del config
 
-  def run_chunk(self, state: State, data=None) -> Tuple[State, Dict[str, jax.Array]]:
+  def _inputs(self, stream_state, examples, count):
+    inputs = self.config.data
+    return stream.inputs(stream_state, examples, count, num_inputs=inputs.num_inputs,
+                         flip_period=inputs.flip_period, generator=inputs.generator)
+
+  def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
+    """Diagnostics on the stream's next probe_size inputs (generated, not consumed)."""
     del data
-    config, inputs = self.config, self.config.data
-    count = config.chunk_size
-    stream_state, x = stream.inputs(state.stream, state.examples, count, num_inputs=inputs.num_inputs,
-                                    flip_period=inputs.flip_period, generator=inputs.generator)
+    _, x = self._inputs(state.stream, state.examples, self.config.probe_size)
     y = self.target.apply({'params': state.target}, x)
-    learner, sums = online.learn(self.learner, state.learner, lambda i: (x[i][None], y[i][None]), count,
-                                 state.step_key, state.examples, config.scan_unroll)
-    values = {'error': sums.loss / count, 'weight_magnitude': metrics.weight_magnitude(learner.params)}
+    values = {'weight_magnitude': metrics.weight_magnitude(state.learner.params)}
     if self.learner.unit_layers:
-      _, features = self.learner.apply(learner.params, x[-config.probe_size:])
+      _, features = self.learner.predict(state.learner, x)
       hidden = list(features.values())
       values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
       values['effective_rank'] = metrics.effective_rank(hidden[-1])
       values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
+    key = jax.random.fold_in(state.step_key, -1 - state.examples)
+    return {**values, **evaluation.diagnose(self.learner, state.learner, x, y, key, self.config.diagnostics)}
+
+  def run_chunk(self, state: State, data=None) -> Tuple[State, Dict[str, jax.Array]]:
+    del data
+    count = self.config.chunk_size
+    stream_state, x = self._inputs(state.stream, state.examples, count)
+    y = self.target.apply({'params': state.target}, x)
+    chunk = state.examples // count
+    learner = self.learner.boundary(state.learner, chunk, jax.random.fold_in(state.step_key, -1 - chunk),
+                                    jnp.zeros((1, self.config.data.num_inputs)))
+    learner, sums = online.learn(self.learner, learner, lambda i: (x[i][None], y[i][None]), count,
+                                 state.step_key, state.examples, self.config.scan_unroll)
+    values = {'error': sums.loss / count}
+    if self.learner.unit_layers:
       values['replacements'] = sums.replaced.astype(jnp.float32)
     new_state = state.replace(learner=learner, stream=stream_state, examples=state.examples + count)
     return new_state, values

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import struct
 from flax import traverse_util
 
+from ddl.learners import l2_init
 from ddl.learners.hyper import Hyper
 
 Path = Tuple[str, ...]
@@ -200,10 +201,17 @@ def reset_units(unit_layers: Tuple[UnitLayer, ...], tree, picks, fresh: bool, ne
 
 def reset_optimizer_units(unit_layers: Tuple[UnitLayer, ...], params, opt_state, picks):
   """Zeroes the picked units' entries in every params-shaped subtree of an optimizer state."""
+  return map_optimizer_moments(lambda sub: reset_units(unit_layers, sub, picks, fresh=False), params, opt_state)
+
+
+def map_optimizer_moments(fn: Callable[[Any], Any], params, opt_state):
+  """Applies `fn` to every params-shaped subtree of an optimizer state that holds per-weight
+  statistics (momentum, Adam moments, UPGD utilities); L2 Init's anchor (the initial weights, also
+  params-shaped) is left as it is."""
   params_def = jax.tree.structure(params)
   is_params = lambda sub: jax.tree.structure(sub) == params_def
-  return jax.tree.map(lambda sub: reset_units(unit_layers, sub, picks, fresh=False) if is_params(sub) else sub,
-                      opt_state, is_leaf=is_params)
+  is_leaf = lambda sub: is_params(sub) or isinstance(sub, l2_init.L2InitState)
+  return jax.tree.map(lambda sub: fn(sub) if is_params(sub) else sub, opt_state, is_leaf=is_leaf)
 
 
 def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: chex.Numeric,

@@ -262,9 +262,7 @@ def _select(now: jax.Array, new: Any, old: Any) -> Any:
 
 
 def _zero_optimizer_entries(params: Any, opt_state: Any, names, now: jax.Array) -> Any:
-  """Zeroes, when `now`, the entries of top-level parameters `names` in every params-shaped subtree
-  of an optimizer state (momentum, Adam moments, UPGD utilities)."""
-  params_def = jax.tree.structure(params)
-  is_params = lambda sub: jax.tree.structure(sub) == params_def
+  """Zeroes, when `now`, the entries of top-level parameters `names` in the optimizer's per-weight
+  statistics (momentum, Adam moments, UPGD utilities)."""
   zero = lambda sub: {k: _select(now, jax.tree.map(jnp.zeros_like, v), v) if k in names else v for k, v in sub.items()}
-  return jax.tree.map(lambda sub: zero(sub) if is_params(sub) else sub, opt_state, is_leaf=is_params)
+  return cbp_lib.map_optimizer_moments(zero, params, opt_state)

@@ -86,14 +86,16 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
                 l2_init: bool = False, upgd_config: Any = None) -> optax.GradientTransformationExtraArgs:
   """`make_optimizer` from a config section (static settings) and a hyperparameter mapping
   (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2 and UPGD's,
-  which fall back to their declared defaults when the mapping has none)."""
+  which fall back to the config section's, then to their declared defaults, when the mapping has
+  none)."""
   defaults = {h.name: h.default for h in registry.traced_hypers()}
-  value = lambda name: hparams[name] if name in hparams else defaults[name]
+  value = lambda name: hparams[name] if name in hparams else opt_config.get(name, defaults[name])
   options = None
   if opt_config.name == 'upgd':
     options = dict(utility_decay=value('utility_decay'), noise_std=value('upgd_noise'),
                    weight_decay=value('upgd_weight_decay'),
-                   protect=bool(upgd_config.protect) if upgd_config is not None else True)
+                   protect=bool(upgd_config.protect) if upgd_config is not None else True,
+                   max_of_raw_utility=bool(upgd_config.max_of_raw_utility) if upgd_config is not None else True)
   return make_optimizer(
       opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=value('weight_decay'),
       noise_scale=value('noise_scale'), momentum=opt_config.get('momentum', 0.0), eps=opt_config.get('eps', 1e-8),

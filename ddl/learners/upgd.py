@@ -57,6 +57,9 @@ HYPERS = (
     Hyper('protect', True, choices=(True, False), traced=False,
           doc='UPGD: gate gradient and noise by 1 - utility (True, "UPGD") or the noise only '
               '(False, "non-protecting UPGD").'),
+    Hyper('max_of_raw_utility', True, choices=(True, False), traced=False,
+          doc='UPGD: scale by the max of the raw utility, as the official code (True), or of the '
+              'bias-corrected one, as published (False).'),
 )
 
 
@@ -74,7 +77,7 @@ def _global_max(tree) -> jax.Array:
 
 def upgd(learning_rate: chex.Numeric, *, utility_decay: chex.Numeric = 0.999,
          noise_std: chex.Numeric = 1e-3, weight_decay: chex.Numeric = 1e-3, protect: bool = True,
-         max_of_raw_utility: bool = False) -> optax.GradientTransformationExtraArgs:
+         max_of_raw_utility: bool = True) -> optax.GradientTransformationExtraArgs:
   """First-order, globally scaled UPGD; returns the update (new params = params + update).
 
   learning_rate, utility_decay, noise_std, weight_decay: may be traced arrays (a sweep under vmap).

@@ -1,0 +1,189 @@
+"""The interventions of the plasticity toolkit: layer norm, plasticity injection, resets, their
+composition with CBP / L2 Init / S&P / UPGD on every experiment's network, and the one-line error
+where one does not apply."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import load_config
+from ddl import config as config_lib
+from ddl import nets
+from ddl import run as run_lib
+from ddl.experiments import EXPERIMENTS
+from ddl.learners import Learner
+from ddl.learners import cbp as cbp_lib
+from ddl.learners import schedules
+from ddl.learners import topology
+
+
+def _learner(network, optimizer='adam', schedule=None, num_chunks=10, **kwargs):
+  config = config_lib.base_config()
+  config.optimizer.name = optimizer
+  if schedule:
+    config.schedule.update(schedule)
+  return Learner(network=network, loss='cross_entropy', optimizer=config.optimizer, cbp=config.cbp,
+                 upgd=config.upgd, schedule=config.schedule, num_chunks=num_chunks, **kwargs), config
+
+
+def _batch(key, n=16, inputs=8, classes=3):
+  x = jax.random.normal(key, (n, inputs))
+  return x, jax.random.randint(jax.random.fold_in(key, 1), (n,), 0, classes)
+
+
+@pytest.mark.parametrize('layers', [1, 2, 3])
+def test_injection_leaves_the_output_unchanged_and_freezes_the_old_head(layers):
+  network = nets.MLP(hidden=(6, 5), outputs=3)
+  learner, config = _learner(network, schedule=dict(injection_first=2, injection_layers=layers))
+  assert learner.injections == 1
+  x, y = _batch(jax.random.key(0))
+  state = learner.init(jax.random.key(1), x[:1], config.hparams)
+  for i in range(3):
+    state, _ = learner.step(state, x, y, jax.random.key(10 + i))
+  before, _ = learner.predict(state, x)
+  not_yet = learner.boundary(state, jnp.asarray(1), jax.random.key(5), x[:1])
+  jax.tree.map(np.testing.assert_array_equal, not_yet.params, state.params)
+  injected = learner.boundary(state, jnp.asarray(2), jax.random.key(5), x[:1])
+  after, _ = learner.predict(injected, x)
+  np.testing.assert_allclose(after, before, atol=1e-5)
+  head = schedules.head_names(network, x[:1], learner.head_start)
+  assert len(head) == layers
+  for name in head:   # a fresh trainable head, and the old one in slot 0 with its fresh copy in slot 1
+    assert not np.allclose(injected.params[name]['kernel'], state.params[name]['kernel'])
+    np.testing.assert_array_equal(injected.injection.heads[name]['kernel'][0], state.params[name]['kernel'])
+    np.testing.assert_array_equal(injected.injection.heads[name]['kernel'][1], injected.params[name]['kernel'])
+  np.testing.assert_array_equal(injected.injection.signs, [1.0, -1.0])
+  stepped = injected
+  for i in range(3):
+    stepped, _ = learner.step(stepped, x, y, jax.random.key(20 + i))
+  jax.tree.map(np.testing.assert_array_equal, stepped.injection.heads, injected.injection.heads)   # frozen
+  assert not np.allclose(stepped.params[head[0]]['kernel'], injected.params[head[0]]['kernel'])     # theta' learns
+  trunk = [n for n in state.params if n not in head]
+  for name in trunk:
+    assert not np.allclose(stepped.params[name]['kernel'], injected.params[name]['kernel'])         # so does the trunk
+
+
+def test_injection_of_a_conv_net_head_and_vmapped_seeds():
+  network = nets.ConvNet(outputs=2)
+  learner, config = _learner(network, schedule=dict(injection_first=1, injection_every=1, injection_layers=2),
+                             num_chunks=3)
+  assert learner.injections == 2
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  init = jax.vmap(lambda k: learner.init(k, x[:1], config.hparams))
+  states = init(jax.random.split(jax.random.key(1), 2))
+  before = jax.vmap(lambda s: learner.predict(s, x)[0])(states)
+  boundary = jax.jit(jax.vmap(lambda s, k, i: learner.boundary(s, i, k, x[:1]), in_axes=(0, 0, None)))
+  keys = jax.random.split(jax.random.key(2), 2)
+  states = boundary(boundary(states, keys, 1), keys, 2)
+  after = jax.vmap(lambda s: learner.predict(s, x)[0])(states)
+  np.testing.assert_allclose(after, before, atol=1e-4)
+  np.testing.assert_array_equal(states.injection.done, [2, 2])
+
+
+def test_reset_reinitialises_the_head_and_zeroes_its_optimizer_state():
+  network = nets.MLP(hidden=(6,), outputs=3)
+  learner, config = _learner(network, schedule=dict(reset_first=2, reset_every=2, reset_layers=1))
+  x, y = _batch(jax.random.key(0))
+  state = learner.init(jax.random.key(1), x[:1], config.hparams)
+  for i in range(2):
+    state, _ = learner.step(state, x, y, jax.random.key(10 + i))
+  kept = learner.boundary(state, jnp.asarray(3), jax.random.key(3), x[:1])
+  jax.tree.map(np.testing.assert_array_equal, kept.params, state.params)
+  reset = learner.boundary(state, jnp.asarray(4), jax.random.key(3), x[:1])
+  np.testing.assert_array_equal(reset.params['hidden_0']['kernel'], state.params['hidden_0']['kernel'])
+  assert not np.allclose(reset.params['output']['kernel'], state.params['output']['kernel'])
+  np.testing.assert_array_equal(reset.params['output']['bias'], 0.0)            # the layer's own init
+  adam = reset.opt_state[1][0]
+  np.testing.assert_array_equal(adam.mu['output']['kernel'], 0.0)
+  assert np.any(np.asarray(adam.mu['hidden_0']['kernel']) != 0)
+  assert schedules.count(2, 2, 10) == 4 and schedules.count(3, 0, 10) == 1 and schedules.count(0, 1, 10) == 0
+
+
+def test_whole_network_reset_equals_a_fresh_init_of_the_same_key():
+  network = nets.MLP(hidden=(6,), outputs=3)
+  learner, config = _learner(network, optimizer='sgd', schedule=dict(reset_first=1, reset_layers=0))
+  x, y = _batch(jax.random.key(0))
+  state, _ = learner.step(learner.init(jax.random.key(1), x[:1], config.hparams), x, y, jax.random.key(2))
+  reset = learner.boundary(state, jnp.asarray(1), jax.random.key(3), x[:1])
+  fresh = network.init(jax.random.split(jax.random.key(3))[0], x[:1])['params']
+  jax.tree.map(np.testing.assert_array_equal, reset.params, fresh)
+
+
+@pytest.mark.parametrize('kind', ['affine', 'plain'])
+def test_layer_norm_normalises_before_the_activation_and_cbp_restores_it(kind):
+  network = nets.MLP(hidden=(7,), outputs=2, layer_norm=kind, activation='linear')
+  x = jax.random.normal(jax.random.key(0), (5, 4)) * 3 + 1
+  params = network.init(jax.random.key(1), x)['params']
+  _, features = network.apply({'params': params}, x)
+  h = np.asarray(features['hidden_0'])
+  np.testing.assert_allclose(h.mean(axis=1), 0, atol=1e-5)
+  np.testing.assert_allclose(h.std(axis=1), 1, atol=1e-2)
+  layers = topology.unit_layers(network)
+  assert layers[0].norm_ones == (('norm_0', 'scale'),) and layers[0].norm_zeros == (('norm_0', 'bias'),)
+  if kind == 'affine':
+    params = {**params, 'norm_0': {'scale': params['norm_0']['scale'] * 3, 'bias': params['norm_0']['bias'] + 2}}
+    replaced = jnp.arange(7) == 2
+    pick = cbp_lib.Pick(replaced, jnp.asarray([2]), jnp.asarray([True]), jnp.zeros(7), jax.random.key(2))
+    new = cbp_lib.reset_units(layers, params, [pick], fresh=True)
+    np.testing.assert_array_equal(new['norm_0']['scale'], np.where(replaced, 1.0, 3.0))
+    np.testing.assert_array_equal(new['norm_0']['bias'], np.where(replaced, 0.0, 2.0))
+  else:
+    assert 'norm_0' not in params
+
+
+def test_injection_on_a_network_without_a_head_stops_the_launch_with_one_line(tmp_path):
+  config = load_config('cifar100', 'smoke,cbp')
+  config.schedule.injection_first = 1
+  with pytest.raises(config_lib.ConfigError) as info:
+    run_lib.run(config, str(tmp_path / 'w'))
+  message = str(info.value)
+  assert '\n' not in message and 'injection' in message and 'class_incremental' in message and 'ResNet18' in message
+  assert not (tmp_path / 'w').exists()
+
+
+def test_cbp_on_the_linear_learner_stops_the_launch(tmp_path):
+  config = load_config('slowly_changing_regression', 'smoke,linear')
+  config.variants.linear.replacement_rate = 1e-3
+  with pytest.raises(config_lib.ConfigError, match='cbp .* does not apply to experiment slowly_changing_regression: '
+                                                    'its network .MLP. has no hidden units'):
+    run_lib.run(config, str(tmp_path / 'w'))
+
+
+# Every experiment's network with the interventions composed: two programs per experiment (CBP with
+# UPGD, L2 Init, S&P, layer norm and injection; ReDo with Adam/SGD and a head or whole-network reset).
+COMPOSED = {
+    'permuted_digits': 'smoke,cbp', 'slowly_changing_regression': 'smoke,cbp', 'imagenet': 'smoke,cbp',
+    'cifar100': 'smoke,cbp', 'ant': 'smoke,cbp',
+}
+
+
+def _compose(config, with_cbp: bool):
+  variant = config.variants[list(config.variants)[0]]
+  with config.unlocked():
+    if with_cbp:
+      config.optimizer.name = 'upgd'
+      variant.l2_init = 1e-3
+      variant.noise_scale = 1e-4
+      variant.weight_decay = 1e-4
+      variant.replacement_rate = 1e-2
+      config.network.layer_norm = 'affine'
+      if config.experiment not in ('class_incremental', 'ppo'):
+        config.schedule.injection_first = 1
+    else:
+      variant.replacement_rate = 0.0
+      config.cbp.method = 'redo'
+      config.cbp.redo_period = 2
+      config.schedule.reset_first = 1
+      config.schedule.reset_every = 1
+      config.schedule.reset_layers = 0 if config.experiment in ('class_incremental', 'ppo') else 1
+
+
+@pytest.mark.parametrize('with_cbp', [True, False], ids=['cbp_upgd_l2init_snp_ln_injection', 'redo_reset'])
+@pytest.mark.parametrize('name', sorted(COMPOSED))
+def test_composed_interventions_run_on_every_experiment(name, with_cbp, tmp_path):
+  config = load_config(name, COMPOSED[name])
+  _compose(config, with_cbp)
+  summary = run_lib.run(config, str(tmp_path / 'w'), stop_after_chunks=2, figures=False)
+  assert summary['nonfinite_runs'] == 0
+  assert summary['chunks_done'] == 2

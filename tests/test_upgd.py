@@ -315,3 +315,13 @@ def test_cbp_optimizer_reset_finds_the_utility():
                                 np.asarray(before['dense_0']['kernel'][:, keep]))
   np.testing.assert_array_equal(np.asarray(after['dense_1']['bias']), np.asarray(before['dense_1']['bias']))
   assert np.all(np.asarray(before['dense_0']['kernel'][:, 1]) != 0)
+
+
+def test_all_zero_utility_gives_half_gates_not_nan():
+  # A zeroed head blocks every gradient but its own, whose weights are 0: all utilities are 0.
+  params = {'w': jnp.zeros((3, 2)), 'b': jnp.zeros((2,))}
+  grads = {'w': jnp.ones((3, 2)), 'b': jnp.ones((2,))}
+  opt = upgd_lib.upgd(LR, noise_std=0.0, weight_decay=0.0)
+  updates, _ = opt.update(grads, opt.init(params), params, key=jax.random.key(0))
+  for k in params:
+    np.testing.assert_allclose(np.asarray(updates[k]), -LR * 0.5 * np.asarray(grads[k]), rtol=1e-6)

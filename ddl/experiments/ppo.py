@@ -141,7 +141,7 @@ class PPO:
       learner, loss, replaced = ppo.update(self.learner, state.learner, observations, batch, update_key,
                                            p.epochs, p.minibatches, config.scan_unroll)
       change = sum(jnp.abs(learner.params['policy'][layer]['kernel'] - params['policy'][layer]['kernel']).sum()
-                   for layer in params['policy'])
+                   for layer in params['policy'] if 'kernel' in params['policy'][layer])
       probe = trajectory.observations.reshape(-1, obs.shape[-1])[-config.probe_steps:]
       sums = dict(return_sum=sums['return_sum'] + return_sum, episodes=sums['episodes'] + episodes,
                   loss=sums['loss'] + loss, replaced=sums['replaced'] + replaced,

@@ -17,7 +17,9 @@ Departures and quirks, on purpose or as upstream:
 - No epsilon in the division by max(u_hat), as the official code. If that maximum is <= 0 (every
   utility non-positive, e.g. at a stationary point or after a reset that zeroed them all) the
   scaling flips sign: the LEAST useful weights get s near 1 and are protected; exactly 0 gives
-  inf/nan. Nothing here guards against it.
+  inf in the upstream code; here a maximum of exactly 0 (every utility 0, e.g. the first step
+  after a zeroed head, when no gradient reaches the other weights) gives s = 1/2 everywhere instead
+  of upstream's 0/0 = NaN, the only departure.
 - The official code divides the bias-corrected utility by the max of the RAW (uncorrected)
   utility, i.e. its sigmoid argument is u_hat / max(u) = (u / max(u)) / (1 - b_u^t), which is
   saturated early in training (1 / (1 - 0.999^t) ~ 1000 / t) and tends to the published
@@ -112,6 +114,7 @@ def upgd(learning_rate: chex.Numeric, *, utility_decay: chex.Numeric = 0.999,
     correction = 1 - jnp.asarray(utility_decay, jnp.float32) ** count.astype(jnp.float32)
     corrected = jax.tree.map(lambda u: u / correction.astype(u.dtype), utility)
     scale = _global_max(utility if max_of_raw_utility else corrected)
+    scale = jnp.where(scale == 0, 1.0, scale)   # every utility 0: s = 1/2 everywhere, not 0/0
 
     def step(g, w, u_hat, xi):
       gate = 1 - jax.nn.sigmoid(u_hat / scale.astype(u_hat.dtype))

@@ -23,7 +23,9 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ddl import run as run_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import devices as devices_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import programs as programs_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # workload: (config file, overrides that keep the network and batch but make chunks short and the
 # data synthetic, so that the measurement needs no data set and ends in minutes)
@@ -101,12 +103,12 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   config = _config()
-  run_lib.split_cpu(config)
-  config_lib.validate(config, run_lib.experiments.get(config.experiment))
-  devices = run_lib.Devices(config)   # the runs axis sharded over the devices, as in ddl/run.py
-  data = devices.put(run_lib.experiments.get(config.experiment).load_data(config), devices.replicated)
+  devices_lib.split_cpu(config)
+  config_lib.validate(config, experiments.get(config.experiment))
+  devices = devices_lib.Devices(config)   # the runs axis sharded over the devices, as in the run loop
+  data = programs_lib.load_data(config, devices)
   groups = {}   # a group's slices (runs_per_call) run one after another, as in the run loop
-  for program in run_lib._programs(config, devices):  # pylint: disable=protected-access
+  for program in programs_lib.build(config, devices):
     groups.setdefault(program.group.name, []).append(program)
   total_examples, total_seconds, total_compile, total_runs, peak_mb = 0, 0.0, 0.0, 0, 0.0
   for name, programs in groups.items():

@@ -1,6 +1,6 @@
 """The compiled programs of a launch: per group of variants (see `ddl.config.groups`) and slice of at
-most `calls_size` runs, the jitted, vmapped init and chunk (with NaN/inf isolation) over the runs
-axis, sharded over the devices and padded to a multiple of them; the call that turns a
+most `calls_size` runs, the jitted, vmapped init, chunk (with NaN/inf isolation) and evaluator over
+the runs axis, sharded over the devices and padded to a multiple of them; the call that turns a
 device out-of-memory error into one line saying how many runs fit."""
 import dataclasses
 from typing import Any, Dict, List
@@ -27,6 +27,13 @@ class Program:
   init: Any                # () -> (states, alive)
   run_chunk: Any           # ((states, alive), data) -> ((states, alive), metrics), data shared by every run
   padded: int = 0          # size of the runs axis on the devices (>= len(variants))
+  evaluate: Any = None     # (states, data) -> diagnostics {metric: (runs,)}; None: the experiment has none
+  diagnostics_every: int = 1   # chunks between evaluator calls
+
+  def evaluates(self, chunk: int) -> bool:
+    """Whether the evaluator runs after `chunk`: every `diagnostics_every` chunks and after the last."""
+    return self.evaluate is not None and (chunk % self.diagnostics_every == 0
+                                          or chunk == self.experiment.num_chunks - 1)
 
 
 def _finite(states) -> jax.Array:
@@ -63,7 +70,7 @@ def calls_size(config, devices: Devices, runs: int) -> int:
 
 def build(config, devices: Devices) -> List[Program]:
   """One program per group and slice of at most `calls_size` runs (variants x seeds). Slices of a
-  group share one jitted function (and its compilation when they have the same
+  group share one jitted function per program kind (and its compilation when they have the same
   size) and run one after another. Each slice is padded to a multiple of the devices with copies of
   its last run."""
   experiment_cls = experiments.get(config.experiment)
@@ -75,6 +82,11 @@ def build(config, devices: Devices) -> List[Program]:
     init_one = jax.vmap(experiment.init)
     init = jax.jit(lambda k, h, s, f=init_one: (f(k, h, s), jnp.ones(s.shape, bool)), out_shardings=devices.runs)
     run_chunk = jax.jit(_guard(experiment.run_chunk), donate_argnums=donate, out_shardings=devices.runs)
+    evaluate, every = None, int(getattr(experiment, 'diagnostics_every', 1))
+    if hasattr(experiment, 'evaluate'):   # the diagnostics: a program of their own, run every `every` chunks
+      evaluate = jax.jit(jax.vmap(experiment.evaluate, in_axes=(0, None)), out_shardings=devices.runs)
+      if every < 1:
+        raise config_lib.ConfigError(f'diagnostics_every must be >= 1 (chunks between diagnostics), got {every}')
     runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
     size = calls_size(config, devices, len(runs))
     for start in range(0, len(runs), size):
@@ -87,7 +99,8 @@ def build(config, devices: Devices) -> List[Program]:
       args = devices.put((keys, hparams, seeds), devices.runs)
       programs.append(Program(
           group=group, experiment=experiment, variants=[v for v, _, _ in part], seeds=[s for _, s, _ in part],
-          init=lambda i=init, a=args: i(*a), run_chunk=run_chunk, padded=len(padded)))
+          init=lambda i=init, a=args: i(*a), run_chunk=run_chunk, padded=len(padded), evaluate=evaluate,
+          diagnostics_every=every))
   return programs
 
 

@@ -3,7 +3,8 @@
 Each group of variants (see `ddl.config.groups`) is one jitted, vmapped program over its
 variants x seeds, the runs axis sharded over all devices (padded to a multiple of them; the
 padding is dropped from every output). The host loop advances every group by one chunk per call,
-appends the chunk's metrics to `metrics.csv` (long form: variant,seed,step,metric,value), logs
+runs the group's evaluator (`evaluate`, its own program) every `diagnostics_every` chunks and after
+the last, appends the values to `metrics.csv` (long form: variant,seed,step,metric,value), logs
 progress and W&B curves, and checkpoints with orbax. A run whose state turns NaN/inf is frozen
 on the device and marked (metric `nonfinite`); the others go on. Relaunching into the same workdir
 resumes from the last checkpoint; metrics.csv is cut back to that checkpoint, so it ends identical
@@ -41,8 +42,8 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   """Runs (or resumes) an experiment into `workdir`. `stop_after_chunks` ends the launch early
   after that many chunks of this launch (with a checkpoint), as an interruption would; `fresh`
   deletes a previous run's outputs first. SIGTERM/SIGINT end the launch after the current chunk
-  with a checkpoint (raises Interrupted). Returns a summary: chunks done, seconds, examples per
-  second, non-finite runs."""
+  with a checkpoint (raises Interrupted). Returns a summary: chunks done, seconds (and those of the
+  evaluator), examples per second, non-finite runs."""
   config_lib.validate(config, experiments.get(config.experiment))
   devices_lib.start(config)                  # before anything touches the backend
   lead = jax.process_index() == 0            # multi-host: only process 0 writes files (orbax syncs itself)
@@ -69,7 +70,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   alive = [np.asarray(devices.get(s[1]))[:len(p.variants)] for p, s in zip(programs, states)]
   wandb = writers.Wandb(config, workdir, lead=lead)
   end = num_chunks if stop_after_chunks is None else min(num_chunks, start + stop_after_chunks)
-  progress = writers.Progress(start, end, num_chunks)
+  progress = writers.Progress(start, end, num_chunks, evaluator=any(p.evaluate is not None for p in programs))
   with metrics_csv, Signals() as signals:
     try:
       for chunk in range(start, end):
@@ -78,7 +79,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
         for i, program in enumerate(programs):
           if chunk >= program.experiment.num_chunks:
             continue
-          states[i], values, now_alive = _advance(program, states[i], data, chunk, devices)
+          states[i], values, now_alive = _advance(program, states[i], data, chunk, devices, progress)
           metrics_csv.mark_nonfinite(program, alive[i] & ~now_alive, chunk, _first_step(programs, chunk), step)
           alive[i] = now_alive
           metrics_csv.write(program, step, values, keep=alive[i])
@@ -104,13 +105,16 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   return progress.summary(nonfinite_runs=sum(int((~a).sum()) for a in alive))
 
 
-def _advance(program: Program, state, data, chunk: int, devices: Devices):
-  """One chunk of one program: the new state, the values to log ({metric: (real runs,)} on the host)
-  and which real runs are still alive."""
+def _advance(program: Program, state, data, chunk: int, devices: Devices, progress: writers.Progress):
+  """One chunk of one program, then its evaluator when it is due (timed apart): the new state, the
+  values to log ({metric: (real runs,)} on the host) and which real runs are still alive."""
   state, values = programs_lib.call(program.run_chunk, program, devices, state, data)
   values, alive = devices.get((values, state[1]))
   every = getattr(program.experiment, 'metric_every', {})
   values = {m: v for m, v in values.items() if chunk % every.get(m, 1) == 0}
+  if program.evaluates(chunk):
+    with progress.evaluating():
+      values.update(devices.get(programs_lib.call(program.evaluate, program, devices, state[0], data)))
   return state, programs_lib.host_values(program, values), np.asarray(alive)[:len(program.variants)]
 
 

@@ -1,6 +1,7 @@
 """What a launch writes as it goes: metrics.csv (long form, one row per logged value), the W&B curves
 (mean and standard error over seeds per variant) and the progress line of every chunk."""
 import collections
+import contextlib
 import os
 import time
 from typing import Any, Dict, List
@@ -133,12 +134,23 @@ class Wandb:
 
 class Progress:
   """Clock and counters of a launch (chunks `start`..`end`): one log line per chunk with the chunk,
-  step, examples/s of all runs, elapsed time, ETA and the runs stopped on NaN/inf; the same values for W&B (`progress/*`)."""
+  step, examples/s of all runs, elapsed time (with the evaluator's share when there is one), ETA
+  and the runs stopped on NaN/inf; the same values for W&B (`progress/*`)."""
 
-  def __init__(self, start: int, end: int, num_chunks: int):
-    self.start, self.end, self.num_chunks = start, end, num_chunks
+  def __init__(self, start: int, end: int, num_chunks: int, evaluator: bool):
+    self.start, self.end, self.num_chunks, self.evaluator = start, end, num_chunks, evaluator
     self.examples = 0
+    self.evaluate_seconds = 0.0
     self.began = time.time()
+
+  @contextlib.contextmanager
+  def evaluating(self):
+    """Times an evaluator call (its results fetched to the host inside)."""
+    began = time.time()
+    try:
+      yield
+    finally:
+      self.evaluate_seconds += time.time() - began
 
   def chunk_done(self, chunk: int, step: int, examples: int, dead: int) -> Dict[str, float]:
     done = chunk + 1 - self.start
@@ -146,15 +158,21 @@ class Progress:
     self.examples += examples
     rate = self.examples / elapsed
     eta = elapsed / done * (self.end - chunk - 1)
-    logging.info('chunk %d/%d  step %d  %.0f examples/s (all runs)  elapsed %.0fs  ETA %.0fs%s',
-                 chunk + 1, self.num_chunks, step, rate, elapsed, eta, f'  non-finite runs {dead}' if dead else '')
+    share = self.evaluate_seconds / max(elapsed, 1e-9)
+    logging.info('chunk %d/%d  step %d  %.0f examples/s (all runs)  elapsed %.0fs%s  ETA %.0fs%s',
+                 chunk + 1, self.num_chunks, step, rate, elapsed,
+                 f' (evaluator {100 * share:.0f}%)' if self.evaluator else '', eta,
+                 f'  non-finite runs {dead}' if dead else '')
     progress = {'progress/chunk': chunk + 1, 'progress/examples_per_sec': rate, 'progress/elapsed_sec': elapsed,
                 'progress/eta_sec': eta, 'progress/nonfinite_runs': dead}
+    if self.evaluator:
+      progress['progress/evaluate_share'] = share
     return progress
 
   def summary(self, nonfinite_runs: int) -> Dict[str, Any]:
-    """What `ddl.run.run` returns: chunks done, seconds, examples per second, runs stopped on NaN/inf."""
+    """What `ddl.run.run` returns: chunks done, seconds (the evaluator's among them), examples per
+    second, runs stopped on NaN/inf."""
     elapsed = time.time() - self.began
     return dict(chunks_done=self.end, num_chunks=self.num_chunks,
-                seconds=elapsed,
+                seconds=elapsed, evaluate_seconds=self.evaluate_seconds,
                 examples_per_sec=self.examples / max(elapsed, 1e-9), nonfinite_runs=nonfinite_runs)

@@ -162,7 +162,7 @@ class ClassIncremental:
   def _pixels(self, images: jax.Array) -> jax.Array:
     return normalize(images, self.config.data.mean, self.config.data.std)
 
-  def evaluate(self, learner: LearnerState, test: jax.Array, val: jax.Array, order: jax.Array,
+  def accuracy(self, learner: LearnerState, test: jax.Array, val: jax.Array, order: jax.Array,
                increments: jax.Array, mask: jax.Array, key) -> Tuple[jax.Array, jax.Array]:
     """Eval-mode (test, validation) accuracy over the classes of the first `increments` increments,
     one increment's classes per batch (test and validation images in one forward pass); `key` None:
@@ -226,7 +226,7 @@ class ClassIncremental:
     factor = lr_factor(epoch_in_increment, tuple(config.lr_milestones), config.lr_decay)
     learner, sums = online.learn(self.learner, state.learner, minibatch, steps, state.step_key, state.steps,
                                  lr_factor=factor, output_mask=mask)
-    values['test_accuracy'], values['val_accuracy'] = self.evaluate(
+    values['test_accuracy'], values['val_accuracy'] = self.accuracy(
         learner, test, train[:, :val], order, increment + 1, mask, test_key if data_config.augment_test else None)
     values['train_accuracy'] = sums.correct / sums.examples
     values['train_loss'] = sums.loss / steps

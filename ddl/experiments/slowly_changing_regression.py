@@ -28,8 +28,10 @@ class State:
 
 
 class SlowlyChangingRegression:
-  """init(key, hparams, seed) -> State; run_chunk(State, None) -> (State, metrics). Pure, vmappable."""
+  """init(key, hparams, seed) -> State; run_chunk(State, None) -> (State, metrics);
+  evaluate(State, None) -> diagnostics. Pure, vmappable."""
   metric_every: Dict[str, int] = {}   # every metric is logged at every chunk
+  diagnostics_every = 1               # chunks between evaluator calls (and after the last chunk)
 
   def __init__(self, config, group):
     self.config = config
@@ -85,7 +87,7 @@ class SlowlyChangingRegression:
     y = self.target.apply({'params': state.target}, x)
     learner, sums = online.learn(self.learner, state.learner, lambda i: (x[i][None], y[i][None]), count,
                                  state.step_key, state.examples, config.scan_unroll)
-    values = {'error': sums.loss / count, 'weight_magnitude': metrics.weight_magnitude(learner.params)}
+    values = {'error': sums.loss / count}
     if self.learner.network.unit_layers():
       _, features = self.learner.apply(learner.params, x[-config.probe_size:])
       hidden = list(features.values())
@@ -95,3 +97,9 @@ class SlowlyChangingRegression:
       values['replacements'] = sums.replaced.astype(jnp.float32)
     new_state = state.replace(learner=learner, stream=stream_state, examples=state.examples + count)
     return new_state, values
+
+  def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
+    """Diagnostics of the state after a chunk, a program of their own (see ddl.run): the weight
+    magnitude. (The probe diagnostics, which use the chunk's last inputs, stay in run_chunk.)"""
+    del data
+    return {'weight_magnitude': metrics.weight_magnitude(state.learner.params)}

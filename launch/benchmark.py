@@ -9,7 +9,10 @@ with `cpu_devices`; the group's slices run one after another, as in the run loop
 (all runs together, steady state, after one untimed chunk), compile_sec (init + chunk compilation +
 the untimed chunk), device_mb (memory one call needs by XLA's accounting: arguments, outputs,
 temporaries; the whole state when runs_per_call is all runs), peak_rss_mb (of this process so far),
-backend.
+backend; for an experiment with an evaluator (`evaluate`, run every `diagnostics_every` chunks):
+evaluate_sec (one evaluator call over all runs, after an untimed warm-up call) and evaluate_share
+(the evaluator's cost per chunk, amortised over `diagnostics_every` chunks, over the chunk's time plus
+that: the goal is at most 0.05); null without one.
 """
 import ast
 import json
@@ -23,7 +26,9 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ddl import run as run_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import devices as devices_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import programs as programs_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # workload: (config file, overrides that keep the network and batch but make chunks short and the
 # data synthetic, so that the measurement needs no data set and ends in minutes)
@@ -80,13 +85,27 @@ def _config():
   return config
 
 
-def _line(config, variant, runs, per_call, examples, seconds, compile_sec, device_mb):
+def _line(config, variant, runs, per_call, examples, seconds, compile_sec, device_mb, evaluate_sec, evaluate_share):
   import jax  # pylint: disable=g-import-not-at-top
+  rounded = lambda x, digits: None if x is None else round(x, digits)
   return json.dumps(dict(
       workload=flags.FLAGS.workload, variant=variant, seeds=config.num_seeds, runs=runs, runs_per_call=per_call,
       examples_per_sec=round(examples / seconds, 1), compile_sec=round(compile_sec, 2),
       device_mb=round(device_mb, 1), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      evaluate_sec=rounded(evaluate_sec, 4), evaluate_share=rounded(evaluate_share, 4),
       backend=jax.default_backend()))
+
+
+def _evaluate_sec(programs, states, data):
+  """Seconds of one evaluator call over all slices of a group (run one after another, as in the run
+  loop), after an untimed warm-up call (which compiles it); None without an evaluator."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if programs[0].evaluate is None:
+    return None
+  jax.block_until_ready([p.evaluate(s[0], data) for p, s in zip(programs, states)])
+  began = time.time()
+  jax.block_until_ready([p.evaluate(s[0], data) for p, s in zip(programs, states)])
+  return time.time() - began
 
 
 def _device_mb(compiled) -> float:
@@ -101,14 +120,15 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   config = _config()
-  run_lib.split_cpu(config)
-  config_lib.validate(config, run_lib.experiments.get(config.experiment))
-  devices = run_lib.Devices(config)   # the runs axis sharded over the devices, as in ddl/run.py
-  data = devices.put(run_lib.experiments.get(config.experiment).load_data(config), devices.replicated)
+  devices_lib.split_cpu(config)
+  config_lib.validate(config, experiments.get(config.experiment))
+  devices = devices_lib.Devices(config)   # the runs axis sharded over the devices, as in the run loop
+  data = programs_lib.load_data(config, devices)
   groups = {}   # a group's slices (runs_per_call) run one after another, as in the run loop
-  for program in run_lib._programs(config, devices):  # pylint: disable=protected-access
+  for program in programs_lib.build(config, devices):
     groups.setdefault(program.group.name, []).append(program)
   total_examples, total_seconds, total_compile, total_runs, peak_mb = 0, 0.0, 0.0, 0, 0.0
+  total_evaluate_sec, total_amortised = None, 0.0   # the evaluators' calls and cost per chunk, all groups
   for name, programs in groups.items():
     began = time.time()
     compiled, states = {}, []
@@ -128,12 +148,22 @@ def main(argv):
     runs = sum(len(p.variants) for p in programs)
     examples = programs[0].experiment.examples_per_chunk * runs * flags.FLAGS.chunks
     device_mb = max(_device_mb(c) for c in compiled.values())
+    evaluate_sec = _evaluate_sec(programs, states, data)
+    per_chunk = seconds / flags.FLAGS.chunks
+    amortised = None if evaluate_sec is None else evaluate_sec / programs[0].diagnostics_every
+    share = None if amortised is None else amortised / (per_chunk + amortised)
+    if evaluate_sec is not None:
+      total_evaluate_sec, total_amortised = (total_evaluate_sec or 0.0) + evaluate_sec, total_amortised + amortised
     total_examples, total_seconds, total_compile, total_runs = (
         total_examples + examples, total_seconds + seconds, total_compile + compile_sec, total_runs + runs)
     peak_mb = max(peak_mb, device_mb)
-    print(_line(config, name, runs, max(compiled), examples, seconds, compile_sec, device_mb), flush=True)
+    print(_line(config, name, runs, max(compiled), examples, seconds, compile_sec, device_mb, evaluate_sec, share),
+          flush=True)
   if len(groups) > 1:
-    print(_line(config, 'all', total_runs, None, total_examples, total_seconds, total_compile, peak_mb), flush=True)
+    per_chunk = total_seconds / flags.FLAGS.chunks
+    share = None if total_evaluate_sec is None else total_amortised / (per_chunk + total_amortised)
+    print(_line(config, 'all', total_runs, None, total_examples, total_seconds, total_compile, peak_mb,
+                total_evaluate_sec, share), flush=True)
 
 
 if __name__ == '__main__':

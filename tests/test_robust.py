@@ -18,7 +18,9 @@ import pytest
 from conftest import ROOT, load_config
 from ddl import config as config_lib
 from ddl import experiments
+from ddl import programs
 from ddl import run as run_lib
+from ddl import writers
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 SCR = 'slowly_changing_regression'
@@ -51,6 +53,9 @@ class PoisonedSeed(SlowlyChangingRegression):
     poison = (seed == 1) & (inner.examples > 1000)
     params = jax.tree.map(lambda p: jnp.where(poison, jnp.nan, p), inner.learner.params)
     return (inner.replace(learner=inner.learner.replace(params=params)), seed), values
+
+  def evaluate(self, state, data=None):
+    return super().evaluate(state[0], data)
 
 
 def test_nan_in_one_seed_stops_only_that_run_and_survives_resume(tmp_path, monkeypatch, caplog):
@@ -108,8 +113,8 @@ def test_sigterm_checkpoints_and_sigkill_at_random_points_resumes_identically(tm
 class _RecordingWandb:
   logged = []
 
-  def __init__(self, config, workdir):
-    del config, workdir
+  def __init__(self, config, workdir, lead=True):
+    del config, workdir, lead
 
   def log(self, step, values):
     self.logged.append((step, values))
@@ -119,7 +124,7 @@ class _RecordingWandb:
 
 
 def test_fresh_starts_over_a_workdir_of_another_config_and_wandb_gets_progress(tmp_path, monkeypatch):
-  monkeypatch.setattr(run_lib, '_Wandb', _RecordingWandb)
+  monkeypatch.setattr(writers, 'Wandb', _RecordingWandb)
   config = load_config(SCR, 'smoke,bp')
   workdir = str(tmp_path / 'w')
   run_lib.run(config, workdir, stop_after_chunks=1, figures=False)
@@ -137,7 +142,7 @@ def test_fresh_starts_over_a_workdir_of_another_config_and_wandb_gets_progress(t
 
 def test_device_out_of_memory_says_how_many_runs_fit(tmp_path, monkeypatch):
   config = load_config(SCR, 'smoke,bp')
-  real_programs = run_lib._programs
+  real_programs = programs.build
 
   def oom_programs(*args):
     programs = real_programs(*args)
@@ -147,7 +152,7 @@ def test_device_out_of_memory_says_how_many_runs_fit(tmp_path, monkeypatch):
       p.run_chunk = oom
     return programs
 
-  monkeypatch.setattr(run_lib, '_programs', oom_programs)
+  monkeypatch.setattr(programs, 'build', oom_programs)
   with pytest.raises(config_lib.ConfigError, match=r'out of memory with 3 runs per call \(3 per device on 1 '
                      r'device\(s\)\); at most 1 runs per device would fit: set --config.runs_per_call=1'):
     run_lib.run(config, str(tmp_path / 'w'))

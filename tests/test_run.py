@@ -1,16 +1,22 @@
-"""The run loop: output contract, resume, bad input; SCR smoke end to end through launch/main.py."""
+"""The run loop: output contract, resume, bad input, the evaluator; SCR smoke end to end through
+launch/main.py."""
 import csv
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import ROOT, load_config
 from ddl import config as config_lib
+from ddl import experiments
 from ddl import run as run_lib
+from ddl import writers
+from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 SCR = 'slowly_changing_regression'
 
@@ -149,3 +155,87 @@ def test_figures_bin_logged_steps():
   np.testing.assert_array_equal(x, [0, 2, 4])
   np.testing.assert_array_equal(v, [[1., 5., 8.], [1., 1., 1.]])
 
+
+class Evaluated(SlowlyChangingRegression):
+  """SCR with an evaluator every 3 chunks (and after the last one) that records its tracing; seed 1's
+  parameters turn NaN in chunk 3 (examples > 1500)."""
+  diagnostics_every = 3
+  traced = []
+
+  def __init__(self, config, group):
+    super().__init__(config, group)
+    self.name = group.name
+
+  def init(self, key, hparams, seed):
+    return super().init(key, hparams, seed), seed
+
+  def run_chunk(self, state, data=None):
+    inner, seed = state
+    inner, values = super().run_chunk(inner, data)
+    poison = (seed == 1) & (inner.examples > 1500)
+    params = jax.tree.map(lambda p: jnp.where(poison, jnp.nan, p), inner.learner.params)
+    return (inner.replace(learner=inner.learner.replace(params=params)), seed), values
+
+  def evaluate(self, state, data=None):
+    del data
+    Evaluated.traced.append(self.name)   # a Python side effect: runs once per tracing
+    inner, _ = state
+    return {'examples_seen': inner.examples.astype(jnp.float32),
+            'kernel_sum': sum(jnp.sum(p) for p in jax.tree.leaves(inner.learner.params))}
+
+
+class _RecordingWandb:
+
+  def __init__(self, config, workdir, lead=True):
+    del config, workdir, lead
+    self.logged = []
+    _RecordingWandb.last = self
+
+  def log(self, step, values):
+    self.logged.append((step, values))
+
+  def finish(self, exit_code=0):
+    del exit_code
+
+
+def _evaluated_config(monkeypatch):
+  monkeypatch.setitem(experiments.EXPERIMENTS, SCR, Evaluated)
+  config = load_config(SCR, 'smoke,bp,cbp')
+  config.num_examples = 3000      # 6 chunks of 500: evaluated after chunks 0 and 3 (every 3) and 5 (the last)
+  return config
+
+
+def test_evaluator_rows_every_k_chunks_and_the_last_none_for_dead_runs_compiled_once_per_group(
+    tmp_path, monkeypatch):
+  config = _evaluated_config(monkeypatch)
+  monkeypatch.setattr(writers, 'Wandb', _RecordingWandb)
+  Evaluated.traced.clear()
+  summary = run_lib.run(config, str(tmp_path / 'w'), figures=False)
+  assert sorted(Evaluated.traced) == ['bp', 'cbp']      # one evaluator program per group, not per chunk
+  assert 0 < summary['evaluate_seconds'] < summary['seconds'] and summary['nonfinite_runs'] == 2
+  with open(tmp_path / 'w' / 'metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  for variant in ('bp', 'cbp'):
+    evaluated = lambda seed: [(int(r['step']), float(r['value'])) for r in rows if r['variant'] == variant
+                              and r['seed'] == seed and r['metric'] == 'examples_seen']
+    assert evaluated('0') == evaluated('2') == [(500, 500.0), (2000, 2000.0), (3000, 3000.0)]
+    assert evaluated('1') == [(500, 500.0)]             # seed 1 turned NaN in chunk 3 (step 2000)
+    assert [r['step'] for r in rows if r['variant'] == variant and r['metric'] == 'nonfinite'] == ['2000']
+    kernel = [r for r in rows if r['variant'] == variant and r['metric'] == 'kernel_sum']
+    assert len(kernel) == 7 and all(np.isfinite(float(r['value'])) for r in kernel)
+  logged = dict(_RecordingWandb.last.logged)
+  assert 'bp/examples_seen' in logged[500] and 'cbp/kernel_sum_se' in logged[3000]
+  assert 'bp/examples_seen' not in logged[1000] and 'bp/error' in logged[1000]
+  assert 0 < logged[3000]['progress/evaluate_share'] < 1       # the evaluator's share of the elapsed time
+
+
+def test_resume_with_an_evaluator_gives_identical_metrics(tmp_path, monkeypatch):
+  config = _evaluated_config(monkeypatch)
+  run_lib.run(config, str(tmp_path / 'whole'), figures=False)
+  split = str(tmp_path / 'split')
+  run_lib.run(config, split, stop_after_chunks=1, figures=False)   # checkpoint after chunk 0 (evaluated)
+  with open(os.path.join(split, 'metrics.csv'), 'a') as f:          # a crash after rows of chunk 1 ...
+    f.write('bp,0,1000,error,123.0\nbp,1,1000,err')
+  run_lib.run(config, split, stop_after_chunks=3, figures=False)   # ... checkpoint after chunk 3 (evaluated)
+  run_lib.run(config, split, figures=False)
+  assert _rows(os.path.join(split, 'metrics.csv')) == _rows(str(tmp_path / 'whole' / 'metrics.csv'))

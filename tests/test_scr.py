@@ -61,8 +61,11 @@ def test_a_chunk_learns_and_reports_its_metrics():
   before = jax.tree.map(np.asarray, state.learner.params)
   state, values = jax.jit(experiment.run_chunk)(state, None)
   assert int(state.examples) == 2000
-  assert set(values) == {'error', 'weight_magnitude', 'dormant_fraction', 'effective_rank', 'stable_rank',
-                         'replacements'}
+  assert set(values) == {'error', 'replacements'}
+  diagnostics = jax.jit(experiment.evaluate)(state, None)
+  assert set(diagnostics) == {'weight_magnitude', 'dormant_fraction', 'effective_rank', 'stable_rank',
+                              'active_fraction', 'redo_dormant_fraction', 'feature_norm', 'gradient_norm',
+                              'plasticity', 'hessian_top_eigenvalue'}
   assert 0 < float(values['replacements']) < 100
-  assert 0 < float(values['effective_rank']) <= 5 and 1 <= float(values['stable_rank']) <= 5
+  assert 0 < float(diagnostics['effective_rank']) <= 5 and 1 <= float(diagnostics['stable_rank']) <= 5
   assert not np.allclose(before['hidden_0']['kernel'], state.learner.params['hidden_0']['kernel'])

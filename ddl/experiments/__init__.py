@@ -4,7 +4,12 @@ what the static `load_data(config)` returned (arrays shared by every run, put on
 None when the experiment generates its data), plus `num_chunks`,
 `examples_per_chunk` (per run), `chunk_step(chunk)` (the x-axis value logged for a chunk) and
 `metric_every` ({metric: n}: log it only every n chunks; others every chunk), and the static
-`checks(config)`: (condition, message) pairs that config validation enforces."""
+`checks(config)`: (condition, message) pairs that config validation enforces.
+
+Optionally an evaluator: `evaluate(state, data) -> {metric: scalar}` (the diagnostics of one run's
+state, pure and vmappable) with `diagnostics_every` (int, chunks; default 1). The run loop compiles
+it as a program of its own and calls it after chunk c when c % diagnostics_every == 0 and after the
+last chunk; its values are rows of metrics.csv at that chunk's step, like the chunk's metrics."""
 from ddl.experiments.class_incremental import ClassIncremental
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs

@@ -1,0 +1,151 @@
+"""The compiled programs of a launch: per group of variants (see `ddl.config.groups`) and slice of at
+most `calls_size` runs, the jitted, vmapped init, chunk (with NaN/inf isolation) and evaluator over
+the runs axis, sharded over the devices and padded to a multiple of them; the call that turns a
+device out-of-memory error into one line saying how many runs fit."""
+import dataclasses
+from typing import Any, Dict, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddl import config as config_lib
+from ddl import experiments
+from ddl.devices import Devices
+
+
+@dataclasses.dataclass
+class Program:
+  """One group's experiment, its runs and its compiled functions. The state of a program is
+  (experiment states, alive): `alive` (runs,) is False for a run whose state became non-finite
+  (frozen at its last finite state, no more rows). The runs axis is padded to a multiple of the
+  devices; `variants` and `seeds` name the real runs only, the padding is dropped from outputs."""
+  group: config_lib.Group
+  experiment: Any
+  variants: List[str]      # variant of each run (run axis = variants x seeds, variant-major)
+  seeds: List[int]
+  init: Any                # () -> (states, alive)
+  run_chunk: Any           # ((states, alive), data) -> ((states, alive), metrics), data shared by every run
+  padded: int = 0          # size of the runs axis on the devices (>= len(variants))
+  evaluate: Any = None     # (states, data) -> diagnostics {metric: (runs,)}; None: the experiment has none
+  diagnostics_every: int = 1   # chunks between evaluator calls
+
+  def evaluates(self, chunk: int) -> bool:
+    """Whether the evaluator runs after `chunk`: every `diagnostics_every` chunks and after the last."""
+    return self.evaluate is not None and (chunk % self.diagnostics_every == 0
+                                          or chunk == self.experiment.num_chunks - 1)
+
+
+def _finite(states) -> jax.Array:
+  """(runs,) bool: every floating leaf of each run's state is finite. A non-finite loss reaches
+  the parameters through the gradient, so the state is where a bad run shows."""
+  ok = None
+  for leaf in jax.tree.leaves(states):
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    leaf_ok = jnp.all(jnp.isfinite(leaf.reshape(leaf.shape[0], -1)), axis=1)
+    ok = leaf_ok if ok is None else ok & leaf_ok
+  return ok
+
+
+def _guard(run_chunk):
+  """The vmapped chunk with NaN/inf isolation, on the device: a run whose new state is not finite
+  keeps its previous state and is marked dead (alive=False) for good; the others are untouched."""
+  def step(carry, data):
+    states, alive = carry
+    new, values = jax.vmap(run_chunk, in_axes=(0, None))(states, data)
+    finite = _finite(new)
+    ok = alive if finite is None else alive & finite
+    keep = lambda n, o: jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o)
+    return (jax.tree.map(keep, new, states), ok), values
+  return step
+
+
+def calls_size(config, devices: Devices, runs: int) -> int:
+  """Runs per call: one per device on a split CPU (`cpu_devices`), else `runs_per_call` (0: all)."""
+  if devices.platform == 'cpu' and config.cpu_devices > 0:
+    return devices.count
+  return config.runs_per_call or runs
+
+
+def build(config, devices: Devices) -> List[Program]:
+  """One program per group and slice of at most `calls_size` runs (variants x seeds). Slices of a
+  group share one jitted function per program kind (and its compilation when they have the same
+  size) and run one after another. Each slice is padded to a multiple of the devices with copies of
+  its last run."""
+  experiment_cls = experiments.get(config.experiment)
+  programs = []
+  root = jax.random.PRNGKey(config.seed)
+  donate = (0,) if devices.platform != 'cpu' else ()
+  for group in config_lib.groups(config):
+    experiment = experiment_cls(group.config, group)
+    init_one = jax.vmap(experiment.init)
+    init = jax.jit(lambda k, h, s, f=init_one: (f(k, h, s), jnp.ones(s.shape, bool)), out_shardings=devices.runs)
+    run_chunk = jax.jit(_guard(experiment.run_chunk), donate_argnums=donate, out_shardings=devices.runs)
+    evaluate, every = None, int(getattr(experiment, 'diagnostics_every', 1))
+    if hasattr(experiment, 'evaluate'):   # the diagnostics: a program of their own, run every `every` chunks
+      evaluate = jax.jit(jax.vmap(experiment.evaluate, in_axes=(0, None)), out_shardings=devices.runs)
+      if every < 1:
+        raise config_lib.ConfigError(f'diagnostics_every must be >= 1 (chunks between diagnostics), got {every}')
+    runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
+    size = calls_size(config, devices, len(runs))
+    for start in range(0, len(runs), size):
+      part = runs[start:start + size]
+      padded = part + [part[-1]] * (-len(part) % devices.count)
+      seeds = np.asarray([s for _, s, _ in padded], np.int32)
+      # Seed s gets the same key in every variant: paired comparisons, same data streams.
+      keys = np.asarray(jax.vmap(jax.random.fold_in, (None, 0))(root, seeds))
+      hparams = {k: np.asarray([h[k] for _, _, h in padded], np.float32) for k in padded[0][2]}
+      args = devices.put((keys, hparams, seeds), devices.runs)
+      programs.append(Program(
+          group=group, experiment=experiment, variants=[v for v, _, _ in part], seeds=[s for _, s, _ in part],
+          init=lambda i=init, a=args: i(*a), run_chunk=run_chunk, padded=len(padded), evaluate=evaluate,
+          diagnostics_every=every))
+  return programs
+
+
+def load_data(config, devices: Devices):
+  """The experiment's data (`load_data(config)`), replicated on every device, once per launch; a
+  missing or mismatched data set is a ConfigError."""
+  try:
+    return devices.put(experiments.get(config.experiment).load_data(config), devices.replicated)
+  except (ValueError, FileNotFoundError) as e:
+    raise config_lib.ConfigError(str(e)) from None
+
+
+def out_of_memory(error: Exception, fn, program: Program, devices: Devices, args) -> config_lib.ConfigError:
+  """The device OOM error of `fn(*args)` as one line: how many runs per call/device it tried and how
+  many would fit (estimated from the compiled program's memory analysis and the device's memory,
+  when both are known; otherwise half of what failed)."""
+  per_device = program.padded // devices.count
+  fit, how = max(1, per_device // 2), 'at most'
+  try:
+    stats = devices.mesh.devices.flat[0].memory_stats() or {}
+    analysis = fn.lower(*args).compile().memory_analysis()
+    need = analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes \
+        - analysis.alias_size_in_bytes
+    if stats.get('bytes_limit') and need > 0:
+      fit, how = max(0, int(0.9 * stats['bytes_limit'] / (need / per_device))), 'about'
+  except Exception:  # pylint: disable=broad-except
+    pass
+  first_line = str(error).strip().splitlines()[0][:200]
+  return config_lib.ConfigError(
+      f'runs_per_call: the device ran out of memory with {program.padded} runs per call '
+      f'({per_device} per device on {devices.count} device(s)); {how} {fit} runs per device would fit: '
+      f'set --config.runs_per_call={max(1, fit) * devices.count} (XLA: {first_line}).')
+
+
+def call(fn, program: Program, devices: Devices, *args):
+  """`fn(*args)` (one of the program's functions), a device out-of-memory error raised as the
+  ConfigError of `out_of_memory`."""
+  try:
+    return fn(*args)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' in str(e):
+      raise out_of_memory(e, fn, program, devices, args) from None
+    raise
+
+
+def host_values(program: Program, values: Dict[str, Any]) -> Dict[str, np.ndarray]:
+  """{metric: (real runs,)} host arrays of a program's per-run outputs, padding dropped."""
+  return {m: np.asarray(v).reshape(-1)[:len(program.variants)] for m, v in values.items()}

@@ -6,7 +6,8 @@ and one for all of them together.
 Fields: workload, variant (a group of variants: one program), seeds, runs (variants x seeds),
 runs_per_call (runs in one call, padded to the devices: vmapped on each device, or one per device
 with `cpu_devices`; the group's slices run one after another, as in the run loop), examples_per_sec
-(all runs together, steady state, after one untimed chunk), compile_sec (init + chunk compilation +
+(all runs together, steady state, after one untimed chunk), step_cost_vs_bp (with --interventions:
+seconds per run and chunk relative to plain backprop's), compile_sec (init + chunk compilation +
 the untimed chunk), device_mb (memory one call needs by XLA's accounting: arguments, outputs,
 temporaries; the whole state when runs_per_call is all runs), peak_rss_mb (of this process so far),
 backend; for an experiment with an evaluator (`evaluate`, run every `diagnostics_every` chunks):
@@ -53,6 +54,18 @@ flags.DEFINE_integer('chunks', 3, 'Timed chunks per program.')
 flags.DEFINE_string('config_arg', '', 'Extra config argument, e.g. a preset such as smoke.')
 flags.DEFINE_bool('fuse_variants', False, 'One program for all variants of a structure.')
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
+flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention of the toolkit (and plain '
+                  'backprop) and report each one\'s step cost relative to plain backprop.')
+
+# One variant per intervention (ddl.learners.registry), for --interventions: each is its own
+# program except l2, which is a traced point of plain backprop's.
+INTERVENTION_VARIANTS = {
+    'bp': {}, 'l2': dict(weight_decay=1e-4), 'snp': dict(weight_decay=1e-4, noise_scale=1e-4),
+    'l2_init': dict(l2_init=1e-3), 'cbp': dict(replacement_rate=1e-4), 'redo': dict(cbp=dict(method='redo')),
+    'layer_norm': dict(network=dict(layer_norm='affine')), 'upgd': dict(optimizer=dict(name='upgd')),
+    'reset': dict(schedule=dict(reset_first=1, reset_every=1, reset_layers=1)),
+    'injection': dict(schedule=dict(injection_first=1)),
+}
 
 
 def _set(config, key, value):
@@ -69,8 +82,11 @@ def _config():
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  arg = ','.join(filter(None, [flags.FLAGS.config_arg, flags.FLAGS.variant]))
-  config = module.get_config(arg)
+  variant = '' if flags.FLAGS.interventions else flags.FLAGS.variant
+  config = module.get_config(','.join(filter(None, [flags.FLAGS.config_arg, variant])))
+  if flags.FLAGS.interventions:
+    config.variants = {k: v for k, v in INTERVENTION_VARIANTS.items()
+                       if not flags.FLAGS.variant or k in flags.FLAGS.variant.split(',')}
   config.num_seeds = flags.FLAGS.seeds
   config.fuse_variants = flags.FLAGS.fuse_variants
   for key, value in overrides.items():
@@ -85,10 +101,11 @@ def _config():
   return config
 
 
-def _line(config, variant, runs, per_call, examples, seconds, compile_sec, device_mb, evaluate_sec, evaluate_share):
+def _line(config, variant, runs, per_call, examples, seconds, compile_sec, device_mb, evaluate_sec, evaluate_share,
+          **extra):
   import jax  # pylint: disable=g-import-not-at-top
   rounded = lambda x, digits: None if x is None else round(x, digits)
-  return json.dumps(dict(
+  return json.dumps(dict(**extra,
       workload=flags.FLAGS.workload, variant=variant, seeds=config.num_seeds, runs=runs, runs_per_call=per_call,
       examples_per_sec=round(examples / seconds, 1), compile_sec=round(compile_sec, 2),
       device_mb=round(device_mb, 1), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -129,6 +146,7 @@ def main(argv):
     groups.setdefault(program.group.name, []).append(program)
   total_examples, total_seconds, total_compile, total_runs, peak_mb = 0, 0.0, 0.0, 0, 0.0
   total_evaluate_sec, total_amortised = None, 0.0   # the evaluators' calls and cost per chunk, all groups
+  bp_seconds_per_run = None   # --interventions: one run's chunk time of plain backprop, the first group
   for name, programs in groups.items():
     began = time.time()
     compiled, states = {}, []
@@ -157,8 +175,12 @@ def main(argv):
     total_examples, total_seconds, total_compile, total_runs = (
         total_examples + examples, total_seconds + seconds, total_compile + compile_sec, total_runs + runs)
     peak_mb = max(peak_mb, device_mb)
-    print(_line(config, name, runs, max(compiled), examples, seconds, compile_sec, device_mb, evaluate_sec, share),
-          flush=True)
+    extra = {}
+    if flags.FLAGS.interventions:
+      bp_seconds_per_run = bp_seconds_per_run or seconds / runs
+      extra['step_cost_vs_bp'] = round(seconds / runs / bp_seconds_per_run, 2)
+    print(_line(config, name, runs, max(compiled), examples, seconds, compile_sec, device_mb, evaluate_sec, share,
+                **extra), flush=True)
   if len(groups) > 1:
     per_chunk = total_seconds / flags.FLAGS.chunks
     share = None if total_evaluate_sec is None else total_amortised / (per_chunk + total_amortised)

@@ -4,6 +4,7 @@ import os
 import tempfile
 
 import jax
+import jax.numpy as jnp
 
 # Runs of the same config in one test session compile the same programs: share them.
 jax.config.update('jax_compilation_cache_dir', os.path.join(tempfile.gettempdir(), 'ddl_test_jax_cache'))
@@ -28,3 +29,27 @@ def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks
   run_lib.run(config, split, figures=False)
   read = lambda p: open(os.path.join(p, 'metrics.csv')).read()
   assert read(split) == read(whole)
+
+
+def poisoned_scr():
+  """SCR whose seed 1 gets NaN parameters once more than `poison_after` examples are seen (the
+  class attribute; 1000: from its third smoke chunk on); states are (SCR state, seed)."""
+  from ddl.experiments import SlowlyChangingRegression  # pylint: disable=g-import-not-at-top
+
+  class PoisonedSeed(SlowlyChangingRegression):
+    poison_after = 1000
+
+    def init(self, key, hparams, seed):
+      return super().init(key, hparams, seed), seed
+
+    def run_chunk(self, state, data=None):
+      inner, seed = state
+      inner, values = super().run_chunk(inner, data)
+      poison = (seed == 1) & (inner.examples > self.poison_after)
+      params = jax.tree.map(lambda p: jnp.where(poison, jnp.nan, p), inner.learner.params)
+      return (inner.replace(learner=inner.learner.replace(params=params)), seed), values
+
+    def evaluate(self, state, data=None):
+      return super().evaluate(state[0], data)
+
+  return PoisonedSeed

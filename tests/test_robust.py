@@ -41,21 +41,6 @@ def _read(path):
     return f.read()
 
 
-class PoisonedSeed(SlowlyChangingRegression):
-  """SCR whose seed 1 gets NaN parameters from its third chunk on (examples >= 1000)."""
-
-  def init(self, key, hparams, seed):
-    return super().init(key, hparams, seed), seed
-
-  def run_chunk(self, state, data=None):
-    inner, seed = state
-    inner, values = super().run_chunk(inner, data)
-    poison = (seed == 1) & (inner.examples > 1000)
-    params = jax.tree.map(lambda p: jnp.where(poison, jnp.nan, p), inner.learner.params)
-    return (inner.replace(learner=inner.learner.replace(params=params)), seed), values
-
-  def evaluate(self, state, data=None):
-    return super().evaluate(state[0], data)
 
 
 def test_nan_in_one_seed_stops_only_that_run_and_survives_resume(tmp_path, monkeypatch, caplog):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, poisoned_scr
 from ddl import config as config_lib
 from ddl import experiments
 from ddl import run as run_lib
@@ -156,25 +156,16 @@ def test_figures_bin_logged_steps():
   np.testing.assert_array_equal(v, [[1., 5., 8.], [1., 1., 1.]])
 
 
-class Evaluated(SlowlyChangingRegression):
+class Evaluated(poisoned_scr()):
   """SCR with an evaluator every 3 chunks (and after the last one) that records its tracing; seed 1's
   parameters turn NaN in chunk 3 (examples > 1500)."""
   diagnostics_every = 3
+  poison_after = 1500
   traced = []
 
   def __init__(self, config, group):
     super().__init__(config, group)
     self.name = group.name
-
-  def init(self, key, hparams, seed):
-    return super().init(key, hparams, seed), seed
-
-  def run_chunk(self, state, data=None):
-    inner, seed = state
-    inner, values = super().run_chunk(inner, data)
-    poison = (seed == 1) & (inner.examples > 1500)
-    params = jax.tree.map(lambda p: jnp.where(poison, jnp.nan, p), inner.learner.params)
-    return (inner.replace(learner=inner.learner.replace(params=params)), seed), values
 
   def evaluate(self, state, data=None):
     del data

@@ -2,9 +2,12 @@
 `init(key, hparams, seed index) -> state` and `run_chunk(state, data) -> (state, metrics)`, where `data` is
 what the static `load_data(config)` returned (arrays shared by every run, put on the device once;
 None when the experiment generates its data), plus `num_chunks`,
-`examples_per_chunk` (per run), `chunk_step(chunk)` (the x-axis value logged for a chunk) and
-`metric_every` ({metric: n}: log it only every n chunks; others every chunk), and the static
-`checks(config)`: (condition, message) pairs that config validation enforces.
+`examples_per_chunk` (per run), `chunk_step(chunk)` (the x-axis value logged for a chunk),
+optionally `metric_every` ({metric: n}: log it only every n chunks; others every chunk), and the
+static `checks(config)`: (condition, message) pairs that config validation enforces, and
+`make_network(config)`: the network of a config (validation checks that the interventions a
+variant switches on find what they need in it). Each builds its learner with
+`Learner.from_config` and calls `Learner.boundary` at the start of every chunk (resets, injection).
 
 Optionally an evaluator: `evaluate(state, data) -> {metric: scalar}` (the diagnostics of one run's
 state, pure and vmappable) with `diagnostics_every` (int, chunks; default 1). The run loop compiles

@@ -39,7 +39,6 @@ class State:
 
 class ContinualImageNet:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
-  metric_every: Dict[str, int] = {}   # every chunk metric at every chunk; diagnostics: `evaluate`
 
   def __init__(self, config, group):
     self.config = config

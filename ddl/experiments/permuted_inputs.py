@@ -34,7 +34,6 @@ class State:
 
 class PermutedInputs:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
-  metric_every: Dict[str, int] = {}   # every metric is logged at every chunk
 
   def __init__(self, config, group):
     self.config = config

@@ -49,7 +49,6 @@ class PPO:
     self.examples_per_chunk = config.updates_per_chunk * self.steps_per_update
     self.num_chunks = -(-config.total_steps // self.examples_per_chunk)
     self.learner = Learner.from_config(self.network, objective, config, group, self.num_chunks)
-    self.metric_every = {}
 
   @staticmethod
   def make_network(config, actions: int = 8):   # Ant: 8 joints

@@ -31,7 +31,6 @@ class State:
 
 class SlowlyChangingRegression:
   """init(key, hparams, seed) -> State; run_chunk(State, None) -> (State, metrics). Pure, vmappable."""
-  metric_every: Dict[str, int] = {}   # every metric is logged at every chunk
 
   def __init__(self, config, group):
     self.config = config

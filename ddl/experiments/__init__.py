@@ -17,6 +17,7 @@ from ddl.experiments.class_incremental import ClassIncremental
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO
+from ddl.experiments.random_labels import RandomLabels
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
 
 EXPERIMENTS = {
@@ -25,6 +26,7 @@ EXPERIMENTS = {
     'continual_imagenet': ContinualImageNet,
     'ppo': PPO,
     'class_incremental': ClassIncremental,
+    'random_labels': RandomLabels,
 }
 
 

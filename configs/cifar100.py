@@ -38,6 +38,7 @@ CPU: 1 seed, full width, 'patches': peak RSS 5.6 GB, a call's device memory 4.2 
 (mostly compilation of 3 programs).
 """
 from ddl import config as config_lib
+from ddl.learners import cbp as cbp_lib
 
 
 def smoke(config):
@@ -86,10 +87,7 @@ def get_config(arg: str = ''):
   config.network = dict(width=64, conv='patches', layer_norm='')
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
-  config.cbp.util_type = 'contribution'
-  config.cbp.count_mode = 'accumulate'
-  config.cbp.count_base = 'width'
-  config.cbp.utility_statistic = 'cumulative'
+  config.cbp.update(cbp_lib.PRESETS['resgnt'])    # the original's ResGnT
   config.hparams.learning_rate = 0.1
   config.hparams.weight_decay = 5e-4
   config.hparams.maturity_threshold = 1000.0

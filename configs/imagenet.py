@@ -28,6 +28,7 @@ the design goal, 30 seeds x 5 000 tasks in a day on one H100, needs ~520 000 exa
 the whole data set adds 2.2 GB); `runs_per_call` bounds it. Smoke: about a minute on a 2-core CPU.
 """
 from ddl import config as config_lib
+from ddl.learners import cbp as cbp_lib
 
 
 def smoke(config):
@@ -69,9 +70,8 @@ def get_config(arg: str = ''):
   config.cpu_devices = 2
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
+  config.cbp.update(cbp_lib.PRESETS['convgnt'])   # the original's ConvGnT
   config.cbp.util_type = 'adaptable_contribution'
-  config.cbp.count_mode = 'accumulate'
-  config.cbp.count_base = 'width'
   config.hparams.learning_rate = 0.01
   config.hparams.maturity_threshold = 100.0
   config.variants = dict(

@@ -285,3 +285,27 @@ def test_bad_settings_raise_clear_errors():
   cbp = cbp_lib.continual_backprop(topology.unit_layers(MLP), replacement_rate=0.1, maturity_threshold=1)
   with pytest.raises(KeyError, match='hidden_1'):
     jax.jit(cbp.update)(params, None, cbp.init(params), {'hidden_0': features['hidden_0']}, jax.random.PRNGKey(0))
+
+
+def test_a_layer_read_by_two_consumers():
+  """A hidden layer feeding two heads: a replaced unit's outgoing weights are zeroed in both, and its
+  outgoing magnitude (utility_type 'weight') is the mean of the two heads' mean |w| (numpy)."""
+  rng = np.random.default_rng(0)
+  params = {'hidden': {'kernel': jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), 'bias': jnp.zeros(4)},
+            'head_a': {'kernel': jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)},
+            'head_b': {'kernel': jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)}}
+  layer = cbp_lib.UnitLayer('hidden', ('hidden', 'kernel'), (('head_a', 'kernel'), ('head_b', 'kernel')),
+                            nets.initializer('default'), bias=('hidden', 'bias'))
+  features = {'hidden': jnp.ones((6, 4))}
+  cbp = cbp_lib.continual_backprop((layer,), replacement_rate=0.25, maturity_threshold=0, util_type='weight',
+                                   count_mode='accumulate', count_base='width', decay_rate=0.0)
+  new, _, state, info = cbp.update(params, None, cbp.init(params), features, jax.random.PRNGKey(0))
+  a, b = np.abs(np.asarray(params['head_a']['kernel'])), np.abs(np.asarray(params['head_b']['kernel']))
+  want = (a.mean(axis=1) + b.mean(axis=1)) / 2
+  replaced = np.asarray(info.replaced['hidden'])
+  assert replaced.sum() == 1 and replaced[np.argmin(want)]
+  for head in ('head_a', 'head_b'):
+    kernel = np.asarray(new[head]['kernel'])
+    np.testing.assert_array_equal(kernel[replaced], 0.0)
+    np.testing.assert_array_equal(kernel[~replaced], np.asarray(params[head]['kernel'])[~replaced])
+  assert np.all(np.asarray(new['hidden']['kernel'])[:, replaced] != np.asarray(params['hidden']['kernel'])[:, replaced])

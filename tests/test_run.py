@@ -44,7 +44,8 @@ def test_scr_smoke_end_to_end_through_main(tmp_path):
   assert sorted({int(r['step']) for r in rows}) == [500, 1000, 1500, 2000]
   errors = [float(r['value']) for r in rows if r['metric'] == 'error']
   assert len(errors) == 5 * 3 * 4 and all(0 <= e < 100 for e in errors)
-  assert {r['metric'] for r in rows if r['variant'] == 'linear'} == {'error', 'weight_magnitude'}
+  assert {r['metric'] for r in rows if r['variant'] == 'linear'} == {
+      'error', 'weight_magnitude', 'gradient_norm', 'plasticity', 'hessian_top_eigenvalue'}
   assert json.load(open(workdir / 'config.json'))['experiment'] == SCR
   for metric in ('error', 'dormant_fraction', 'effective_rank', 'stable_rank', 'weight_magnitude', 'replacements'):
     assert os.path.getsize(workdir / 'figures' / f'{metric}.png') > 1000
@@ -159,13 +160,13 @@ def test_figures_bin_logged_steps():
 class Evaluated(poisoned_scr()):
   """SCR with an evaluator every 3 chunks (and after the last one) that records its tracing; seed 1's
   parameters turn NaN in chunk 3 (examples > 1500)."""
-  diagnostics_every = 3
   poison_after = 1500
   traced = []
 
   def __init__(self, config, group):
     super().__init__(config, group)
     self.name = group.name
+    self.diagnostics_every = 3
 
   def evaluate(self, state, data=None):
     del data

@@ -3,8 +3,9 @@
 One run = one seed's agent and its environments. One chunk = `updates_per_chunk` PPO updates
 (rollout of `ppo.rollout_steps` steps, then epochs x minibatches learner steps) in one `lax.scan`.
 Metrics are reduced on the device per chunk: the mean return of the episodes that ended in the
-chunk (the figures' bins), the policy's dormant fraction and stable rank over the last
-`probe_steps` acting steps, mean |W| per layer, weight change per update, current friction.
+chunk (the figures' bins), weight change per update, current friction. The evaluator (every
+`diagnostics.every` chunks) measures the policy's dormant fraction and stable rank over the last
+`probe_steps` observations of the last rollout, and mean |W| per layer.
 """
 import functools
 import pickle
@@ -34,6 +35,7 @@ class State:
   key: chex.PRNGKey         # rollout and minibatch randomness, folded by update
   updates: jax.Array        # PPO updates done, int32
   seed: jax.Array           # seed index (row of a friction file)
+  probe: jax.Array          # (probe_steps, obs): the last rollout's last observations, for `evaluate`
 
 
 class PPO:
@@ -49,6 +51,7 @@ class PPO:
     self.examples_per_chunk = config.updates_per_chunk * self.steps_per_update
     self.num_chunks = -(-config.total_steps // self.examples_per_chunk)
     self.learner = Learner.from_config(self.network, objective, config, group, self.num_chunks)
+    self.diagnostics_every = config.diagnostics.every
 
   @staticmethod
   def make_network(config, actions: int = 8):   # Ant: 8 joints
@@ -114,7 +117,8 @@ class PPO:
     env_state = jax.vmap(self.env.reset, (0, None))(jax.random.split(env_key, num_envs), schedule)
     return State(learner=learner, env=env_state, obs=jax.vmap(self.env.observation)(env_state),
                  schedule=schedule, key=run_key, updates=jnp.zeros((), jnp.int32),
-                 seed=jnp.asarray(seed, jnp.int32))
+                 seed=jnp.asarray(seed, jnp.int32),
+                 probe=jnp.zeros((self.config.probe_steps, self.env.observation_size)))
 
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     config, p = self.config, self.config.ppo
@@ -144,33 +148,44 @@ class PPO:
       probe = trajectory.observations.reshape(-1, obs.shape[-1])[-config.probe_steps:]
       sums = dict(return_sum=sums['return_sum'] + return_sum, episodes=sums['episodes'] + episodes,
                   loss=sums['loss'] + loss, replaced=sums['replaced'] + replaced,
-                  weight_change=sums['weight_change'] + change, probe=probe, acting_params=params)
+                  weight_change=sums['weight_change'] + change, probe=probe)
       state = state.replace(learner=learner, env=env_state, obs=obs, updates=state.updates + 1)
       return (state, sums), None
 
     zeros = dict(return_sum=jnp.zeros(()), episodes=jnp.zeros((), jnp.int32), loss=jnp.zeros(()),
                  replaced=jnp.zeros((), jnp.int32), weight_change=jnp.zeros(()),
-                 probe=jnp.zeros((config.probe_steps, self.env.observation_size)),
-                 acting_params=state.learner.params)
+                 probe=jnp.zeros((config.probe_steps, self.env.observation_size)))
     (state, sums), _ = jax.lax.scan(one_update, (state, zeros), None, length=config.updates_per_chunk)
-    _, features = network.apply({'params': sums['acting_params']}, sums['probe'])
-    policy = [h for name, h in features.items() if name.startswith('policy/')]
     count = sums['episodes']
-    stable_rank = metrics.stable_rank(policy[-1]).astype(jnp.float32)
     values = {
         'episode_return': jnp.where(count > 0, sums['return_sum'] / jnp.maximum(count, 1), jnp.nan),
         'episodes': count.astype(jnp.float32),
         'ppo_loss': sums['loss'] / config.updates_per_chunk,
         'weight_change': sums['weight_change'] / config.updates_per_chunk,
-        'dormant_fraction': metrics.dormant_fraction_all(policy, threshold=0.01, strict=False),
-        'stable_rank': stable_rank,
-        'stable_rank_percent': 100.0 * stable_rank / policy[-1].shape[-1],   # the paper's % of 256
         'friction': self.env.friction(jax.tree.map(lambda x: x[0], state.env), state.schedule),
-        'weight_magnitude': metrics.weight_magnitude(state.learner.params),
     }
-    for net in ('policy', 'value'):
-      for i, layer in enumerate(sorted(state.learner.params[net])):
-        values[f'weight_magnitude_{net}_{i}'] = jnp.abs(state.learner.params[net][layer]['kernel']).mean()
     if self.learner.uses_cbp:
       values['replacements'] = sums['replaced'].astype(jnp.float32)
-    return state, values
+    return state.replace(probe=sums['probe']), values
+
+  def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
+    """The paper's diagnostics of the policy network on the last rollout's last `probe_steps`
+    observations: dormant units (active in at most 1 % of steps), stable rank (also as % of the
+    width, the paper's figure), weight magnitude per layer, and the fraction of active units."""
+    del data
+    params = state.learner.params
+    _, features = self.network.apply({'params': params}, state.probe)
+    policy = [h for name, h in features.items() if name.startswith('policy/')]
+    stable_rank = metrics.stable_rank(policy[-1]).astype(jnp.float32)
+    values = {
+        'dormant_fraction': metrics.dormant_fraction_all(policy, threshold=0.01, strict=False),
+        'active_fraction': metrics.active_fraction(policy),
+        'stable_rank': stable_rank,
+        'stable_rank_percent': 100.0 * stable_rank / policy[-1].shape[-1],   # the paper's % of 256
+        'weight_magnitude': metrics.weight_magnitude(params),
+    }
+    for net in ('policy', 'value'):
+      layers = [layer for layer in sorted(params[net]) if 'kernel' in params[net][layer]]
+      for i, layer in enumerate(layers):
+        values[f'weight_magnitude_{net}_{i}'] = jnp.abs(params[net][layer]['kernel']).mean()
+    return values

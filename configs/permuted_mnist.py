@@ -37,7 +37,8 @@ def get_config(arg: str = ''):
   config.num_tasks = 800
   config.examples_per_task = 60_000
   config.batch_size = 1
-  config.probe_size = 2_000           # diagnostics on the first examples of each new task
+  config.probe_size = 2_000           # diagnostics on the first examples of a task, after it
+  config.diagnostics.every = 5
   config.data = dict(source='mnist', data_dir='', cache_dir='~/.cache/ddl', input_size=784, num_classes=10,
                      mock_examples=1000)
   config.network = dict(layers=3, hidden=2000, activation='relu', weight_init='kaiming', layer_norm='')

@@ -35,7 +35,8 @@ def get_config(arg: str = ''):
   config.experiment = 'slowly_changing_regression'
   config.num_examples = 1_000_000
   config.chunk_size = 20_000        # examples per jitted call = one bin of the error curve
-  config.probe_size = 1_000         # last inputs of a bin, for the rank and dormancy diagnostics
+  config.probe_size = 1_000         # the stream's next inputs after a bin, for the evaluator's diagnostics
+  config.diagnostics.every = 2      # the evaluator then takes ~2.5 % of the run (launch/benchmark.py)
   config.data = dict(num_inputs=20, num_flipping=15, target_hidden=100, beta=0.7,
                      flip_period=10_000, generator='redraw')
   config.network = dict(layers=1, hidden=5, activation='relu', weight_init='kaiming', layer_norm='')

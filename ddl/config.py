@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Sequence
 import ml_collections
 
 from ddl.learners import registry
-from ddl.learners import schedules
 from ddl.learners import topology
 
 HPARAMS = registry.HPARAMS

@@ -15,7 +15,6 @@ start of the epoch (the model entering it: the initial one, then the restored on
 increment, as the original's post-run analysis) on a fixed probe of training images, train-mode
 batch norm, no augmentation.
 """
-import math
 from typing import Dict, Tuple
 
 import chex

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ddl import metrics
 from ddl.data import arrays
 from ddl import nets
 from ddl.experiments import evaluation
@@ -150,13 +149,6 @@ class ContinualImageNet:
     half = self.config.probe_size // 2
     probe = self._pixels(data['images'][order[:2], :half].reshape((-1, 32, 32, 3)))
     labels = jnp.repeat(jnp.arange(2), half)
-    learner = state.learner
-    values = {'weight_magnitude': metrics.weight_magnitude(learner.params)}
-    if self.learner.unit_layers:
-      _, features = self.learner.predict(learner, probe)
-      hidden = list(features.values())
-      values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.01, strict=True)
-      values['effective_rank'] = metrics.effective_rank(hidden[-1])
-      values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
     key = jax.random.fold_in(state.step_key, -1 - state.task)
-    return {**values, **evaluation.diagnose(self.learner, learner, probe, labels, key, self.config.diagnostics)}
+    return evaluation.diagnose(self.learner, state.learner, probe, labels, key, self.config.diagnostics,
+                               evaluation.Convention(threshold=0.01, strict=True))

@@ -1,8 +1,12 @@
-"""The diagnostics that every supervised experiment's evaluator reports beside its own, on a probe
-batch: one home for them, so each is measured the same way everywhere.
+"""The diagnostics that every supervised experiment's evaluator reports, on a probe batch: one home
+for them, so each is measured the same way everywhere.
 
-`diagnose(learner, state, x, y, key, config.diagnostics)` -> {metric: scalar} (one run; pure,
-vmappable) with
+`diagnose(learner, state, x, y, key, config.diagnostics, convention)` -> {metric: scalar} (one run;
+pure, vmappable) with the paper's diagnostics in the experiment's convention (`Convention`: the
+dormant threshold and its name, the effective rank of the last or the mean over hidden layers,
+the weight magnitude over all parameters or kernels only):
+  weight_magnitude, dormant_fraction (or dead_fraction), effective_rank, stable_rank (last layer)
+and
   active_fraction        share of (sample, unit) activations > 0 over all hidden layers (Ma et al.)
   redo_dormant_fraction  units whose normalised mean |activation| <= diagnostics.redo_tau (ReDo)
   feature_norm           mean L2 norm of the last hidden layer's features per sample
@@ -13,7 +17,7 @@ vmappable) with
                          `diagnostics.hessian_iterations` Hessian-vector products (0: not measured;
                          Lyle et al. 2023)
 """
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,21 +32,37 @@ def checks(config) -> list:
           (d.redo_tau >= 0, 'diagnostics.redo_tau must be >= 0')]
 
 
-def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options) -> Dict[str, jax.Array]:
-  """The shared diagnostics of one run's learner state on the probe batch (x, y)."""
+class Convention(NamedTuple):
+  """How an experiment's paper figure measures its diagnostics (lop_reference.md)."""
+  dormant: str = 'dormant_fraction'   # metric name
+  threshold: float = 0.0              # a unit is dormant if active on <= threshold of the probe (< if strict)
+  strict: bool = False
+  mean_effective_rank: bool = False   # mean over hidden layers (else the last layer's)
+  kernels_only: bool = False          # weight magnitude over kernels only (else every parameter)
+
+
+def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
+             convention: Convention = Convention()) -> Dict[str, jax.Array]:
+  """The diagnostics of one run's learner state on the probe batch (x, y)."""
+  params = state.params
+  weights = {k: v['kernel'] for k, v in params.items() if 'kernel' in v} if convention.kernels_only else params
+  values = {'weight_magnitude': metrics.weight_magnitude(weights)}
   _, features = learner.predict(state, x)
   hidden = list(features.values())
-  values = {}
   if hidden:
+    values[convention.dormant] = metrics.dormant_fraction_all(hidden, convention.threshold, convention.strict)
+    ranks = [metrics.effective_rank(h) for h in (hidden if convention.mean_effective_rank else hidden[-1:])]
+    values['effective_rank'] = sum(ranks) / len(ranks)
+    values['stable_rank'] = metrics.stable_rank(hidden[-1])
     values['active_fraction'] = metrics.active_fraction(hidden)
     values['redo_dormant_fraction'] = metrics.redo_dormant_fraction(hidden, options.redo_tau)
     values['feature_norm'] = metrics.feature_norm(hidden[-1])
-  loss = lambda params: learner.objective(params, state, x, y)[0]
-  before, grads = jax.value_and_grad(loss)(state.params)
+  loss = lambda p: learner.objective(p, state, x, y)[0]
+  before, grads = jax.value_and_grad(loss)(params)
   values['gradient_norm'] = metrics.gradient_norm(grads)
   stepped, _ = learner.step(state, x, y, key)
   values['plasticity'] = metrics.plasticity(before, loss(stepped.params))
   if options.hessian_iterations > 0:
     values['hessian_top_eigenvalue'] = metrics.top_hessian_eigenvalue(
-        loss, state.params, jax.random.fold_in(key, 1), iterations=options.hessian_iterations)
+        loss, params, jax.random.fold_in(key, 1), iterations=options.hessian_iterations)
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}

@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ddl import metrics
 from ddl.data import arrays
 from ddl import nets
 from ddl.experiments import evaluation
@@ -22,6 +21,8 @@ from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
 
 SOURCES = ('mnist', 'digits', 'mock')
+# the original's MNIST figures: dead units (never active), mean effective rank, |W| of the weights
+CONVENTION = evaluation.Convention(dormant='dead_fraction', mean_effective_rank=True, kernels_only=True)
 
 
 @struct.dataclass
@@ -101,17 +102,8 @@ class PermutedInputs:
     permutation, order = self._task(state, data, state.task - 1)
     index = order[:self.config.probe_size]
     probe, labels = data['images'][index][:, permutation], data['labels'][index]
-    learner = state.learner
-    values = {'weight_magnitude': metrics.weight_magnitude({k: v['kernel'] for k, v in learner.params.items()
-                                                            if 'kernel' in v})}
-    if self.learner.unit_layers:
-      _, features = self.learner.predict(learner, probe)
-      hidden = list(features.values())
-      values['dead_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
-      values['effective_rank'] = sum(metrics.effective_rank(h) for h in hidden) / len(hidden)
-      values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
     key = jax.random.fold_in(state.step_key, -1 - state.task)
-    return {**values, **evaluation.diagnose(self.learner, learner, probe, labels, key, self.config.diagnostics)}
+    return evaluation.diagnose(self.learner, state.learner, probe, labels, key, self.config.diagnostics, CONVENTION)
 
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     config = self.config

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ddl import metrics
 from ddl import nets
 from ddl.experiments import evaluation
 from ddl.experiments import online
+from ddl.experiments import permuted_inputs
 from ddl.learners import Learner, LearnerState
 
 NUM_CLASSES = 10
@@ -46,7 +46,6 @@ class State:
 
 class RandomLabels:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
-  metric_every: Dict[str, int] = {}   # every metric is logged at every chunk
 
   def __init__(self, config, group):
     self.config = config
@@ -109,17 +108,9 @@ class RandomLabels:
     images = data['images']
     labels = self.labels(state, state.task - 1, images.shape[0])
     probe, labels = images[:self.config.probe_size], labels[:self.config.probe_size]
-    learner = state.learner
-    values = {'weight_magnitude': metrics.weight_magnitude({k: v['kernel'] for k, v in learner.params.items()
-                                                            if 'kernel' in v})}
-    if self.learner.unit_layers:
-      _, features = self.learner.predict(learner, probe)
-      hidden = list(features.values())
-      values['dead_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
-      values['effective_rank'] = sum(metrics.effective_rank(h) for h in hidden) / len(hidden)
-      values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
     key = jax.random.fold_in(state.step_key, -1 - state.task)
-    return {**values, **evaluation.diagnose(self.learner, learner, probe, labels, key, self.config.diagnostics)}
+    return evaluation.diagnose(self.learner, state.learner, probe, labels, key, self.config.diagnostics,
+                               permuted_inputs.CONVENTION)
 
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     config = self.config

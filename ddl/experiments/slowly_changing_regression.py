@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ddl import metrics
 from ddl import nets
 from ddl.data import slowly_changing_regression as stream
 from ddl.experiments import evaluation
@@ -90,15 +89,8 @@ class SlowlyChangingRegression:
     del data
     _, x = self._inputs(state.stream, state.examples, self.config.probe_size)
     y = self.target.apply({'params': state.target}, x)
-    values = {'weight_magnitude': metrics.weight_magnitude(state.learner.params)}
-    if self.learner.unit_layers:
-      _, features = self.learner.predict(state.learner, x)
-      hidden = list(features.values())
-      values['dormant_fraction'] = metrics.dormant_fraction_all(hidden, threshold=0.0)
-      values['effective_rank'] = metrics.effective_rank(hidden[-1])
-      values['stable_rank'] = metrics.stable_rank(hidden[-1]).astype(jnp.float32)
     key = jax.random.fold_in(state.step_key, -1 - state.examples)
-    return {**values, **evaluation.diagnose(self.learner, state.learner, x, y, key, self.config.diagnostics)}
+    return evaluation.diagnose(self.learner, state.learner, x, y, key, self.config.diagnostics)
 
   def run_chunk(self, state: State, data=None) -> Tuple[State, Dict[str, jax.Array]]:
     del data

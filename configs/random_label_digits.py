@@ -12,19 +12,20 @@ Setting. A first sweep (2 seeds, 400 images, 128 units, 30 epochs, 20 tasks) und
 fits only ~0.44 of the random labels at task 1 and drifts to ~0.37 by task 20 while its top
 Hessian eigenvalue *falls* (3.8 -> 2.8); L2 Init holds ~0.43, layer norm falls 0.63 -> 0.48. With
 capacity to memorise (256 images, 256 units, 60 epochs; the default, no further tuning) the
-effect shows. Measured with the default (5 seeds, 30 tasks), mean over seeds, end-of-task train
-accuracy of tasks 1-3 / 9-11 / 19-21 / 28-30, and the evaluator's top Hessian eigenvalue and
-dead-unit fraction (256-image probe, 20 power iterations) after tasks 1 / 10 / 20 / 30:
+effect shows. Measured with the default (5 seeds, 30 tasks; `launch/main.py`, 2026-11-30), mean
+over seeds, end-of-task train accuracy of tasks 1-3 / 9-11 / 19-21 / 28-30, and the evaluator's
+top Hessian eigenvalue (256-image probe, 20 power iterations) after tasks 1 / 11 / 21 / 30 and
+dead-unit fraction after tasks 1 -> 30:
 
-  variant              accuracy 1-3  9-11 19-21 28-30   top Hessian eig. 1/10/20/30   dead units 1 -> 30
-  adam                          0.77  0.80  0.70  0.58     7.0   8.5   9.9   8.0         0.08 -> 0.70
-  layer_norm                    1.00  1.00  1.00  0.98    13.9  32.4  24.3  26.6         0.00 -> 0.00
-  l2_init (1e-3)                0.74  0.83  0.87  0.86     7.0   8.3   9.2  10.5         0.08 -> 0.08
-  cbp (1e-4)                    0.80  0.87  0.89  0.89     7.1   9.3  11.9  14.3         0.00 -> 0.00
-  snp (1e-4, 1e-4)              0.78  0.83  0.85  0.83     6.9   8.5  11.9  12.5         0.04 -> 0.42
-  redo (every task)             0.77  0.76  0.77  0.78     7.8  11.2  12.2  14.7         0.01 -> 0.01
-  injection (every 10)          0.77  0.84  0.83  0.82     7.0   8.5  10.9  10.9         0.08 -> 0.29
-  reset (last layer, every 10)  0.77  0.83  0.73  0.58     7.0   8.5   6.6   5.0         0.08 -> 0.67
+  variant              accuracy 1-3  9-11 19-21 28-30   top Hessian eig. 1/11/21/30   dead units 1 -> 30
+  adam                          0.77  0.80  0.70  0.58     7.0   8.9   9.4   8.0         0.08 -> 0.70
+  layer_norm                    1.00  1.00  1.00  0.98    13.9  32.8  28.0  26.6         0.00 -> 0.00
+  l2_init (1e-3)                0.74  0.83  0.87  0.86     7.0   8.6  10.0  10.5         0.08 -> 0.08
+  cbp (1e-4)                    0.80  0.87  0.89  0.89     7.1  10.0  13.0  14.3         0.00 -> 0.00
+  snp (1e-4, 1e-4)              0.78  0.83  0.85  0.83     6.9   9.7  12.3  12.5         0.04 -> 0.42
+  redo (every task)             0.77  0.75  0.77  0.78     7.8  11.8  13.0  14.7         0.01 -> 0.01
+  injection (every 10)          0.77  0.84  0.83  0.82     7.0   6.8   6.6  10.9         0.08 -> 0.29
+  reset (last layer, every 10)  0.77  0.83  0.73  0.58     7.0   4.6   4.5   5.0         0.08 -> 0.67
   upgd (lr 1e-2)                0.26  0.23  0.22  0.22     6.2   4.8   3.6   2.7         0.05 -> 0.06
 
 So Adam's end-of-task accuracy rises over the first ~10 tasks, then falls to 0.58 (seeds
@@ -33,18 +34,20 @@ layer norm stays at ~0.98-1.00 and L2 Init climbs to ~0.86; CBP (0.89), S&P (0.8
 injection (0.82) and ReDo (0.78, flat) hold too.
 Resetting the output layer alone does not help (the loss is in the hidden layer). UPGD at lr 1e-2
 under-fits from the start (SGD-like steps; not tuned). The top Hessian eigenvalue does NOT
-separate the runs here: Adam's grows 7.0 -> 9.9 by task 20 while its accuracy falls, then drops
-to 8.0 as its units die; L2 Init's and CBP's grow as much or more while they keep their accuracy.
-(In this worktree the run loop does not log `evaluate`; the Hessian and dead-unit columns come
-from calling the experiment's `evaluate` on the same runs, same keys, after those tasks; their
-per-task accuracies match metrics.csv's to the 3 decimals printed.)
+separate the runs here: Adam's grows 7.0 -> 9.4 by task 21 while its accuracy falls, then drops
+to 8.0 as its units die; L2 Init's and CBP's grow as much or more while they keep their accuracy,
+and layer norm's is the largest of all. At this budget the dead units, not the curvature, track
+the lost plasticity. Figures: `figures/train_accuracy.png`, `hessian_top_eigenvalue.png`,
+`dead_fraction.png` and every other diagnostic in the workdir.
 
   python launch/main.py --config=configs/random_label_digits.py --workdir=/tmp/rld
   python launch/main.py --config=configs/random_label_digits.py:smoke
   python launch/main.py --config=configs/random_label_digits.py:paper     # GPU
 
-Expected run time: about 6 minutes on the shared 2-core CPU for the default (9 variants x 5
-seeds; measured 363 s of which ~80 s compilation, at load average ~7); smoke: under a minute.
+Expected run time: about 5 minutes on a 2-core CPU for the default (9 variants x 5 seeds; measured
+278 s, ~80 s of it compilation; the evaluator, every 10 tasks, took 12 % of that run including the
+compilation of its 9 programs, 3.3 % in steady state by `launch/benchmark.py`); smoke: under a
+minute.
 paper: 400 epochs x 112 steps x 50 tasks = 2.2 M sequential steps per run; a GPU job.
 """
 from ddl import config as config_lib

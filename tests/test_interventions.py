@@ -151,11 +151,15 @@ def test_cbp_on_the_linear_learner_stops_the_launch(tmp_path):
 
 
 # Every experiment's network with the interventions composed: two programs per experiment (CBP with
-# UPGD, L2 Init, S&P, layer norm and injection; ReDo with Adam/SGD and a head or whole-network reset).
+# UPGD, L2 Init, S&P, layer norm and injection, or for the networks without a head a whole-network
+# reset; ReDo with a head or whole-network reset). The ResNet's and PPO's second program is slow
+# and left to the full run (-m slow): ReDo and resets share their code with the first program and
+# with the other experiments' second one.
 COMPOSED = {
     'permuted_digits': 'smoke,cbp', 'slowly_changing_regression': 'smoke,cbp', 'imagenet': 'smoke,cbp',
     'cifar100': 'smoke,cbp', 'ant': 'smoke,cbp', 'random_label_digits': 'smoke,adam',
 }
+NO_HEAD = ('class_incremental', 'ppo')
 
 
 def _compose(config, with_cbp: bool):
@@ -168,7 +172,9 @@ def _compose(config, with_cbp: bool):
       variant.weight_decay = 1e-4
       variant.replacement_rate = 1e-2
       config.network.layer_norm = 'affine'
-      if config.experiment not in ('class_incremental', 'ppo'):
+      if config.experiment in NO_HEAD:
+        config.schedule.reset_first = 1
+      else:
         config.schedule.injection_first = 1
     else:
       variant.replacement_rate = 0.0
@@ -176,11 +182,17 @@ def _compose(config, with_cbp: bool):
       config.cbp.redo_period = 2
       config.schedule.reset_first = 1
       config.schedule.reset_every = 1
-      config.schedule.reset_layers = 0 if config.experiment in ('class_incremental', 'ppo') else 1
+      config.schedule.reset_layers = 0 if config.experiment in NO_HEAD else 1
 
 
-@pytest.mark.parametrize('with_cbp', [True, False], ids=['cbp_upgd_l2init_snp_ln_injection', 'redo_reset'])
-@pytest.mark.parametrize('name', sorted(COMPOSED))
+def _cases():
+  for name in sorted(COMPOSED):
+    yield pytest.param(name, True, id=f'{name}-cbp_upgd_l2init_snp_ln_injection_or_reset')
+    slow = [pytest.mark.slow] if name in ('cifar100', 'ant') else []
+    yield pytest.param(name, False, id=f'{name}-redo_reset', marks=slow)
+
+
+@pytest.mark.parametrize('name,with_cbp', list(_cases()))
 def test_composed_interventions_run_on_every_experiment(name, with_cbp, tmp_path):
   config = load_config(name, COMPOSED[name])
   _compose(config, with_cbp)

@@ -12,13 +12,17 @@ variant switches on find what they need in it). Each builds its learner with
 Optionally an evaluator: `evaluate(state, data) -> {metric: scalar}` (the diagnostics of one run's
 state, pure and vmappable) with `diagnostics_every` (int, chunks; default 1). The run loop compiles
 it as a program of its own and calls it after chunk c when c % diagnostics_every == 0 and after the
-last chunk; its values are rows of metrics.csv at that chunk's step, like the chunk's metrics."""
+last chunk; its values are rows of metrics.csv at that chunk's step, like the chunk's metrics.
+
+Optionally figures of its own: a static `figures(workdir) -> [paths]`, which the launch calls after
+the per-metric figures (`ddl.plotting.plot_workdir`), e.g. a paper's figure with its numbers marked."""
 from ddl.experiments.class_incremental import ClassIncremental
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO
 from ddl.experiments.random_labels import RandomLabels
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
+from ddl.experiments.tracking import Tracking
 
 EXPERIMENTS = {
     'slowly_changing_regression': SlowlyChangingRegression,
@@ -27,6 +31,7 @@ EXPERIMENTS = {
     'ppo': PPO,
     'class_incremental': ClassIncremental,
     'random_labels': RandomLabels,
+    'tracking': Tracking,
 }
 
 

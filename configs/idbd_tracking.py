@@ -43,6 +43,7 @@ def smoke(config):
   config.chunk_size = 200
   config.asymptotic_from = 400
   config.checkpoint_every = 2
+  config.figure_step_sizes = []
   config.variants = {name('lms', a): dict(learning_rate=a) for a in (0.01, 0.04)}
   config.variants.update({name('idbd', t): dict(meta_step_size=t, optimizer=dict(name='idbd')) for t in (1e-3, 1e-2)})
   config.variants[name('autostep', 1e-2)] = dict(meta_step_size=1e-2, optimizer=dict(name='autostep'))
@@ -67,6 +68,7 @@ def get_config(arg: str = ''):
   config.chunk_size = 1_000          # examples per jitted call = one bin of the error curve
   config.asymptotic_from = 20_000    # Figure 3's asymptotic error: the bins after this many examples
   config.checkpoint_every = 10
+  config.figure_step_sizes = [name('idbd', 1e-3), name('autostep', 1e-2)]   # Figure 4's curves ([]: all)
   config.data = dict(num_inputs=20, num_relevant=5, flip_period=20)
   config.network = dict(bias=False, weight_init='zeros')   # Sutton's linear unit: no bias, w = 0
   config.optimizer.name = 'sgd'

@@ -102,9 +102,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   wandb.finish()
   if figures and end == num_chunks and lead:
     plotting.plot_workdir(workdir)
-    extra = getattr(experiments.get(config.experiment), 'figures', None)
-    if extra is not None:   # an experiment's own figures (e.g. a paper's, with its numbers marked)
-      extra(workdir)
+    experiments.figures(workdir)   # an experiment's own figures (e.g. a paper's, its numbers marked)
   return progress.summary(nonfinite_runs=sum(int((~a).sum()) for a in alive))
 
 

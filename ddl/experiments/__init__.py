@@ -35,6 +35,19 @@ EXPERIMENTS = {
 }
 
 
+def figures(workdir: str):
+  """The experiment's own figures of a workdir (its static `figures(workdir)`, if it has one; the
+  experiment is read from config.json): the written paths, [] without."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    draw = getattr(EXPERIMENTS.get(json.load(f).get('experiment', '')), 'figures', None)
+  return list(draw(workdir)) if draw is not None else []
+
+
 def get(name: str):
   if name not in EXPERIMENTS:
     from ddl.config import ConfigError  # pylint: disable=g-import-not-at-top

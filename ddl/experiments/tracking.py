@@ -158,7 +158,8 @@ def figures(workdir: str) -> Sequence[str]:
   """figures/sutton1992_fig3.png (asymptotic error vs the LMS step size and vs the meta step size,
   mean ± s.e. over seeds, the paper's numbers marked) and, when the run has IDBD/Autostep step
   sizes, figures/sutton1992_fig4.png (mean step size of the relevant and irrelevant inputs over
-  examples, log scale, the paper's 0.13 and 0.007 marked). Returns the written paths."""
+  examples, log scale, the paper's 0.13 and 0.007 marked; the variants of the config's
+  `figure_step_sizes`; all when none of those ran). Returns the written paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -204,8 +205,9 @@ def figures(workdir: str) -> Sequence[str]:
   written.append(path)
 
   table = plotting.read_metrics(os.path.join(workdir, 'metrics.csv'))
-  curves = {v: (table[(v, 'step_size_relevant')], table[(v, 'step_size_irrelevant')])
-            for v in variants if (v, 'step_size_relevant') in table}
+  pick = lambda names: {v: (table[(v, 'step_size_relevant')], table[(v, 'step_size_irrelevant')])
+                        for v in names if (v, 'step_size_relevant') in table}
+  curves = pick(config.get('figure_step_sizes') or ()) or pick(variants)
   if curves:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (variant, (rel, irr)) in enumerate(sorted(curves.items())):

@@ -18,7 +18,7 @@ AAAI-92, Figure 2), per example, in this order:
     h_i ← h_i [1 − α_i c_i]⁺ + α_i δ x_i    [z]⁺ = max(z, 0)
 
 Autostep (Mahmood, Sutton, Degris & Pilarski 2012, "Tuning-free step-size adaptation", ICASSP,
-Algorithm 1), per example, in this order:
+Table 1; the paper recommends μ = 0.01, τ = 10^4), per example, in this order:
 
     v_i ← max(|δ x_i h_i|, v_i + (1/τ) α_i c_i (|δ x_i h_i| − v_i))
     α_i ← α_i exp(μ δ x_i h_i / v_i)        only where v_i > 0 (else α_i unchanged)

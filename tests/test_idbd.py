@@ -285,3 +285,5 @@ def test_tracking_smoke_run(tmp_path):
     assert (tmp_path / 'figures' / figure).exists()
   errors = experiments.tracking.asymptotic_errors(str(tmp_path))
   assert set(errors) == set(config.variants) and errors['lms_0p04'].shape == (2,)
+  text = experiments.tracking.summary(str(tmp_path))
+  assert 'best LMS' in text and 'idbd_0p001' in text

@@ -232,3 +232,30 @@ def figures(workdir: str) -> Sequence[str]:
     plt.close(fig)
     written.append(path)
   return written
+
+
+def summary(workdir: str) -> str:
+  """The numbers to compare with the paper, as text: per optimizer and swept value the asymptotic
+  error (mean ± s.e. over seeds), the best LMS step size, and the step sizes at the end of the run."""
+  from ddl import plotting  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  variants = _variants(config)
+  errors = asymptotic_errors(workdir)
+  table = plotting.read_metrics(os.path.join(workdir, 'metrics.csv'))
+  lines = []
+  for opt in ('sgd',) + idbd_lib.NAMES:
+    rows = sorted((v[1], n) for n, v in variants.items() if v[0] == opt and n in errors)
+    for value, n in rows:
+      e = errors[n]
+      mean, se = np.nanmean(e), np.nanstd(e, ddof=1) / np.sqrt(np.sum(np.isfinite(e))) if e.size > 1 else 0.0
+      line = f'{n}: asymptotic error {mean:.3f} ± {se:.3f} ({np.sum(~np.isfinite(e))} of {e.size} seeds non-finite)'
+      if (n, 'step_size_relevant') in table:
+        rel, irr = table[(n, 'step_size_relevant')][1][:, -1], table[(n, 'step_size_irrelevant')][1][:, -1]
+        line += f'; final step sizes: relevant {np.nanmean(rel):.4f}, irrelevant {np.nanmean(irr):.5f}'
+      lines.append(line)
+  lms = [(np.nanmean(errors[n]), v[1]) for n, v in variants.items() if v[0] == 'sgd' and n in errors]
+  if lms:
+    best = min(lms)
+    lines.append(f'best LMS: step size {best[1]:g}, asymptotic error {best[0]:.3f} (paper: 0.04, 3.5)')
+  return '\n'.join(lines)

@@ -140,7 +140,8 @@ def test_transform_alone_matches_numpy_and_clips_beta():
   hit = set()
   for t in range(N_STEPS):
     delta = y[t] - float(params['w'] @ x[t])
-    updates, state = opt.update({'w': jnp.asarray(-delta * x[t])}, state, params, curvature={'w': jnp.asarray(x[t] ** 2)})
+    updates, state = opt.update({'w': jnp.asarray(-delta * x[t])}, state, params,
+                                curvature={'w': jnp.asarray(x[t] ** 2)})
     params = optax.apply_updates(params, updates)
     np.testing.assert_allclose(np.asarray(params['w']), want[t]['w'], rtol=1e-4, atol=1e-5)
     beta = np.asarray(state.beta['w'])
@@ -205,7 +206,8 @@ def test_vmap_over_seeds_and_meta_step_sizes(name):
   for i in range(4):
     single = jax.jit(run)(keys[i], thetas[i], xs[i], ys[i])
     want, _, _ = ref(np.asarray(xs[i]), np.asarray(ys[i]), float(thetas[i]), 0.1, autostep=name == 'autostep', tau=50.0)
-    np.testing.assert_allclose(flat(jax.tree.map(lambda a: a[i], batched.params)), flat(single.params), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(flat(jax.tree.map(lambda a: a[i], batched.params)), flat(single.params),
+                               rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(flat(single.params), want[-1]['w'], rtol=1e-4, atol=1e-5)
   assert not np.allclose(flat(jax.tree.map(lambda a: a[0], batched.params)),
                          flat(jax.tree.map(lambda a: a[1], batched.params)))

@@ -156,10 +156,11 @@ def asymptotic_errors(workdir: str) -> Dict[str, np.ndarray]:
 
 def figures(workdir: str) -> Sequence[str]:
   """figures/sutton1992_fig3.png (asymptotic error vs the LMS step size and vs the meta step size,
-  mean ± s.e. over seeds, the paper's numbers marked) and, when the run has IDBD/Autostep step
-  sizes, figures/sutton1992_fig4.png (mean step size of the relevant and irrelevant inputs over
-  examples, log scale, the paper's 0.13 and 0.007 marked; the variants of the config's
-  `figure_step_sizes`; all when none of those ran). Returns the written paths."""
+  mean ± s.e. over seeds, the paper's numbers marked, points with diverged runs annotated) and,
+  when the run has IDBD/Autostep step sizes, figures/sutton1992_fig4.png (mean step size of the
+  relevant and irrelevant inputs over examples, log scale, the paper's 0.13 and 0.007 marked; the
+  variants of the config's `figure_step_sizes`; all when none of those ran). Returns the written
+  paths."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -185,6 +186,10 @@ def figures(workdir: str) -> Sequence[str]:
       mean, se = np.concatenate(mean), np.concatenate(se)
       label = {'sgd': 'LMS', 'idbd': 'IDBD', 'autostep': 'Autostep'}[opt]
       ax.errorbar(x, mean, yerr=se, marker='o', capsize=3, label=f'{label} (n={len(points[0][1])} seeds)')
+      for xi, mi, (_, e) in zip(x, mean, points):   # runs stopped on NaN/inf: the mean is over the rest
+        if np.any(~np.isfinite(e)):
+          ax.annotate(f'{np.sum(~np.isfinite(e))}/{e.size} diverged', (xi, min(mi, 9.5)), fontsize=7,
+                      textcoords='offset points', xytext=(-40, 8))
     ax.set_xscale('log')
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)

@@ -5,7 +5,8 @@ in `ddl.learners.registry`), so one compiled step serves every point of a seeds 
 `jax.vmap`; the optimizer and the reset transform are rebuilt from them inside the traced step
 (cheap: closures, no compilation). The optimizer is an optax `GradientTransformationExtraArgs`:
 besides the gradient it receives the step's `key` (per seed and step) and `loss`, which per-weight
-methods (UPGD) use, and for IDBD/Autostep the `curvature` (squared gradient of the output). Interventions at task boundaries (resets, plasticity injection) run in
+methods (UPGD) use, and for IDBD/Autostep the `curvature` (squared gradient of the output).
+Interventions at task boundaries (resets, plasticity injection) run in
 `boundary`, which experiments call at the start of every chunk.
 
 Networks with batch norm (a Flax `batch_stats` collection at init) take `train`: training steps run
@@ -107,7 +108,8 @@ class Learner:
     """The learner of a group of variants (ddl.config.Group): what its program holds."""
     return cls(network=network, loss=loss, optimizer=config.optimizer, cbp=config.cbp,
                max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation,
-               l2_init=group.uses('l2_init'), upgd=config.get('upgd'), idbd=config.get('idbd'), schedule=config.get('schedule'),
+               l2_init=group.uses('l2_init'), upgd=config.get('upgd'), idbd=config.get('idbd'),
+               schedule=config.get('schedule'),
                num_chunks=num_chunks)
 
   @property

@@ -95,8 +95,8 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
                 idbd_config: Any = None) -> optax.GradientTransformationExtraArgs:
   """`make_optimizer` from a config section (static settings) and a hyperparameter mapping
   (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2, UPGD's and
-  IDBD's meta_step_size, initial_step_size, which fall back to the config section's, then to their declared defaults, when the mapping has
-  none)."""
+  IDBD's meta_step_size, initial_step_size, which fall back to the config section's, then to their
+  declared defaults, when the mapping has none; IDBD's static options come from `idbd_config`)."""
   defaults = {h.name: h.default for h in registry.traced_hypers()}
   value = lambda name: hparams[name] if name in hparams else opt_config.get(name, defaults[name])
   options = None

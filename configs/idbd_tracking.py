@@ -40,7 +40,9 @@ Measured (2026-11-30, a 2-core CPU shared with other jobs):
       (paper: < 0.007, heading to 0); asymptotic error over the last 10 000 examples 1.53.
     Autostep μ = 0.01: relevant α 0.041, irrelevant α 4.5e-5 = e^-10 (the β clip binds);
       error 2.34. Autostep's α ← α / max(Σ α x², 1) shrinks the stored step sizes whenever an
-      example's Σ α x² exceeds 1 (heavy χ² tails), which plausibly holds its relevant α near 0.04.
+      example's Σ α x² exceeds 1 (heavy χ² tails): a numpy loop of the same equations (one seed,
+      100 000 examples, μ = 0.01) gives relevant α 0.031 with it (M > 1 on 0.075 % of examples)
+      and 0.129 without it, IDBD's value.
 """
 from ddl import config as config_lib
 

@@ -208,8 +208,7 @@ def reset_optimizer_units(unit_layers: Tuple[UnitLayer, ...], params, opt_state,
 def map_optimizer_moments(fn: Callable[[Any], Any], params, opt_state):
   """Applies `fn` to every params-shaped subtree of an optimizer state that holds per-weight
   statistics (momentum, Adam moments, UPGD utilities, IDBD's h and v but not its log step sizes
-  beta); L2 Init's anchor (the initial weights, also
-  params-shaped) is left as it is."""
+  beta); L2 Init's anchor (the initial weights, also params-shaped) is left as it is."""
   params_def = jax.tree.structure(params)
   is_params = lambda sub: jax.tree.structure(sub) == params_def
   is_leaf = lambda sub: is_params(sub) or isinstance(sub, (l2_init.L2InitState, idbd.IDBDState))

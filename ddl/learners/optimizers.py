@@ -1,7 +1,7 @@
 """Optimizers of the paper as optax transforms, built from a config.
 
-UPGD, IDBD/Autostep and L2 Init have modules of their own (`ddl.learners.upgd`, `ddl.learners.l2_init`); the
-chain's order and which parts it holds are decided here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2 and
+UPGD, IDBD/Autostep and L2 Init have modules of their own (`ddl.learners.upgd`, `ddl.learners.idbd`,
+`ddl.learners.l2_init`); the chain's order and which parts it holds are decided here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2 and
 the "shrink" of Shrink & Perturb are one `optax.add_decayed_weights`. The "perturb" is its own
 transform that carries its PRNG key in its state. Every hyperparameter a sweep varies
 (`learning_rate`, `weight_decay`, `noise_scale`) may be a traced array.
@@ -57,8 +57,9 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
                    key: Optional[chex.PRNGKey] = None, l2_init_strength: Optional[chex.Numeric] = None,
                    upgd_options: Optional[Mapping[str, Any]] = None,
                    idbd_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
-  """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam or UPGD -> optional
-  perturbation. Extra arguments of `update` (the step's `key`, `loss`) reach every transform.
+  """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam, UPGD, IDBD or
+  Autostep -> optional perturbation. Extra arguments of `update` (the step's `key`, `loss`, IDBD's
+  `curvature`) reach every transform.
 
   name: 'sgd' (PyTorch SGD: dampening 0, no Nesterov; momentum 0 keeps no buffer), 'adam'
     (PyTorch Adam, bias-corrected) or 'upgd' (ddl.learners.upgd; `upgd_options`: its

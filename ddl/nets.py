@@ -26,7 +26,7 @@ ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
 GAINS = {'relu': math.sqrt(2.0), 'tanh': 5.0 / 3.0, 'sigmoid': 1.0, 'linear': 1.0, 'elu': math.sqrt(2.0),
          'swish': math.sqrt(2.0), 'leaky_relu': math.sqrt(2.0 / (1 + 0.01 ** 2)), 'selu': 1.0}
 
-INITS = ('kaiming', 'lecun', 'xavier', 'default')
+INITS = ('kaiming', 'lecun', 'xavier', 'default', 'zeros')
 LAYER_NORMS = ('', 'affine', 'plain')
 
 
@@ -48,7 +48,8 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
   """Weight initializer by the original's names (lop_reference.md §1.1), fan-in based.
 
   kaiming: U(+-gain*sqrt(3/fan_in)); lecun: U(+-sqrt(3/fan_in)); default: PyTorch's Linear/Conv
-  default U(+-1/sqrt(fan_in)); xavier: U(+-gain*sqrt(6/(fan_in+fan_out))).
+  default U(+-1/sqrt(fan_in)); xavier: U(+-gain*sqrt(6/(fan_in+fan_out))); zeros: all 0 (a linear
+  learner started at w = 0, as LMS/IDBD in Sutton 1992; never for hidden layers).
   """
   gain = GAINS[activation]
   if init == 'kaiming':
@@ -59,6 +60,8 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
     return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
   if init == 'xavier':
     return nn.initializers.variance_scaling(gain ** 2, 'fan_avg', 'uniform')
+  if init == 'zeros':
+    return nn.initializers.zeros
   raise ValueError(f'init={init!r} is not known; use one of {INITS}.')
 
 
@@ -67,12 +70,14 @@ class MLP(nn.Module):
   the output layer the same scheme with linear gain; zero biases (the original's FFNN/DeepFFNN).
   With no hidden layers it is the linear baseline (MyLinear). `weight_init`: see `initializer`.
   start: index of the first layer to run (x is then that layer's input, the features of layer
-  start - 1): the network from a hidden layer on, as plasticity injection's head."""
+  start - 1): the network from a hidden layer on, as plasticity injection's head. bias=False: no
+  biases at all (a pure linear unit y = w.x with no hidden layers)."""
   hidden: Sequence[int]
   outputs: int
   activation: str = 'relu'
   weight_init: str = 'kaiming'
   layer_norm: str = ''
+  bias: bool = True
 
   def layer_names(self) -> Tuple[str, ...]:
     return tuple(f'hidden_{i}' for i in range(len(self.hidden))) + ('output',)
@@ -86,11 +91,11 @@ class MLP(nn.Module):
       if i < start:
         continue
       x = nn.Dense(width, kernel_init=initializer(self.weight_init, self.activation),
-                   bias_init=nn.initializers.zeros, name=f'hidden_{i}')(x)
+                   bias_init=nn.initializers.zeros, use_bias=self.bias, name=f'hidden_{i}')(x)
       x = act(normalize(self.layer_norm, f'norm_{i}', x))
       features[f'hidden_{i}'] = x
     out = nn.Dense(self.outputs, kernel_init=initializer(self.weight_init, 'linear'),
-                   bias_init=nn.initializers.zeros, name='output')(x)
+                   bias_init=nn.initializers.zeros, use_bias=self.bias, name='output')(x)
     return out, features
 
 

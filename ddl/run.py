@@ -102,6 +102,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   wandb.finish()
   if figures and end == num_chunks and lead:
     plotting.plot_workdir(workdir)
+    experiments.figures(workdir)   # an experiment's own figures (e.g. a paper's, its numbers marked)
   return progress.summary(nonfinite_runs=sum(int((~a).sum()) for a in alive))
 
 

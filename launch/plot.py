@@ -3,7 +3,9 @@
   python launch/plot.py WORKDIR [WORKDIR ...]              # each into WORKDIR/figures/
   python launch/plot.py A B --together --out=/tmp/compare  # A's and B's curves on one figure per metric
 
-Uses ddl/plotting.py (mean +- standard error over seeds per variant, binned as each config says).
+Uses ddl/plotting.py (mean +- standard error over seeds per variant, binned as each config says),
+plus an experiment's own figures where it has some (e.g. the tracking task's Sutton 1992 Figures 3
+and 4).
 """
 import os
 import sys
@@ -12,6 +14,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ddl import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import plotting  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_bool('together', False, 'Draw the curves of all workdirs on one figure per metric.')
@@ -35,7 +38,7 @@ def main(argv):
     written = plotting.plot_workdir(workdirs[0], [os.path.join(w, 'metrics.csv') for w in workdirs[1:]],
                                     labels=labels, out_dir=out)
   else:
-    written = [p for w in workdirs for p in plotting.plot_workdir(w)]
+    written = [p for w in workdirs for p in (*plotting.plot_workdir(w), *experiments.figures(w))]
   print('\n'.join(written))
   return 0
 

@@ -12,13 +12,17 @@ variant switches on find what they need in it). Each builds its learner with
 Optionally an evaluator: `evaluate(state, data) -> {metric: scalar}` (the diagnostics of one run's
 state, pure and vmappable) with `diagnostics_every` (int, chunks; default 1). The run loop compiles
 it as a program of its own and calls it after chunk c when c % diagnostics_every == 0 and after the
-last chunk; its values are rows of metrics.csv at that chunk's step, like the chunk's metrics."""
+last chunk; its values are rows of metrics.csv at that chunk's step, like the chunk's metrics.
+
+Optionally figures of its own: a static `figures(workdir) -> [paths]`, which the launch calls after
+the per-metric figures (`ddl.plotting.plot_workdir`), e.g. a paper's figure with its numbers marked."""
 from ddl.experiments.class_incremental import ClassIncremental
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO
 from ddl.experiments.random_labels import RandomLabels
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
+from ddl.experiments.tracking import Tracking
 
 EXPERIMENTS = {
     'slowly_changing_regression': SlowlyChangingRegression,
@@ -27,7 +31,21 @@ EXPERIMENTS = {
     'ppo': PPO,
     'class_incremental': ClassIncremental,
     'random_labels': RandomLabels,
+    'tracking': Tracking,
 }
+
+
+def figures(workdir: str):
+  """The experiment's own figures of a workdir (its static `figures(workdir)`, if it has one; the
+  experiment is read from config.json): the written paths, [] without."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    draw = getattr(EXPERIMENTS.get(json.load(f).get('experiment', '')), 'figures', None)
+  return list(draw(workdir)) if draw is not None else []
 
 
 def get(name: str):

@@ -5,7 +5,8 @@ in `ddl.learners.registry`), so one compiled step serves every point of a seeds 
 `jax.vmap`; the optimizer and the reset transform are rebuilt from them inside the traced step
 (cheap: closures, no compilation). The optimizer is an optax `GradientTransformationExtraArgs`:
 besides the gradient it receives the step's `key` (per seed and step) and `loss`, which per-weight
-methods (UPGD) use. Interventions at task boundaries (resets, plasticity injection) run in
+methods (UPGD) use, and for IDBD/Autostep the `curvature` (squared gradient of the output).
+Interventions at task boundaries (resets, plasticity injection) run in
 `boundary`, which experiments call at the start of every chunk.
 
 Networks with batch norm (a Flax `batch_stats` collection at init) take `train`: training steps run
@@ -23,6 +24,7 @@ import optax
 from flax import struct
 
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import idbd as idbd_lib
 from ddl.learners import optimizers
 from ddl.learners import redo as redo_lib
 from ddl.learners import registry
@@ -31,7 +33,7 @@ from ddl.learners import topology
 
 HPARAMS = registry.HPARAMS
 RESETS = ('cbp', 'redo')
-LOSSES = ('mse', 'cross_entropy')
+LOSSES = ('mse', 'half_mse', 'cross_entropy')
 
 
 @struct.dataclass
@@ -52,13 +54,16 @@ class StepOutput(NamedTuple):
 
 
 def loss_fn(kind, output: Any, target: Any) -> jax.Array:
-  """Mean squared error (regression, output squeezed to the target's shape), softmax
+  """Mean squared error (regression, output squeezed to the target's shape), half of it
+  ('half_mse': the ½ δ² of LMS/IDBD, whose gradient is -δ x for a linear unit), softmax
   cross-entropy with integer labels, or `kind(output, target)` for a callable objective (e.g. the
   PPO loss over a policy and a value head)."""
   if callable(kind):
     return kind(output, target)
   if kind == 'mse':
     return jnp.mean((output.reshape(target.shape) - target) ** 2)
+  if kind == 'half_mse':
+    return 0.5 * jnp.mean((output.reshape(target.shape) - target) ** 2)
   if kind == 'cross_entropy':
     return optax.softmax_cross_entropy_with_integer_labels(output, target).mean()
   raise ValueError(f'loss={kind!r} is not known; use one of {LOSSES}.')
@@ -70,9 +75,10 @@ class Learner:
 
   network: a Flax module returning (output, features); its unit topology comes from
     `ddl.learners.topology`.
-  loss: 'mse', 'cross_entropy' or a callable (output, target) -> scalar loss.
-  optimizer: config section with name ('sgd', 'adam', 'upgd'), momentum, eps; Adam's b1, b2 and
-    UPGD's hyperparameters are traced hparams (UPGD's `protect` in the `upgd` section).
+  loss: 'mse', 'half_mse', 'cross_entropy' or a callable (output, target) -> scalar loss.
+  optimizer: config section with name ('sgd', 'adam', 'upgd', 'idbd', 'autostep'), momentum, eps;
+    Adam's b1, b2, UPGD's and IDBD's hyperparameters are traced hparams (UPGD's `protect` in the
+    `upgd` section, Autostep's tau and the clip of log step sizes in the `idbd` section).
   perturbation: whether the optimizer holds the S&P noise transform.
   l2_init: whether the optimizer holds the L2 Init regulariser.
   cbp: config section with util_type, count_mode, count_base, reset_optimizer_state,
@@ -81,6 +87,7 @@ class Learner:
     0, leaves the reset transform out of the program.
   max_replacement_rate: the largest replacement rate of the sweep sharing this program.
   upgd: config section of UPGD's static options (None: defaults).
+  idbd: config section of IDBD's and Autostep's static options (None: defaults).
   schedule: config section with reset_* and injection_* (ddl.learners.schedules); None: neither.
   num_chunks: chunks of the run (sizes the injection slots).
   """
@@ -92,6 +99,7 @@ class Learner:
   perturbation: bool = True
   l2_init: bool = False
   upgd: Any = None
+  idbd: Any = None
   schedule: Any = None
   num_chunks: int = 0
 
@@ -100,7 +108,8 @@ class Learner:
     """The learner of a group of variants (ddl.config.Group): what its program holds."""
     return cls(network=network, loss=loss, optimizer=config.optimizer, cbp=config.cbp,
                max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation,
-               l2_init=group.uses('l2_init'), upgd=config.get('upgd'), schedule=config.get('schedule'),
+               l2_init=group.uses('l2_init'), upgd=config.get('upgd'), idbd=config.get('idbd'),
+               schedule=config.get('schedule'),
                num_chunks=num_chunks)
 
   @property
@@ -129,7 +138,22 @@ class Learner:
 
   def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformationExtraArgs:
     return optimizers.from_config(self.optimizer, hparams, self.perturbation, key, l2_init=self.l2_init,
-                                  upgd_config=self.upgd)
+                                  upgd_config=self.upgd, idbd_config=self.idbd)
+
+  @property
+  def needs_curvature(self) -> bool:
+    """Whether the optimizer's update takes `curvature` (IDBD, Autostep)."""
+    return self.optimizer.name in idbd_lib.NAMES
+
+  def curvature(self, state: LearnerState, x: jax.Array):
+    """Params-shaped mean over the batch of the squared per-example gradient of the network's
+    summed output w.r.t. the parameters: the Gauss-Newton diagonal (∂y/∂w)² that IDBD and Autostep
+    use for x² (exact for a linear unit: x_i² for a weight, 1 for a bias)."""
+    def output(params, example):
+      out, _ = self.apply(params, example[None], state.batch_stats)
+      return jnp.sum(out)
+    per_example = jax.vmap(jax.grad(output), in_axes=(None, 0))(state.params, x)
+    return jax.tree.map(lambda g: jnp.mean(g ** 2, axis=0), per_example)
 
   def make_cbp(self, hparams: Mapping[str, chex.Numeric]) -> cbp_lib.ResetTransform:
     if self.reset_method == 'redo':
@@ -209,8 +233,9 @@ class Learner:
     hparams = state.hparams
     if not (isinstance(lr_factor, (int, float)) and lr_factor == 1.0):
       hparams = {**hparams, 'learning_rate': hparams['learning_rate'] * lr_factor}
+    extra = {'curvature': self.curvature(state, x)} if self.needs_curvature else {}
     updates, opt_state = self.make_optimizer(hparams).update(
-        grads, state.opt_state, state.params, key=jax.random.fold_in(key, 1), loss=loss)
+        grads, state.opt_state, state.params, key=jax.random.fold_in(key, 1), loss=loss, **extra)
     params = optax.apply_updates(state.params, updates)
     cbp_state, num_replaced = state.cbp_state, jnp.zeros((), jnp.int32)
     if self.uses_cbp:

@@ -1,7 +1,7 @@
 """Optimizers of the paper as optax transforms, built from a config.
 
-UPGD and L2 Init have modules of their own (`ddl.learners.upgd`, `ddl.learners.l2_init`); the
-chain's order and which parts it holds are decided here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2 and
+UPGD, IDBD/Autostep and L2 Init have modules of their own (`ddl.learners.upgd`, `ddl.learners.idbd`,
+`ddl.learners.l2_init`); the chain's order and which parts it holds are decided here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2 and
 the "shrink" of Shrink & Perturb are one `optax.add_decayed_weights`. The "perturb" is its own
 transform that carries its PRNG key in its state. Every hyperparameter a sweep varies
 (`learning_rate`, `weight_decay`, `noise_scale`) may be a traced array.
@@ -13,11 +13,12 @@ import jax
 import jax.flatten_util
 import optax
 
+from ddl.learners import idbd as idbd_lib
 from ddl.learners import l2_init as l2_init_lib
 from ddl.learners import registry
 from ddl.learners import upgd
 
-OPTIMIZERS = ('sgd', 'adam', 'upgd')
+OPTIMIZERS = ('sgd', 'adam', 'upgd', 'idbd', 'autostep')
 
 
 class PerturbState(NamedTuple):
@@ -54,13 +55,17 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
                    noise_scale: chex.Numeric = 0.0, momentum: float = 0.0, b1: float = 0.9,
                    b2: float = 0.999, eps: float = 1e-8, perturbation: bool = True,
                    key: Optional[chex.PRNGKey] = None, l2_init_strength: Optional[chex.Numeric] = None,
-                   upgd_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
-  """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam or UPGD -> optional
-  perturbation. Extra arguments of `update` (the step's `key`, `loss`) reach every transform.
+                   upgd_options: Optional[Mapping[str, Any]] = None,
+                   idbd_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
+  """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam, UPGD, IDBD or
+  Autostep -> optional perturbation. Extra arguments of `update` (the step's `key`, `loss`, IDBD's
+  `curvature`) reach every transform.
 
   name: 'sgd' (PyTorch SGD: dampening 0, no Nesterov; momentum 0 keeps no buffer), 'adam'
     (PyTorch Adam, bias-corrected) or 'upgd' (ddl.learners.upgd; `upgd_options`: its
-    utility_decay, noise_std, weight_decay, protect).
+    utility_decay, noise_std, weight_decay, protect), 'idbd' or 'autostep' (ddl.learners.idbd;
+    `idbd_options`: meta_step_size, initial_step_size, tau, beta_range; `learning_rate` is unused,
+    the step sizes are the transform's state; its update needs the extra argument `curvature`).
   perturbation: whether the chain holds the S&P noise transform (structure, hence static); with
     noise_scale 0 it adds nothing, so BP, L2 and S&P are points of one program.
   key: seeds the perturbation's noise stream (needed only to `init`).
@@ -72,6 +77,10 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
     inner = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
   elif name == 'upgd':
     inner = upgd.upgd(learning_rate, **(upgd_options or {}))
+  elif name in idbd_lib.NAMES:
+    options = dict(idbd_options or {})
+    inner = idbd_lib.idbd(options.pop('meta_step_size', 0.001), options.pop('initial_step_size', 0.05),
+                          autostep=name == 'autostep', **options)
   else:
     raise ValueError(f'optimizer.name={name!r} is not known; use one of {OPTIMIZERS}.')
   parts = [optax.add_decayed_weights(weight_decay), inner]
@@ -83,11 +92,12 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
 
 
 def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional[chex.PRNGKey] = None,
-                l2_init: bool = False, upgd_config: Any = None) -> optax.GradientTransformationExtraArgs:
+                l2_init: bool = False, upgd_config: Any = None,
+                idbd_config: Any = None) -> optax.GradientTransformationExtraArgs:
   """`make_optimizer` from a config section (static settings) and a hyperparameter mapping
-  (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2 and UPGD's,
-  which fall back to the config section's, then to their declared defaults, when the mapping has
-  none)."""
+  (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2, UPGD's and
+  IDBD's meta_step_size, initial_step_size, which fall back to the config section's, then to their
+  declared defaults, when the mapping has none; IDBD's static options come from `idbd_config`)."""
   defaults = {h.name: h.default for h in registry.traced_hypers()}
   value = lambda name: hparams[name] if name in hparams else opt_config.get(name, defaults[name])
   options = None
@@ -96,8 +106,15 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
                    weight_decay=value('upgd_weight_decay'),
                    protect=bool(upgd_config.protect) if upgd_config is not None else True,
                    max_of_raw_utility=bool(upgd_config.max_of_raw_utility) if upgd_config is not None else True)
+  idbd_options = None
+  if opt_config.name in idbd_lib.NAMES:
+    static = lambda name: idbd_config[name] if idbd_config is not None and name in idbd_config else \
+        next(h.default for h in idbd_lib.HYPERS if h.name == name)
+    idbd_options = dict(meta_step_size=value('meta_step_size'), initial_step_size=value('initial_step_size'),
+                        tau=float(static('autostep_tau')),
+                        beta_range=(float(static('beta_min')), float(static('beta_max'))))
   return make_optimizer(
       opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=value('weight_decay'),
       noise_scale=value('noise_scale'), momentum=opt_config.get('momentum', 0.0), eps=opt_config.get('eps', 1e-8),
       perturbation=perturbation, key=key, b1=value('b1'), b2=value('b2'),
-      l2_init_strength=value('l2_init') if l2_init else None, upgd_options=options)
+      l2_init_strength=value('l2_init') if l2_init else None, upgd_options=options, idbd_options=idbd_options)

@@ -16,6 +16,7 @@ from typing import Dict, Tuple
 
 from ddl import nets
 from ddl.learners import cbp
+from ddl.learners import idbd
 from ddl.learners import l2_init
 from ddl.learners import redo
 from ddl.learners import schedules
@@ -45,6 +46,10 @@ OPTIMIZERS: Dict[str, Method] = {
         Hyper('eps', 1e-8, low=0, open_low=True, traced=False, doc="Adam's epsilon")), section='optimizer'),
     'upgd': Method('upgd', 'UPGD (Elsayed & Mahmood 2024): utility-gated, perturbed SGD', upgd.HYPERS,
                    section='upgd'),
+    'idbd': Method('idbd', 'IDBD (Sutton 1992): per-weight step sizes exp(beta) meta-learned for a linear unit',
+                   idbd.HYPERS, section='idbd'),
+    'autostep': Method('autostep', 'Autostep (Mahmood et al. 2012): IDBD normalised, effective step bounded',
+                       idbd.HYPERS, section='idbd'),
 }
 
 INTERVENTIONS: Dict[str, Method] = {

@@ -40,6 +40,8 @@ def smoke(config):
   config.batch_size = 10
   config.probe_size = 20
   config.diagnostics.every = 2
+  config.diagnostics.hessian_iterations = 0   # both compile heavy for the conv net: measured by the
+  config.diagnostics.plasticity = False       # MLP experiments' smoke tests
   config.figure_bin = 2
   config.checkpoint_every = 2
   config.data.source = 'mock'

@@ -64,8 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.schedule = statics['schedule']               # resets and plasticity injection
   config.hparams = {h.name: h.default for h in registry.traced_hypers()}
   # The evaluator (ddl.experiments.evaluation): every `every` chunks, on a fixed probe batch; the
-  # Hessian's power iterations (0: not measured) and ReDo's tau for the dormancy it reports.
-  config.diagnostics = dict(every=1, hessian_iterations=20, redo_tau=0.1)
+  # Hessian's power iterations (0: not measured), whether to measure UPGD's plasticity (a learner
+  # step on the probe: it compiles a second copy of the step) and ReDo's tau.
+  config.diagnostics = dict(every=1, hessian_iterations=20, plasticity=True, redo_tau=0.1)
   config.variants = ml_collections.ConfigDict()
   config.wandb = dict(mode='disabled', project='ddl', entity='', group='', name='')
   return config

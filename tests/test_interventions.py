@@ -196,6 +196,8 @@ def _cases():
 def test_composed_interventions_run_on_every_experiment(name, with_cbp, tmp_path):
   config = load_config(name, COMPOSED[name])
   _compose(config, with_cbp)
+  config.diagnostics.hessian_iterations = 0   # the evaluator's diagnostics have tests of their own
+  config.diagnostics.plasticity = False
   summary = run_lib.run(config, str(tmp_path / 'w'), stop_after_chunks=2, figures=False)
   assert summary['nonfinite_runs'] == 0
   assert summary['chunks_done'] == 2

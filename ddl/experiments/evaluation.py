@@ -12,7 +12,8 @@ and
   feature_norm           mean L2 norm of the last hidden layer's features per sample
   gradient_norm          L2 norm of the probe loss's gradient
   plasticity             1 - L_after / L_before of one learner step on the probe batch, clipped to
-                         [0, 1] (UPGD's measure; the step is taken on a copy of the state)
+                         [0, 1] (UPGD's measure; the step is taken on a copy of the state;
+                         `diagnostics.plasticity` False: not measured)
   hessian_top_eigenvalue largest-magnitude eigenvalue of the probe loss's Hessian, by
                          `diagnostics.hessian_iterations` Hessian-vector products (0: not measured;
                          Lyle et al. 2023)
@@ -29,7 +30,8 @@ def checks(config) -> list:
   d = config.diagnostics
   return [(d.every >= 1, 'diagnostics.every must be >= 1 chunk'),
           (d.hessian_iterations >= 0, 'diagnostics.hessian_iterations must be >= 0 (0: off)'),
-          (d.redo_tau >= 0, 'diagnostics.redo_tau must be >= 0')]
+          (d.redo_tau >= 0, 'diagnostics.redo_tau must be >= 0'),
+          (d.plasticity in (True, False), 'diagnostics.plasticity must be True or False')]
 
 
 class Convention(NamedTuple):
@@ -60,8 +62,9 @@ def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
   loss = lambda p: learner.objective(p, state, x, y)[0]
   before, grads = jax.value_and_grad(loss)(params)
   values['gradient_norm'] = metrics.gradient_norm(grads)
-  stepped, _ = learner.step(state, x, y, key)
-  values['plasticity'] = metrics.plasticity(before, loss(stepped.params))
+  if options.plasticity:
+    stepped, _ = learner.step(state, x, y, key)
+    values['plasticity'] = metrics.plasticity(before, loss(stepped.params))
   if options.hessian_iterations > 0:
     values['hessian_top_eigenvalue'] = metrics.top_hessian_eigenvalue(
         loss, params, jax.random.fold_in(key, 1), iterations=options.hessian_iterations)

@@ -132,6 +132,29 @@ def test_layer_norm_normalises_before_the_activation_and_cbp_restores_it(kind):
     assert 'norm_0' not in params
 
 
+def test_layer_norm_in_the_resnet_and_the_actor_critic():
+  """ResNet-18 with layer norm in place of batch norm: no running statistics, the same unit topology
+  (CBP restores a replaced channel's scale and offset); the actor-critic's MLPs get norm layers."""
+  resnet = nets.ResNet18(outputs=3, width=2, norm='layer')
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = resnet.init(jax.random.key(1), x)
+  assert 'batch_stats' not in variables and 'scale' in variables['params']['stem_bn']
+  layers = topology.unit_layers(resnet)
+  params = variables['params']
+  params = {**params, 'stem_bn': {'scale': params['stem_bn']['scale'] * 2, 'bias': params['stem_bn']['bias'] + 1}}
+  replaced = jnp.arange(2) == 1
+  picks = [cbp_lib.Pick(replaced if i == 0 else jnp.zeros(layer_units, bool), jnp.asarray([1]),
+                        jnp.asarray([i == 0]), jnp.zeros(layer_units), jax.random.key(2))
+           for i, layer_units in enumerate(params[l.kernel[0]]['kernel'].shape[-1] for l in layers)]
+  new = cbp_lib.reset_units(layers, params, picks, fresh=True)
+  np.testing.assert_array_equal(new['stem_bn']['scale'], [2.0, 1.0])
+  np.testing.assert_array_equal(new['stem_bn']['bias'], [1.0, 0.0])
+  actor_critic = nets.ActorCritic(hidden=(4,), actions=2, layer_norm='affine')
+  ac_params = actor_critic.init(jax.random.key(3), jnp.zeros((1, 5)))['params']
+  assert 'norm_0' in ac_params['policy'] and 'norm_0' in ac_params['value']
+  assert topology.unit_layers(actor_critic)[0].norm_ones == (('policy', 'norm_0', 'scale'),)
+
+
 def test_injection_on_a_network_without_a_head_stops_the_launch_with_one_line(tmp_path):
   config = load_config('cifar100', 'smoke,cbp')
   config.schedule.injection_first = 1
@@ -152,9 +175,9 @@ def test_cbp_on_the_linear_learner_stops_the_launch(tmp_path):
 
 # Every experiment's network with the interventions composed: two programs per experiment (CBP with
 # UPGD, L2 Init, S&P, layer norm and injection, or for the networks without a head a whole-network
-# reset; ReDo with a head or whole-network reset). The ResNet's and PPO's second program is slow
-# and left to the full run (-m slow): ReDo and resets share their code with the first program and
-# with the other experiments' second one.
+# reset; ReDo with a head or whole-network reset). The ResNet's and PPO's programs compile for
+# minutes and run with -m slow: the learner code they exercise is the other experiments', and
+# layer norm in the ResNet and the actor-critic has the unit test below.
 COMPOSED = {
     'permuted_digits': 'smoke,cbp', 'slowly_changing_regression': 'smoke,cbp', 'imagenet': 'smoke,cbp',
     'cifar100': 'smoke,cbp', 'ant': 'smoke,cbp', 'random_label_digits': 'smoke,adam',
@@ -187,8 +210,8 @@ def _compose(config, with_cbp: bool):
 
 def _cases():
   for name in sorted(COMPOSED):
-    yield pytest.param(name, True, id=f'{name}-cbp_upgd_l2init_snp_ln_injection_or_reset')
     slow = [pytest.mark.slow] if name in ('cifar100', 'ant') else []
+    yield pytest.param(name, True, id=f'{name}-cbp_upgd_l2init_snp_ln_injection_or_reset', marks=slow)
     yield pytest.param(name, False, id=f'{name}-redo_reset', marks=slow)
 
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Sequence
 
 import ml_collections
 
+from ddl.learners import learner as learner_lib
 from ddl.learners import registry
 from ddl.learners import topology
 
@@ -175,7 +176,8 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(config.platform in PLATFORMS, 'platform', f'{config.platform!r} is not known; use one of {PLATFORMS}')
   _check(config.optimizer.name in registry.OPTIMIZERS, 'optimizer.name',
          f'{config.optimizer.name!r} is not known; use one of {tuple(registry.OPTIMIZERS)}')
-  _check(config.cbp.method in ('cbp', 'redo'), 'cbp.method', f"{config.cbp.method!r} is not known; use one of ('cbp', 'redo')")
+  _check(config.cbp.method in learner_lib.RESETS, 'cbp.method',
+         f'{config.cbp.method!r} is not known; use one of {learner_lib.RESETS}')
   for section, hypers in registry.static_hypers().items():
     for h in hypers:
       if section in config and h.name in config[section]:

@@ -1,8 +1,9 @@
 """Optimizers of the paper as optax transforms, built from a config.
 
-UPGD, IDBD/Autostep and L2 Init have modules of their own (`ddl.learners.upgd`, `ddl.learners.idbd`,
-`ddl.learners.l2_init`); the chain's order and which parts it holds are decided here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2 and
-the "shrink" of Shrink & Perturb are one `optax.add_decayed_weights`. The "perturb" is its own
+UPGD, IDBD/Autostep and L2 Init have modules of their own (`ddl.learners.upgd`,
+`ddl.learners.idbd`, `ddl.learners.l2_init`); the chain's order and which parts it holds are decided
+here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2
+and the "shrink" of Shrink & Perturb are one `optax.add_decayed_weights`. The "perturb" is its own
 transform that carries its PRNG key in its state. Every hyperparameter a sweep varies
 (`learning_rate`, `weight_decay`, `noise_scale`) may be a traced array.
 """

@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.cbp = dict(method='cbp', **statics['cbp'])   # method 'cbp' (ddl.learners.cbp) or 'redo'
   config.upgd = statics['upgd']
   config.idbd = statics['idbd']                       # IDBD and Autostep (ddl.learners.idbd)
+  config.metaoptimize = statics['metaoptimize']       # MetaOptimize (ddl.learners.metaoptimize)
   config.schedule = statics['schedule']               # resets and plasticity injection
   config.hparams = {h.name: h.default for h in registry.traced_hypers()}
   # The evaluator (ddl.experiments.evaluation): every `every` chunks, on a fixed probe batch; the

@@ -167,7 +167,7 @@ def test_half_mse_gradient_is_minus_delta_x_and_curvature_is_x_squared():
   grads = jax.grad(lambda p: learner.objective(p, state, xb, yb)[0])(state.params)
   delta = y[0] - (x[0] @ np.full(N_IN, 0.3) + 0.3)
   np.testing.assert_allclose(flat(grads), -delta * np.append(x[0], 1.0), rtol=1e-5)
-  curvature = learner.curvature(state, jnp.asarray(x))   # a batch: the mean of the squares
+  curvature = learner.curvature(state, jnp.asarray(x), jax.random.key(0))   # a batch: the mean of the squares
   np.testing.assert_allclose(flat(curvature), np.append(np.mean(x**2, 0), 1.0), rtol=1e-5)
 
 

@@ -17,6 +17,9 @@ and
   hessian_top_eigenvalue largest-magnitude eigenvalue of the probe loss's Hessian, by
                          `diagnostics.hessian_iterations` Hessian-vector products (0: not measured;
                          Lyle et al. 2023)
+and, for optimizers that learn their step sizes (IDBD, Autostep, MetaOptimize), per top-level layer
+  step_size_<layer>         mean step size over the layer's weights and biases
+  step_size_spread_<layer>  their standard deviation (per-weight step sizes only)
 """
 from typing import Any, Dict, NamedTuple
 
@@ -68,4 +71,21 @@ def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
   if options.hessian_iterations > 0:
     values['hessian_top_eigenvalue'] = metrics.top_hessian_eigenvalue(
         loss, params, jax.random.fold_in(key, 1), iterations=options.hessian_iterations)
+  values.update(step_size_values(learner, state))
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+
+
+def step_size_values(learner, state) -> Dict[str, jax.Array]:
+  """Mean (and, per weight, spread) of the learned step sizes of each top-level layer; {} for an
+  optimizer with a fixed step size."""
+  found = learner.step_sizes(state)
+  if found is None:
+    return {}
+  alphas, per_weight = found
+  values = {}
+  for layer, tree in alphas.items():
+    flat = jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(tree)])
+    values[f'step_size_{layer}'] = jnp.mean(flat)
+    if per_weight:
+      values[f'step_size_spread_{layer}'] = jnp.std(flat)
+  return values

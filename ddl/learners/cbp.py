@@ -26,6 +26,7 @@ from flax import traverse_util
 
 from ddl.learners import idbd
 from ddl.learners import l2_init
+from ddl.learners import metaoptimize
 from ddl.learners.hyper import Hyper
 
 Path = Tuple[str, ...]
@@ -207,15 +208,19 @@ def reset_optimizer_units(unit_layers: Tuple[UnitLayer, ...], params, opt_state,
 
 def map_optimizer_moments(fn: Callable[[Any], Any], params, opt_state):
   """Applies `fn` to every params-shaped subtree of an optimizer state that holds per-weight
-  statistics (momentum, Adam moments, UPGD utilities, IDBD's h and v but not its log step sizes
-  beta); L2 Init's anchor (the initial weights, also params-shaped) is left as it is."""
+  statistics (momentum, Adam moments, UPGD utilities, IDBD's h and v, MetaOptimize's moments and
+  h, but not their log step sizes beta or meta momentum); L2 Init's anchor (the initial weights,
+  also params-shaped) is left as it is."""
   params_def = jax.tree.structure(params)
   is_params = lambda sub: jax.tree.structure(sub) == params_def
-  is_leaf = lambda sub: is_params(sub) or isinstance(sub, (l2_init.L2InitState, idbd.IDBDState))
+  is_leaf = lambda sub: is_params(sub) or isinstance(
+      sub, (l2_init.L2InitState, idbd.IDBDState, metaoptimize.MetaOptimizeState))
 
-  def apply(sub):
-    if isinstance(sub, idbd.IDBDState):   # keep the learned step sizes beta; traces h and v follow fn
+  def apply(sub):   # learned step sizes (beta) are kept; the traces and moments follow fn
+    if isinstance(sub, idbd.IDBDState):
       return sub._replace(h=fn(sub.h), v=fn(sub.v))
+    if isinstance(sub, metaoptimize.MetaOptimizeState):
+      return sub._replace(mu=fn(sub.mu), nu=fn(sub.nu), h=fn(sub.h))
     return fn(sub) if is_params(sub) else sub
 
   return jax.tree.map(apply, opt_state, is_leaf=is_leaf)

@@ -5,8 +5,11 @@ In optax terms the incoming `updates` are the loss gradient g = −δ x (exact f
 linear unit, `learner.loss_fn('half_mse', ...)`), so δ x_i is read as −g_i. The x_i² of the
 equations is the squared gradient of the prediction w.r.t. the weight, (∂y/∂w_i)² (a Gauss-Newton
 diagonal, exact for a linear unit; x_i² for a weight, 1 for a bias); it arrives as the extra
-argument `curvature` (params-shaped; `Learner.step` passes the batch mean of the squared
-per-example gradients of the summed output), written c_i below.
+argument `curvature` (params-shaped, written c_i below). `Learner.curvature` computes it for any
+network: the batch mean over examples of Σ_k c_k (∂z_k/∂w)², with c_k the loss's second
+derivative in output z_k (p(1 − p) for softmax cross-entropy), the network form of IDBD (ejmejm's
+`optax_idbd`, version 'prediction_grads'). For a network the equations are those below with δ x_i
+read as −g_i: exact in the last linear layer, a Gauss-Newton approximation in the layers below.
 
 IDBD (Sutton 1992, "Adapting bias by gradient descent: an incremental version of delta-bar-delta",
 AAAI-92, Figure 2), per example, in this order:
@@ -56,11 +59,13 @@ from ddl.learners.hyper import Hyper
 
 NAMES = ('idbd', 'autostep')
 BETA_RANGE = (-10.0, 2.0)
+CURVATURE_ESTIMATORS = ('sketch', 'exact')
 
 HYPERS = (
     Hyper('meta_step_size', 0.001, low=0,
-          doc="IDBD's theta / Autostep's mu: meta step size of beta = log(step size); Sutton 1992 "
-              'Fig. 4 uses 0.001 (Autostep: 0.01 is the usual choice, set it per variant).'),
+          doc="IDBD's theta / Autostep's mu / MetaOptimize's eta: meta step size of beta = log(step size); "
+              'Sutton 1992 Fig. 4 uses 0.001 (Autostep: 0.01 is the usual choice, set it per variant; '
+              "MetaOptimize's default 0.001)."),
     Hyper('initial_step_size', 0.05, low=0, open_low=True,
           doc='IDBD/Autostep: step size alpha_0 of every weight at the start (Sutton 1992 Fig. 4: 0.05).'),
     Hyper('autostep_tau', 1e4, low=0, open_low=True, traced=False,
@@ -69,6 +74,9 @@ HYPERS = (
           doc='IDBD/Autostep: lower clip of beta = log(step size).'),
     Hyper('beta_max', BETA_RANGE[1], traced=False,
           doc='IDBD/Autostep: upper clip of beta = log(step size).'),
+    Hyper('curvature_estimator', 'sketch', choices=CURVATURE_ESTIMATORS, traced=False,
+          doc="IDBD/Autostep on a network with several outputs: the Gauss-Newton diagonal by one "
+              "random-sign backward pass per example ('sketch', unbiased) or one per output ('exact')."),
 )
 
 
@@ -83,10 +91,10 @@ def step_sizes(state: IDBDState) -> Any:
   return jax.tree.map(jnp.exp, state.beta)
 
 
-def find_state(opt_state: Any) -> Optional[IDBDState]:
-  """The IDBDState inside an optimizer state (e.g. an optax.chain's tuple), None if there is none."""
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, IDBDState))
-           if isinstance(s, IDBDState)]
+def find_state(opt_state: Any, kind: type = IDBDState) -> Optional[Any]:
+  """The first `kind` state (default IDBDState; e.g. a MetaOptimizeState) inside an optimizer state
+  such as an optax.chain's tuple, None if there is none."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, kind)) if isinstance(s, kind)]
   return found[0] if found else None
 
 

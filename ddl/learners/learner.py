@@ -87,7 +87,9 @@ class Learner:
     0, leaves the reset transform out of the program.
   max_replacement_rate: the largest replacement rate of the sweep sharing this program.
   upgd: config section of UPGD's static options (None: defaults).
-  idbd: config section of IDBD's and Autostep's static options (None: defaults).
+  idbd: config section of IDBD's and Autostep's static options (None: defaults), with
+    `curvature_estimator` (see `curvature`).
+  metaoptimize: config section of MetaOptimize's static options (None: defaults).
   schedule: config section with reset_* and injection_* (ddl.learners.schedules); None: neither.
   num_chunks: chunks of the run (sizes the injection slots).
   """
@@ -100,6 +102,7 @@ class Learner:
   l2_init: bool = False
   upgd: Any = None
   idbd: Any = None
+  metaoptimize: Any = None
   schedule: Any = None
   num_chunks: int = 0
 
@@ -109,7 +112,7 @@ class Learner:
     return cls(network=network, loss=loss, optimizer=config.optimizer, cbp=config.cbp,
                max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation,
                l2_init=group.uses('l2_init'), upgd=config.get('upgd'), idbd=config.get('idbd'),
-               schedule=config.get('schedule'),
+               metaoptimize=config.get('metaoptimize'), schedule=config.get('schedule'),
                num_chunks=num_chunks)
 
   @property
@@ -138,22 +141,55 @@ class Learner:
 
   def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformationExtraArgs:
     return optimizers.from_config(self.optimizer, hparams, self.perturbation, key, l2_init=self.l2_init,
-                                  upgd_config=self.upgd, idbd_config=self.idbd)
+                                  upgd_config=self.upgd, idbd_config=self.idbd,
+                                  metaoptimize_config=self.metaoptimize)
+
+  def step_sizes(self, state: 'LearnerState'):
+    """(params-shaped learned step sizes, whether per weight) for IDBD, Autostep and MetaOptimize;
+    None for optimizers with a fixed step size."""
+    return optimizers.learned_step_sizes(state.opt_state, state.params, self.optimizer, self.metaoptimize)
 
   @property
   def needs_curvature(self) -> bool:
     """Whether the optimizer's update takes `curvature` (IDBD, Autostep)."""
     return self.optimizer.name in idbd_lib.NAMES
 
-  def curvature(self, state: LearnerState, x: jax.Array):
-    """Params-shaped mean over the batch of the squared per-example gradient of the network's
-    summed output w.r.t. the parameters: the Gauss-Newton diagonal (∂y/∂w)² that IDBD and Autostep
-    use for x² (exact for a linear unit: x_i² for a weight, 1 for a bias)."""
-    def output(params, example):
-      out, _ = self.apply(params, example[None], state.batch_stats)
-      return jnp.sum(out)
-    per_example = jax.vmap(jax.grad(output), in_axes=(None, 0))(state.params, x)
-    return jax.tree.map(lambda g: jnp.mean(g ** 2, axis=0), per_example)
+  def curvature(self, state: LearnerState, x: jax.Array, key: chex.PRNGKey, output_mask=None):
+    """Params-shaped Gauss-Newton diagonal that IDBD and Autostep use for x²: the batch mean of
+    Σ_k c_k (∂z_k/∂w)² over the outputs z_k of each example, c_k the second derivative of the
+    example's loss in z_k (its diagonal): 1/K ('half_mse'), 2/K ('mse'), p_k(1 − p_k) for
+    softmax cross-entropy (the p(1−p) form), 1 for a callable loss. Exact for one output (x_i² for
+    a linear unit's weight, 1 for its bias). With K outputs the idbd section's
+    `curvature_estimator` picks 'sketch' (default: one backward pass per example with cotangent
+    ε_k √c_k, ε_k = ±1 at random, unbiased, O(#weights)) or 'exact' (K backward passes)."""
+    exact = (self.idbd or {}).get('curvature_estimator', 'sketch') == 'exact'
+
+    def outputs(params, example):
+      out, features = self.apply(params, example[None], state.batch_stats)
+      out = self._with_injection(out, features, example[None], state.injection)
+      return out.reshape(-1)
+
+    def per_example(example, example_key):
+      z, pullback = jax.vjp(lambda p: outputs(p, example), state.params)
+      c = self._output_curvature(z, output_mask)
+      if exact:
+        rows = jax.vmap(lambda e: pullback(e * jnp.sqrt(c))[0])(jnp.eye(z.shape[0], dtype=z.dtype))
+        return jax.tree.map(lambda g: jnp.sum(g ** 2, axis=0), rows)
+      signs = jax.random.rademacher(example_key, z.shape, z.dtype)
+      return jax.tree.map(jnp.square, pullback(signs * jnp.sqrt(c))[0])
+
+    squares = jax.vmap(per_example)(x, jax.random.split(key, x.shape[0]))
+    return jax.tree.map(lambda g: jnp.mean(g, axis=0), squares)
+
+  def _output_curvature(self, z: jax.Array, output_mask=None) -> jax.Array:
+    """Diagonal of one example's loss Hessian in its K outputs z (see `curvature`)."""
+    if self.loss == 'cross_entropy':
+      if output_mask is not None:
+        z = jnp.where(output_mask.reshape(-1), z, -1e9)
+      p = jax.nn.softmax(z)
+      return p * (1 - p)
+    scale = {'half_mse': 1.0, 'mse': 2.0}.get(self.loss, None)
+    return jnp.full_like(z, 1.0 if scale is None else scale / z.shape[0])
 
   def make_cbp(self, hparams: Mapping[str, chex.Numeric]) -> cbp_lib.ResetTransform:
     if self.reset_method == 'redo':
@@ -233,7 +269,8 @@ class Learner:
     hparams = state.hparams
     if not (isinstance(lr_factor, (int, float)) and lr_factor == 1.0):
       hparams = {**hparams, 'learning_rate': hparams['learning_rate'] * lr_factor}
-    extra = {'curvature': self.curvature(state, x)} if self.needs_curvature else {}
+    extra = {'curvature': self.curvature(state, x, jax.random.fold_in(key, 2), output_mask)} \
+        if self.needs_curvature else {}
     updates, opt_state = self.make_optimizer(hparams).update(
         grads, state.opt_state, state.params, key=jax.random.fold_in(key, 1), loss=loss, **extra)
     params = optax.apply_updates(state.params, updates)

@@ -1,7 +1,7 @@
 """Optimizers of the paper as optax transforms, built from a config.
 
-UPGD, IDBD/Autostep and L2 Init have modules of their own (`ddl.learners.upgd`,
-`ddl.learners.idbd`, `ddl.learners.l2_init`); the chain's order and which parts it holds are decided
+UPGD, IDBD/Autostep, MetaOptimize and L2 Init have modules of their own (`ddl.learners.upgd`,
+`ddl.learners.idbd`, `ddl.learners.metaoptimize`, `ddl.learners.l2_init`); the chain's order and which parts it holds are decided
 here. Coupled L2 is PyTorch's `weight_decay` (added to the gradient before the optimizer), so L2
 and the "shrink" of Shrink & Perturb are one `optax.add_decayed_weights`. The "perturb" is its own
 transform that carries its PRNG key in its state. Every hyperparameter a sweep varies
@@ -16,10 +16,12 @@ import optax
 
 from ddl.learners import idbd as idbd_lib
 from ddl.learners import l2_init as l2_init_lib
+from ddl.learners import metaoptimize as metaoptimize_lib
 from ddl.learners import registry
 from ddl.learners import upgd
 
-OPTIMIZERS = ('sgd', 'adam', 'upgd', 'idbd', 'autostep')
+OPTIMIZERS = ('sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize')
+STEP_SIZE_OPTIMIZERS = idbd_lib.NAMES + ('metaoptimize',)   # step sizes are learned state
 
 
 class PerturbState(NamedTuple):
@@ -57,16 +59,20 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
                    b2: float = 0.999, eps: float = 1e-8, perturbation: bool = True,
                    key: Optional[chex.PRNGKey] = None, l2_init_strength: Optional[chex.Numeric] = None,
                    upgd_options: Optional[Mapping[str, Any]] = None,
-                   idbd_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
-  """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam, UPGD, IDBD or
-  Autostep -> optional perturbation. Extra arguments of `update` (the step's `key`, `loss`, IDBD's
+                   idbd_options: Optional[Mapping[str, Any]] = None,
+                   metaoptimize_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
+  """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam, UPGD, IDBD,
+  Autostep or MetaOptimize -> optional perturbation. Extra arguments of `update` (the step's `key`, `loss`, IDBD's
   `curvature`) reach every transform.
 
   name: 'sgd' (PyTorch SGD: dampening 0, no Nesterov; momentum 0 keeps no buffer), 'adam'
     (PyTorch Adam, bias-corrected) or 'upgd' (ddl.learners.upgd; `upgd_options`: its
     utility_decay, noise_std, weight_decay, protect), 'idbd' or 'autostep' (ddl.learners.idbd;
     `idbd_options`: meta_step_size, initial_step_size, tau, beta_range; `learning_rate` is unused,
-    the step sizes are the transform's state; its update needs the extra argument `curvature`).
+    the step sizes are the transform's state; its update needs the extra argument `curvature`),
+    'metaoptimize' (ddl.learners.metaoptimize, AdamW base with b1, b2, eps; `learning_rate` is the
+    initial step size alpha_0; `metaoptimize_options`: meta_step_size, blocks, gamma, meta_b1,
+    meta_c1, decoupled_weight_decay, beta_min, beta_max).
   perturbation: whether the chain holds the S&P noise transform (structure, hence static); with
     noise_scale 0 it adds nothing, so BP, L2 and S&P are points of one program.
   key: seeds the perturbation's noise stream (needed only to `init`).
@@ -82,6 +88,9 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
     options = dict(idbd_options or {})
     inner = idbd_lib.idbd(options.pop('meta_step_size', 0.001), options.pop('initial_step_size', 0.05),
                           autostep=name == 'autostep', **options)
+  elif name == 'metaoptimize':
+    inner = metaoptimize_lib.metaoptimize(initial_step_size=learning_rate, b1=b1, b2=b2, eps=eps,
+                                          **(metaoptimize_options or {}))
   else:
     raise ValueError(f'optimizer.name={name!r} is not known; use one of {OPTIMIZERS}.')
   parts = [optax.add_decayed_weights(weight_decay), inner]
@@ -94,11 +103,12 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
 
 def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional[chex.PRNGKey] = None,
                 l2_init: bool = False, upgd_config: Any = None,
-                idbd_config: Any = None) -> optax.GradientTransformationExtraArgs:
+                idbd_config: Any = None, metaoptimize_config: Any = None) -> optax.GradientTransformationExtraArgs:
   """`make_optimizer` from a config section (static settings) and a hyperparameter mapping
   (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2, UPGD's and
   IDBD's meta_step_size, initial_step_size, which fall back to the config section's, then to their
-  declared defaults, when the mapping has none; IDBD's static options come from `idbd_config`)."""
+  declared defaults, when the mapping has none; IDBD's and MetaOptimize's static options come from
+  `idbd_config` and `metaoptimize_config`)."""
   defaults = {h.name: h.default for h in registry.traced_hypers()}
   value = lambda name: hparams[name] if name in hparams else opt_config.get(name, defaults[name])
   options = None
@@ -114,8 +124,26 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
     idbd_options = dict(meta_step_size=value('meta_step_size'), initial_step_size=value('initial_step_size'),
                         tau=float(static('autostep_tau')),
                         beta_range=(float(static('beta_min')), float(static('beta_max'))))
+  metaoptimize_options = None
+  if opt_config.name == 'metaoptimize':
+    statics = dict(metaoptimize_config or {h.name: h.default for h in metaoptimize_lib.HYPERS})
+    metaoptimize_options = dict(meta_step_size=value('meta_step_size'),
+                                **{h.name: statics.get(h.name, h.default) for h in metaoptimize_lib.HYPERS})
   return make_optimizer(
       opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=value('weight_decay'),
       noise_scale=value('noise_scale'), momentum=opt_config.get('momentum', 0.0), eps=opt_config.get('eps', 1e-8),
       perturbation=perturbation, key=key, b1=value('b1'), b2=value('b2'),
-      l2_init_strength=value('l2_init') if l2_init else None, upgd_options=options, idbd_options=idbd_options)
+      l2_init_strength=value('l2_init') if l2_init else None, upgd_options=options, idbd_options=idbd_options,
+      metaoptimize_options=metaoptimize_options)
+
+
+def learned_step_sizes(opt_state: Any, params: Any, optimizer_config: Any, metaoptimize_config: Any = None):
+  """(params-shaped step sizes α, whether they are per weight) of an optimizer that learns them
+  (IDBD, Autostep, MetaOptimize), None for any other."""
+  if optimizer_config.name in idbd_lib.NAMES:
+    return idbd_lib.step_sizes(idbd_lib.find_state(opt_state)), True
+  if optimizer_config.name == 'metaoptimize':
+    blocks = (metaoptimize_config or {}).get('blocks', 'network')
+    state = idbd_lib.find_state(opt_state, metaoptimize_lib.MetaOptimizeState)
+    return metaoptimize_lib.step_sizes(state, params, blocks), blocks == 'weight'
+  return None

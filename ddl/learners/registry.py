@@ -18,6 +18,7 @@ from ddl import nets
 from ddl.learners import cbp
 from ddl.learners import idbd
 from ddl.learners import l2_init
+from ddl.learners import metaoptimize
 from ddl.learners import redo
 from ddl.learners import schedules
 from ddl.learners import upgd
@@ -36,20 +37,25 @@ class Method:
 
 LEARNING_RATE = Hyper('learning_rate', 0.01, low=0, open_low=True, doc='step size of every optimizer')
 
+ADAM_MOMENTS = (Hyper('b1', 0.9, low=0, high=1, doc="Adam's first-moment decay"),
+                Hyper('b2', 0.999, low=0, high=1, doc="Adam's second-moment decay"))
+
 OPTIMIZERS: Dict[str, Method] = {
     'sgd': Method('sgd', 'PyTorch SGD (dampening 0, no Nesterov)', (
         Hyper('momentum', 0.0, low=0, high=1, open_high=True, traced=False, doc='heavy-ball momentum'),),
         section='optimizer'),
     'adam': Method('adam', 'PyTorch Adam (bias-corrected)', (
-        Hyper('b1', 0.9, low=0, high=1, doc="Adam's first-moment decay"),
-        Hyper('b2', 0.999, low=0, high=1, doc="Adam's second-moment decay"),
-        Hyper('eps', 1e-8, low=0, open_low=True, traced=False, doc="Adam's epsilon")), section='optimizer'),
+        *ADAM_MOMENTS, Hyper('eps', 1e-8, low=0, open_low=True, traced=False, doc="Adam's epsilon")), section='optimizer'),
     'upgd': Method('upgd', 'UPGD (Elsayed & Mahmood 2024): utility-gated, perturbed SGD', upgd.HYPERS,
                    section='upgd'),
     'idbd': Method('idbd', 'IDBD (Sutton 1992): per-weight step sizes exp(beta) meta-learned for a linear unit',
                    idbd.HYPERS, section='idbd'),
     'autostep': Method('autostep', 'Autostep (Mahmood et al. 2012): IDBD normalised, effective step bounded',
                        idbd.HYPERS, section='idbd'),
+    'metaoptimize': Method('metaoptimize', 'MetaOptimize-hg (Sharifnassab et al. 2025): AdamW with meta-learned '
+                           'step sizes exp(beta) per network, layer or weight (Lion meta update); '
+                           'learning_rate is the initial step size',
+                           idbd.HYPERS[:1] + ADAM_MOMENTS + metaoptimize.HYPERS, section='metaoptimize'),
 }
 
 INTERVENTIONS: Dict[str, Method] = {

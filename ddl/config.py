@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Sequence
 
 import ml_collections
 
+from ddl.learners import growth as growth_lib
 from ddl.learners import learner as learner_lib
 from ddl.learners import registry
 from ddl.learners import topology
@@ -64,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.idbd = statics['idbd']                       # IDBD and Autostep (ddl.learners.idbd)
   config.metaoptimize = statics['metaoptimize']       # MetaOptimize (ddl.learners.metaoptimize)
   config.schedule = statics['schedule']               # resets and plasticity injection
+  config.growth = statics['growth']                   # a growing last hidden layer (ddl.learners.growth)
   config.hparams = {h.name: h.default for h in registry.traced_hypers()}
   # The evaluator (ddl.experiments.evaluation): every `every` chunks, on a fixed probe batch; the
   # Hessian's power iterations (0: not measured), whether to measure UPGD's plasticity (a learner
@@ -77,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
 def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[str, Any]) -> None:
   """Applies the `--config=file.py:a,b` argument: each token is a preset of the file (e.g.
   'smoke', applied in place by the callable in `presets`) or the name of a variant to keep."""
+  presets = {'step_sizes': step_size_variants, **presets}
   keep = []
   for token in filter(None, (t.strip() for t in (arg or '').split(','))):
     if token in presets:
@@ -91,6 +94,18 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[
     for name in list(config.variants):
       if name not in keep:
         del config.variants[name]
+
+
+def step_size_variants(config: ml_collections.ConfigDict) -> None:
+  """The preset 'step_sizes' of every config (`--config=configs/X.py:step_sizes`): adds the
+  level-2 learners of dynamic deep learning as variants. IDBD and Autostep start every weight at the
+  config's learning rate (meta step sizes 1e-3 and 1e-2: Sutton 1992's and Autostep's usual
+  choices); MetaOptimize (one step size per network) starts at the authors' 1e-3 for its AdamW
+  base. Per-weight MetaOptimize is `metaoptimize.blocks='weight'` in a variant of its own."""
+  start = float(config.hparams.learning_rate)
+  config.variants.idbd = dict(optimizer=dict(name='idbd'), initial_step_size=start, meta_step_size=1e-3)
+  config.variants.autostep = dict(optimizer=dict(name='autostep'), initial_step_size=start, meta_step_size=1e-2)
+  config.variants.metaoptimize = dict(optimizer=dict(name='metaoptimize'), learning_rate=1e-3)
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:
@@ -221,6 +236,12 @@ def _check_applies(experiment: str, experiment_cls: Any, group: Group) -> None:
     wanted.append(registry.INTERVENTIONS['injection'])
   if c.schedule.reset_first > 0 and c.schedule.reset_layers > 0:
     wanted.append(dataclasses.replace(registry.INTERVENTIONS['reset'], needs='head'))
+  if c.growth.initial_units > 0:
+    wanted.append(registry.INTERVENTIONS['growth'])
+    if c.schedule.reset_first > 0 or c.schedule.injection_first > 0:
+      raise ConfigError(f'variant(s) {", ".join(group.variants)}: growth does not combine with resets or plasticity '
+                        'injection (schedule.reset_first, schedule.injection_first); set those to 0 or '
+                        'growth.initial_units to 0.')
   if not any(m.needs for m in wanted):
     return
   network = experiment_cls.make_network(c)
@@ -230,6 +251,8 @@ def _check_applies(experiment: str, experiment_cls: Any, group: Group) -> None:
       missing = f'its network ({name}) has no hidden units'
     elif method.needs == 'head' and not hasattr(network, 'layer_names'):
       missing = f'its network ({name}) declares no named layers to form a head (networks with one: MLP, ConvNet)'
+    elif method.needs == 'grow' and growth_lib.problem(network, c.growth):
+      missing = growth_lib.problem(network, c.growth)
     else:
       continue
     raise ConfigError(f'variant(s) {", ".join(group.variants)}: {method.name} ({method.doc}) does not apply to '

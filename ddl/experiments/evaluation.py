@@ -20,6 +20,8 @@ and
 and, for optimizers that learn their step sizes (IDBD, Autostep, MetaOptimize), per top-level layer
   step_size_<layer>         mean step size over the layer's weights and biases
   step_size_spread_<layer>  their standard deviation (per-weight step sizes only)
+and, for a growing layer (ddl.learners.growth),
+  backbone_units            active units of the growing layer
 """
 from typing import Any, Dict, NamedTuple
 
@@ -62,7 +64,7 @@ def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
     values['active_fraction'] = metrics.active_fraction(hidden)
     values['redo_dormant_fraction'] = metrics.redo_dormant_fraction(hidden, options.redo_tau)
     values['feature_norm'] = metrics.feature_norm(hidden[-1])
-  loss = lambda p: learner.objective(p, state, x, y)[0]
+  loss = lambda p: learner.objective(p, state, x, y)[1][0]   # the loss alone (no fringe term)
   before, grads = jax.value_and_grad(loss)(params)
   values['gradient_norm'] = metrics.gradient_norm(grads)
   if options.plasticity:
@@ -72,6 +74,8 @@ def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
     values['hessian_top_eigenvalue'] = metrics.top_hessian_eigenvalue(
         loss, params, jax.random.fold_in(key, 1), iterations=options.hessian_iterations)
   values.update(step_size_values(learner, state))
+  if state.growth is not None:
+    values['backbone_units'] = state.growth.active.sum()
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 

@@ -24,6 +24,7 @@ import optax
 from flax import struct
 
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import growth as growth_lib
 from ddl.learners import idbd as idbd_lib
 from ddl.learners import optimizers
 from ddl.learners import redo as redo_lib
@@ -44,6 +45,7 @@ class LearnerState:
   hparams: Dict[str, jax.Array]
   batch_stats: Any = None        # Flax batch-norm running statistics (None: no batch norm)
   injection: Optional[schedules.InjectionState] = None   # frozen heads of plasticity injection
+  growth: Optional[growth_lib.GrowthState] = None         # backbone/fringe mask of a growing layer
 
 
 class StepOutput(NamedTuple):
@@ -91,6 +93,8 @@ class Learner:
     `curvature_estimator` (see `curvature`).
   metaoptimize: config section of MetaOptimize's static options (None: defaults).
   schedule: config section with reset_* and injection_* (ddl.learners.schedules); None: neither.
+  growth: config section of a growing last hidden layer (ddl.learners.growth); None or
+    initial_units 0: no growth.
   num_chunks: chunks of the run (sizes the injection slots).
   """
   network: nn.Module
@@ -104,6 +108,7 @@ class Learner:
   idbd: Any = None
   metaoptimize: Any = None
   schedule: Any = None
+  growth: Any = None
   num_chunks: int = 0
 
   @classmethod
@@ -112,7 +117,7 @@ class Learner:
     return cls(network=network, loss=loss, optimizer=config.optimizer, cbp=config.cbp,
                max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation,
                l2_init=group.uses('l2_init'), upgd=config.get('upgd'), idbd=config.get('idbd'),
-               metaoptimize=config.get('metaoptimize'), schedule=config.get('schedule'),
+               metaoptimize=config.get('metaoptimize'), growth=config.get('growth'), schedule=config.get('schedule'),
                num_chunks=num_chunks)
 
   @property
@@ -128,6 +133,11 @@ class Learner:
     """Whether the program holds a reset transform (CBP with a positive rate, or ReDo)."""
     active = self.max_replacement_rate > 0 or self.reset_method == 'redo'
     return self.cbp is not None and active and bool(self.unit_layers)
+
+  @property
+  def grows(self) -> bool:
+    """Whether the last hidden layer grows and shrinks (ddl.learners.growth)."""
+    return self.growth is not None and self.growth.initial_units > 0
 
   @property
   def injections(self) -> int:
@@ -165,9 +175,7 @@ class Learner:
     exact = (self.idbd or {}).get('curvature_estimator', 'sketch') == 'exact'
 
     def outputs(params, example):
-      out, features = self.apply(params, example[None], state.batch_stats)
-      out = self._with_injection(out, features, example[None], state.injection)
-      return out.reshape(-1)
+      return self.forward(params, state, example[None])[0][0].reshape(-1)
 
     def per_example(example, example_key):
       z, pullback = jax.vjp(lambda p: outputs(p, example), state.params)
@@ -209,6 +217,10 @@ class Learner:
     params_key, noise_key = jax.random.split(key)
     variables = self.network.init(params_key, sample_input)
     params = variables['params']
+    growth = None
+    if self.grows:
+      params = {**params, growth_lib.FRINGE: growth_lib.init_fringe(self.network)}
+      growth = growth_lib.init(self.network, self.growth)
     hparams = {h.name: jnp.asarray(hparams.get(h.name, h.default), jnp.float32) for h in registry.traced_hypers()}
     opt_state = self.make_optimizer(hparams, noise_key).init(params)
     cbp_state = self.make_cbp(hparams).init(params) if self.uses_cbp else None
@@ -217,7 +229,7 @@ class Learner:
       names = schedules.head_names(self.network, sample_input, self.head_start)
       injection = schedules.init_injection({n: params[n] for n in names}, self.injections)
     return LearnerState(params=params, opt_state=opt_state, cbp_state=cbp_state, hparams=hparams,
-                        batch_stats=variables.get('batch_stats'), injection=injection)
+                        batch_stats=variables.get('batch_stats'), injection=injection, growth=growth)
 
   def apply(self, params, x: jax.Array, batch_stats=None):
     """Evaluation forward pass of the network alone (batch norm on its running statistics) ->
@@ -242,19 +254,46 @@ class Learner:
     z = x if start == 0 else features[self.network.layer_names()[start - 1]]
     return output + schedules.frozen_output(self.network, injection, z, start)
 
+  def forward(self, params, state: LearnerState, x: jax.Array, train: bool = False):
+    """The learner's forward pass -> ((output, features), batch_stats): the network (batch norm in
+    train mode with `train`, updating the running statistics), plus injected frozen heads, with a
+    growing layer's fringe masked out of the output and the features."""
+    if train:
+      (output, features), batch_stats = self.apply_train(params, x, state.batch_stats)
+    else:
+      (output, features), batch_stats = self.apply(params, x, state.batch_stats), state.batch_stats
+    output = self._with_injection(output, features, x, state.injection)
+    if state.growth is not None:
+      output = growth_lib.backbone_output(self.network, params, features, state.growth.active)
+      name = growth_lib.grown_layer(self.network).features
+      features = {**features, name: features[name] * state.growth.active}
+    return (output, features), batch_stats
+
   def predict(self, state: LearnerState, x: jax.Array):
     """Evaluation forward pass of the learner -> (output, features): the network on the state's
-    parameters and batch-norm statistics, plus injected frozen heads."""
-    output, features = self.apply(state.params, x, state.batch_stats)
-    return self._with_injection(output, features, x, state.injection), features
+    parameters and batch-norm statistics, plus injected frozen heads (`forward`)."""
+    return self.forward(state.params, state, x)[0]
 
   def objective(self, params, state: LearnerState, x: jax.Array, y: Any, output_mask=None):
-    """Training loss of a batch -> (loss, (output, features, new batch_stats))."""
-    (output, features), batch_stats = self.apply_train(params, x, state.batch_stats)
-    output = self._with_injection(output, features, x, state.injection)
+    """Training objective of a batch -> (objective, (loss, output, features, new batch_stats,
+    growth signals)): the loss, plus a growing layer's fringe loss (ddl.learners.growth; its
+    signals are None without growth)."""
+    (output, features), batch_stats = self.forward(params, state, x, train=True)
     if output_mask is not None:
       output = jnp.where(output_mask, output, -1e9)
-    return loss_fn(self.loss, output, y), (output, features, batch_stats)
+    loss = loss_fn(self.loss, output, y)
+    if state.growth is None:
+      return loss, (loss, output, features, batch_stats, None)
+    fixed = jax.lax.stop_gradient(output)
+    residual = -jax.grad(lambda z: loss_fn(self.loss, z, y))(fixed) * output.shape[0]
+    if self.loss in ('mse', 'half_mse'):   # y - ŷ: undo the loss's scale 2/K or 1/K
+      residual = residual / self._output_curvature(fixed[0])
+    names = self.network.layer_names()
+    grown = names.index(growth_lib.grown_layer(self.network).features)
+    layer_input = x if grown == 0 else features[names[grown - 1]]
+    signals = growth_lib.signals(self.network, params, features, layer_input, state.growth.active,
+                                 residual.reshape(output.shape[0], -1))
+    return loss + growth_lib.fringe_loss(signals), (loss, output, features, batch_stats, signals)
 
   def step(self, state: LearnerState, x: jax.Array, y: Any, key: chex.PRNGKey,
            lr_factor: chex.Numeric = 1.0, output_mask: Optional[jax.Array] = None):
@@ -264,7 +303,7 @@ class Learner:
     lr_factor: multiplies the learning rate of this step (a schedule). output_mask: bool over the
     outputs; masked-out logits are excluded from the loss and the returned output (classes not
     seen yet)."""
-    (loss, (output, features, batch_stats)), grads = jax.value_and_grad(self.objective, has_aux=True)(
+    (_, (loss, output, features, batch_stats, signals)), grads = jax.value_and_grad(self.objective, has_aux=True)(
         state.params, state, x, y, output_mask)
     hparams = state.hparams
     if not (isinstance(lr_factor, (int, float)) and lr_factor == 1.0):
@@ -281,7 +320,14 @@ class Learner:
       num_replaced = info.num_replaced
       if batch_stats is not None:
         batch_stats = cbp_lib.restore_norms(self.unit_layers, batch_stats, info.replaced)
-    new_state = state.replace(params=params, opt_state=opt_state, cbp_state=cbp_state, batch_stats=batch_stats)
+    growth = state.growth
+    if growth is not None:
+      params, opt_state, growth, _ = growth_lib.update(self.network, params, opt_state, growth, signals, state.hparams,
+                                                       jax.random.fold_in(key, 3), self.growth)
+      if cbp_state is not None:
+        cbp_state = growth_lib.immature_fringe(cbp_state, self.network, growth.active)
+    new_state = state.replace(params=params, opt_state=opt_state, cbp_state=cbp_state, batch_stats=batch_stats,
+                              growth=growth)
     return new_state, StepOutput(loss, output, features, num_replaced)
 
   def boundary(self, state: LearnerState, index: jax.Array, key: chex.PRNGKey, sample_input: jax.Array):

@@ -8,7 +8,8 @@ and `ddl.learners.learner` the traced state. Adding a method is one module, one 
 its tests.
 
 `needs` says what a network must offer for an intervention to apply: 'units' (a unit topology,
-`ddl.learners.topology`: hidden layers), 'head' (named layers it can run from, `nets.MLP.layer_names`);
+`ddl.learners.topology`: hidden layers), 'head' (named layers it can run from, `nets.MLP.layer_names`),
+'grow' (an MLP whose last hidden layer can grow, `ddl.learners.growth.problem`);
 the launch stops with one line where an experiment's network lacks it.
 """
 import dataclasses
@@ -17,6 +18,7 @@ from typing import Dict, Tuple
 from ddl import nets
 from ddl.learners import cbp
 from ddl.learners import idbd
+from ddl.learners import growth
 from ddl.learners import l2_init
 from ddl.learners import metaoptimize
 from ddl.learners import redo
@@ -75,6 +77,8 @@ INTERVENTIONS: Dict[str, Method] = {
         section='network'),
     'reset': Method('reset', 'resets of the last layers or the whole network (Nikishin et al. 2022)',
                     schedules.RESET_HYPERS, section='schedule'),
+    'growth': Method('growth', 'a growing last hidden layer: backbone units and a fringe of candidates trained on '
+                     'its residual (generate-and-test)', growth.HYPERS, section='growth', needs='grow'),
     'injection': Method('injection', 'plasticity injection (Nikishin et al. 2023)', schedules.INJECTION_HYPERS,
                         section='schedule', needs='head'),
 }

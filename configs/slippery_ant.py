@@ -16,27 +16,17 @@ Settings as configs/ant.py (physics backend mjx, see there). Expected run time: 
 at the throughput measured there (30 seeds: ~6 800 steps/s on a quiet 2-core CPU) is ~25 h per
 30-seed variant on this CPU, so the grid is a GPU job (not measured on a GPU). Smoke: ~1 min.
 """
-import importlib.util
-import os
-
-
-def _ant():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ant.py')
-  spec = importlib.util.spec_from_file_location('configs_ant', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from ddl import config as config_lib
 
 
 def get_config(arg: str = ''):
-  ant = _ant()
+  ant = config_lib.config_module('ant')
   presets = {'smoke': lambda c: (ant.smoke(c), smoke(c))}
   config = ant.get_config()
   config.total_steps = 20_000_000
   config.updates_per_chunk = 49          # 100 352 steps
   config.env.friction.kind = 'log_uniform'
   config.env.friction.change_every = 2_000_000
-  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
   config_lib.apply_config_arg(config, arg, presets)
   return config
 

@@ -76,6 +76,17 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def config_module(name: str):
+  """The module of configs/<name>.py (a config file built on another one, e.g. slippery Ant on Ant)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[str, Any]) -> None:
   """Applies the `--config=file.py:a,b` argument: each token is a preset of the file (e.g.
   'smoke', applied in place by the callable in `presets`) or the name of a variant to keep."""

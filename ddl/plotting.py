@@ -129,7 +129,79 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)
+  written += filter(None, [step_size_figure(data, out_dir),
+                           summary_table(data, out_dir, figure_setting(workdir, 'summary_metric', ''),
+                                         figure_setting(workdir, 'summary_baseline_family', ''), bin_size)])
   return written
+
+
+STEP_SIZE, SPREAD = 'step_size_', 'step_size_spread_'
+
+
+def step_size_figure(data, out_dir: str) -> Optional[str]:
+  """<out_dir>/step_sizes.png for the variants that learn their step sizes (IDBD, Autostep,
+  MetaOptimize): one panel per variant, the mean step size of each layer over time (mean over
+  seeds, log scale) with a band of ± its spread over the layer's weights. None without such variants."""
+  means = {(v, m[len(STEP_SIZE):]): curve for (v, m), curve in data.items()
+           if m.startswith(STEP_SIZE) and not m.startswith(SPREAD)}
+  if not means:
+    return None
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  variants = sorted({v for v, _ in means})
+  fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants), 3.5), squeeze=False, sharey=True)
+  for ax, variant in zip(axes[0], variants):
+    for (v, layer), (steps, values, *_) in sorted(means.items()):
+      if v != variant:
+        continue
+      mean = np.nanmean(values, axis=0)
+      ax.plot(steps, mean, label=layer)
+      spread = data.get((variant, SPREAD + layer))
+      if spread is not None:
+        width = np.nanmean(spread[1], axis=0)
+        ax.fill_between(steps, np.maximum(mean - width, mean * 1e-3), mean + width, alpha=0.2)
+    ax.set_yscale('log')
+    ax.set_title(variant, fontsize=9)
+    ax.set_xlabel('step')
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel('step size (mean over seeds; band: ± spread over weights)')
+  fig.tight_layout()
+  path = os.path.join(out_dir, 'step_sizes.png')
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def summary_table(data, out_dir: str, metric: str, family: str, bin_size: int = 1) -> Optional[str]:
+  """<out_dir>/summary.md: per variant, `metric` in the first and the last bin (mean ± s.e. over
+  seeds), the last bin's difference to the best variant whose name starts with `family` (the
+  lowest last-bin mean, e.g. the best fixed step size of a sweep), and the learned step size of
+  each layer at the end (mean over seeds). None without `metric` (a config's `summary_metric`)."""
+  if not metric or not any(m == metric for _, m in data):
+    return None
+  rows = {}
+  for (variant, m), (steps, values, *_) in sorted(data.items()):
+    if m == metric:
+      _, binned_values = binned(steps, values, bin_size)
+      rows[variant] = [mean_and_se(binned_values[:, [0]]), mean_and_se(binned_values[:, [-1]])]
+  last = lambda v: float(rows[v][1][0][0])
+  family_members = [v for v in rows if family and v.startswith(family)]
+  best = min(family_members, key=last) if family_members else ''
+  layers = sorted({m[len(STEP_SIZE):] for _, m in data if m.startswith(STEP_SIZE) and not m.startswith(SPREAD)})
+  lines = [f'# {metric}: first and last bin (mean ± s.e. over seeds)', '',
+           f'Best fixed baseline (`{family}*`, lowest last bin): {best or "none"}.', '',
+           '| variant | first bin | last bin | last − best | ' + ' | '.join(f'step size {l}' for l in layers) + ' |',
+           '|---' * (4 + len(layers)) + '|']
+  for variant, ((m0, s0), (m1, s1)) in rows.items():
+    sizes = []
+    for layer in layers:
+      curve = data.get((variant, STEP_SIZE + layer))
+      sizes.append(f'{np.nanmean(curve[1][:, -1]):.3g}' if curve is not None else '')
+    diff = f'{m1[0] - last(best):+.3f}' if best else ''
+    lines.append(f'| {variant} | {m0[0]:.3f} ± {s0[0]:.3f} | {m1[0]:.3f} ± {s1[0]:.3f} | {diff} | ' + ' | '.join(sizes) + ' |')
+  path = os.path.join(out_dir, 'summary.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
 
 
 def figure_setting(workdir: str, key: str, default):

@@ -55,17 +55,23 @@ flags.DEFINE_integer('chunks', 3, 'Timed chunks per program.')
 flags.DEFINE_string('config_arg', '', 'Extra config argument, e.g. a preset such as smoke.')
 flags.DEFINE_bool('fuse_variants', False, 'One program for all variants of a structure.')
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
-flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention of the toolkit (and plain '
-                  'backprop) and report each one\'s step cost relative to plain backprop.')
+flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention and learner of the toolkit '
+                  '(and plain backprop) and report each one\'s step cost relative to plain backprop (SGD).')
 
-# One variant per intervention (ddl.learners.registry), for --interventions, each a program of its
-# own; coupled L2 is left out: it is a traced point of plain backprop's program (the same cost).
+# One variant per intervention and per learner (ddl.learners.registry), for --interventions, each a
+# program of its own; coupled L2 is left out: it is a traced point of plain backprop's program (the
+# same cost). The dynamic-deep-learning learners: IDBD/Autostep on the whole network (per-example
+# Gauss-Newton diagonal), MetaOptimize per network and per weight, a growing last hidden layer.
 INTERVENTION_VARIANTS = {
     'bp': {}, 'snp': dict(weight_decay=1e-4, noise_scale=1e-4),
     'l2_init': dict(l2_init=1e-3), 'cbp': dict(replacement_rate=1e-4), 'redo': dict(cbp=dict(method='redo')),
     'layer_norm': dict(network=dict(layer_norm='affine')), 'upgd': dict(optimizer=dict(name='upgd')),
     'reset': dict(schedule=dict(reset_first=1, reset_every=1, reset_layers=1)),
     'injection': dict(schedule=dict(injection_first=1)),
+    'adam': dict(optimizer=dict(name='adam')), 'idbd': dict(optimizer=dict(name='idbd')),
+    'autostep': dict(optimizer=dict(name='autostep')), 'metaoptimize': dict(optimizer=dict(name='metaoptimize')),
+    'metaoptimize_weight': dict(optimizer=dict(name='metaoptimize'), metaoptimize=dict(blocks='weight')),
+    'growth': dict(growth=dict(initial_units=1)),
 }
 
 

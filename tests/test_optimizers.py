@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from ddl.learners import optimizers
+from ddl.learners import registry
 
 ATOL = 1e-6
 RTOL = 1e-5
@@ -342,7 +343,8 @@ def test_unknown_optimizer_name_raises():
         optimizers.make_optimizer('rmsprop', learning_rate=0.1)
     for allowed in optimizers.OPTIMIZERS:
         assert allowed in str(info.value)
-    assert set(optimizers.OPTIMIZERS) == {'sgd', 'adam', 'upgd', 'idbd', 'autostep'}
+    assert set(optimizers.OPTIMIZERS) == {'sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize'}
+    assert set(optimizers.OPTIMIZERS) == set(registry.OPTIMIZERS)
 
 
 def test_perturb_init_without_key_raises():

@@ -201,17 +201,7 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(config.cpu_devices >= 0, 'cpu_devices', f'must be >= 0 (0: one CPU device), got {config.cpu_devices}')
   _check(config.num_devices >= 0, 'num_devices', f'must be >= 0 (0: all visible devices), got {config.num_devices}')
   _check(config.platform in PLATFORMS, 'platform', f'{config.platform!r} is not known; use one of {PLATFORMS}')
-  _check(config.optimizer.name in registry.OPTIMIZERS, 'optimizer.name',
-         f'{config.optimizer.name!r} is not known; use one of {tuple(registry.OPTIMIZERS)}')
-  _check(config.cbp.method in learner_lib.RESETS, 'cbp.method',
-         f'{config.cbp.method!r} is not known; use one of {learner_lib.RESETS}')
-  for section, hypers in registry.static_hypers().items():
-    for h in hypers:
-      if section in config and h.name in config[section]:
-        problem = h.problem(config[section][h.name])
-        _check(problem is None, f'{section}.{h.name}', str(problem))
-  _check(config.cbp.utility_statistic == 'ema' or config.cbp.util_type in ('contribution', 'weight'),
-         'cbp.utility_statistic', "'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'")
+  _check_methods(config)
   _check(config.wandb.mode in WANDB_MODES, 'wandb.mode', f'{config.wandb.mode!r} is not known; use one of {WANDB_MODES}')
   _check(len(config.variants) > 0, 'variants', 'at least one variant is needed')
   top_level = set(config.keys())
@@ -223,6 +213,7 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
              f'is neither a hyperparameter {HPARAMS} nor a config key{_suggest(key, list(HPARAMS) + sorted(top_level))}')
   traced = registry.traced_hypers()
   for group in groups(config):
+    _check_methods(group.config, f'variant(s) {", ".join(group.variants)}: ')
     for variant, hparams in zip(group.variants, group.hparams):
       for h in traced:
         problem = h.problem(hparams[h.name])
@@ -234,6 +225,22 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
     for ok, message in checks:
       _check(ok, f'variant(s) {", ".join(group.variants)}', message)
     _check_applies(config.experiment, experiment_cls, group)
+
+
+def _check_methods(c: ml_collections.ConfigDict, where: str = '') -> None:
+  """The static settings of the methods (optimizer, reset method, each method's section) in the
+  base config or, with `where` naming them, in a group of variants."""
+  _check(c.optimizer.name in registry.OPTIMIZERS, f'{where}optimizer.name',
+         f'{c.optimizer.name!r} is not known; use one of {tuple(registry.OPTIMIZERS)}')
+  _check(c.cbp.method in learner_lib.RESETS, f'{where}cbp.method',
+         f'{c.cbp.method!r} is not known; use one of {learner_lib.RESETS}')
+  for section, hypers in registry.static_hypers().items():
+    for h in hypers:
+      if section in c and h.name in c[section]:
+        problem = h.problem(c[section][h.name])
+        _check(problem is None, f'{where}{section}.{h.name}', str(problem))
+  _check(c.cbp.utility_statistic == 'ema' or c.cbp.util_type in ('contribution', 'weight'),
+         f'{where}cbp.utility_statistic', "'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'")
 
 
 def _check_applies(experiment: str, experiment_cls: Any, group: Group) -> None:

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from ddl import config as config_lib
+from ddl import experiments
 from ddl import nets
 from ddl.experiments import evaluation
 from ddl.learners import cbp as cbp_lib
@@ -247,3 +248,57 @@ def test_step_size_diagnostics_per_layer():
                             perturbation=False)
   plain = evaluation.diagnose(sgd, sgd.init(jax.random.key(0), x[:1], {}), x, jnp.zeros(4), jax.random.key(0), options)
   assert not any(k.startswith('step_size') for k in plain)
+
+
+# --- every supervised experiment takes the dynamic learners as variants ---
+
+SUPERVISED = ('slowly_changing_regression', 'permuted_digits', 'permuted_mnist', 'random_label_digits', 'imagenet',
+              'cifar100')
+
+
+@pytest.mark.parametrize('name', SUPERVISED)
+def test_every_supervised_config_takes_the_step_size_preset_and_growth(name):
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config(name, 'smoke,step_sizes')
+  assert {'idbd', 'autostep', 'metaoptimize'} <= set(config.variants)
+  config_lib.validate(config, experiments.get(config.experiment))
+  config.variants = {'grow': dict(growth=dict(initial_units=1))}
+  if name in ('imagenet', 'cifar100'):   # conv nets: no growing layer, one line says so
+    with pytest.raises(config_lib.ConfigError, match='growth needs an MLP'):
+      config_lib.validate(config, experiments.get(config.experiment))
+  else:
+    config_lib.validate(config, experiments.get(config.experiment))
+
+
+def test_permuted_digits_runs_network_idbd_and_growth(tmp_path):
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from ddl import run as run_lib  # pylint: disable=g-import-not-at-top
+  import csv  # pylint: disable=g-import-not-at-top
+  config = load_config('permuted_digits', 'smoke,step_sizes,idbd')
+  config.variants.grow_autostep = dict(growth=dict(initial_units=10), optimizer=dict(name='autostep'),
+                                       meta_step_size=0.01, initial_step_size=0.01)
+  config.num_seeds = 2
+  run_lib.run(config, str(tmp_path), figures=False)
+  with open(tmp_path / 'metrics.csv') as f:
+    rows = [r for r in csv.DictReader(f)]
+  values = {(r['variant'], r['metric']): float(r['value']) for r in rows}
+  assert 0 < values[("grow_autostep", "backbone_units")] <= config.network.hidden
+  assert values[('idbd', 'step_size_output')] != pytest.approx(config.hparams.learning_rate)
+  assert all(np.isfinite(v) for v in values.values())
+
+
+@pytest.mark.parametrize('config_name,variant,match', [
+    ('dynamic_scr', dict(optimizer=dict(name='metaoptimize'), metaoptimize=dict(blocks='unit')),
+     "variant\\(s\\) v: metaoptimize.blocks: 'unit' is not known"),
+    ('dynamic_scr', dict(optimizer=dict(name='metaoptimize'), learning_rate=0.0), 'hparams.learning_rate: must be > 0'),
+    ('dynamic_scr', dict(optimizer=dict(name='idbd'), meta_step_size=-1.0), 'hparams.meta_step_size: must be >= 0'),
+    ('dynamic_scr', dict(optimizer=dict(name='rmsprop')), "variant\\(s\\) v: optimizer.name: 'rmsprop' is not known"),
+    ('ant', dict(optimizer=dict(name='autostep')), 'optimizer.name=autostep needs one prediction'),
+])
+def test_bad_step_size_settings_in_a_variant_name_the_key(config_name, variant, match):
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config(config_name, 'smoke')
+  config.variants = {'v': variant}
+  with pytest.raises(config_lib.ConfigError, match=match) as e:
+    config_lib.validate(config, experiments.get(config.experiment))
+  assert '\n' not in str(e.value)

@@ -62,6 +62,9 @@ class PPO:
   def checks(config):
     p, env = config.ppo, config.env
     return [
+        (config.optimizer.name not in ('idbd', 'autostep'),
+         f"optimizer.name={config.optimizer.name} needs one prediction to differentiate (its Gauss-Newton "
+         "diagonal); PPO's loss is over a policy and a value: use sgd, adam, upgd or metaoptimize"),
         (env.backend in env_lib.BACKENDS, f'env.backend must be one of {env_lib.BACKENDS}'),
         (env.friction.kind in FRICTIONS, f'env.friction.kind must be one of {FRICTIONS}'),
         (env.friction.kind != 'file' or bool(env.friction.file), 'env.friction.file is needed with kind=file'),

@@ -55,6 +55,26 @@ def smoke(config):
   config.variants.grow.growth_maturity = 20.0
 
 
+def meta_sweep(config):
+  """The sweep that picked the meta-parameters of the default variants: 10 seeds x 100 000 examples."""
+  config.num_seeds = 10
+  config.num_examples = 100_000
+  config.diagnostics.hessian_iterations = 0
+  config.diagnostics.plasticity = False
+  variants = {name('sgd', lr): dict(learning_rate=lr) for lr in SGD_STEP_SIZES}
+  for meta in (1e-4, 1e-3, 1e-2):
+    variants[name('idbd', meta)] = dict(optimizer=dict(name='idbd'), meta_step_size=meta, initial_step_size=0.01)
+    variants[name('autostep', meta * 10)] = dict(optimizer=dict(name='autostep'), meta_step_size=meta * 10,
+                                                 initial_step_size=0.01)
+    variants[name('metaoptimize', meta)] = dict(optimizer=dict(name='metaoptimize'), meta_step_size=meta,
+                                                learning_rate=1e-3)
+  for threshold in (0.001, 0.01, 0.1):
+    for maturity in (100, 1000):
+      variants[name(f'grow_m{maturity}', threshold)] = dict(**GROW, promote_threshold=threshold,
+                                                            growth_maturity=float(maturity))
+  config.variants = variants
+
+
 def get_config(arg: str = ''):
   config = config_lib.config_module('slowly_changing_regression').get_config()
   config.num_examples = 300_000
@@ -76,5 +96,5 @@ def get_config(arg: str = ''):
   )
   config.summary_metric = 'error'             # figures/summary.md: first and last bins of the error,
   config.summary_baseline_family = 'sgd_'     # ... each variant against the best fixed step size
-  config_lib.apply_config_arg(config, arg, {'smoke': smoke})
+  config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'meta_sweep': meta_sweep})
   return config

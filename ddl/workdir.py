@@ -41,6 +41,10 @@ def prepare_workdir(workdir: str, config, fresh: bool = False) -> bool:
       elif os.path.exists(path):
         os.remove(path)
   saved = os.path.join(workdir, 'config.json')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if not os.path.exists(saved) and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    raise config_lib.ConfigError(f'--workdir={workdir} holds checkpoints but no config.json to check this launch '
+                                 'against; restore config.json, or pass --fresh to delete its outputs and start over.')
   if os.path.exists(saved):
     try:
       with open(saved) as f:

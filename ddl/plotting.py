@@ -15,6 +15,10 @@ REDUCE = {'mean': np.nanmean, 'max': np.nanmax}
 COLUMNS = ['variant', 'seed', 'step', 'metric', 'value']   # metrics.csv (ddl.writers.METRICS_HEADER)
 
 
+class MetricsFileError(ValueError):
+  """A file that is not a metrics.csv of ddl; the message names the first bad line."""
+
+
 def read_metrics(path: str, with_seeds: bool = False,
                  block: int = 1 << 20) -> Dict[Tuple[str, str], Tuple[np.ndarray, ...]]:
   """{(variant, metric): (steps (T,), values (seeds, T)[, seed ids (seeds,)])} from a long-form
@@ -22,13 +26,13 @@ def read_metrics(path: str, with_seeds: bool = False,
   repeated cell the last row wins). Linear in the rows: `block` lines at a time are split into
   columns (ddl writes no quoted fields), the numbers parsed into arrays and each row given one
   integer key; each key's rows are then placed at once. A file that is not such a metrics.csv
-  raises ValueError naming the first bad line."""
+  raises MetricsFileError naming the first bad line."""
   index: Dict[Tuple[str, str], int] = {}
   keys, seeds, steps, values = [], [], [], []
   with open(path) as f:
     header = f.readline()
     if header.rstrip('\r\n').split(',') != COLUMNS:
-      raise ValueError(f'{path}, line 1: the header is {header.strip()[:100]!r}, not {",".join(COLUMNS)!r}; '
+      raise MetricsFileError(f'{path}, line 1: the header is {header.strip()[:100]!r}, not {",".join(COLUMNS)!r}; '
                        'is it a metrics.csv of ddl?')
     first_line = 2
     for lines in iter(lambda: list(itertools.islice(f, block)), []):
@@ -62,16 +66,16 @@ def read_metrics(path: str, with_seeds: bool = False,
   return out
 
 
-def _bad_row(path: str, lines, first_line: int) -> ValueError:
+def _bad_row(path: str, lines, first_line: int) -> MetricsFileError:
   """The first of `lines` that is not variant,seed(int),step(int),metric,value(float)."""
   for number, line in enumerate(lines, first_line):
     try:
       _, seed, step, _, value = line.split(',')
       int(seed), int(step), float(value)
     except ValueError as e:
-      return ValueError(f'{path}, line {number}: {line.strip()[:100]!r} is not a row of {",".join(COLUMNS)} '
+      return MetricsFileError(f'{path}, line {number}: {line.strip()[:100]!r} is not a row of {",".join(COLUMNS)} '
                         f'({e}); was the file edited?')
-  return ValueError(f'{path}: lines {first_line}..{first_line + len(lines) - 1} are not rows of {",".join(COLUMNS)}')
+  return MetricsFileError(f'{path}: lines {first_line}..{first_line + len(lines) - 1} are not rows of {",".join(COLUMNS)}')
 
 
 def minus_baseline(curve: Tuple[np.ndarray, ...], baseline: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, np.ndarray]:

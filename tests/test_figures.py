@@ -88,7 +88,7 @@ def test_read_metrics_matches_a_cell_by_cell_pivot(tmp_path):
 def test_read_metrics_names_the_first_bad_line(tmp_path, text, line):
   path = tmp_path / 'metrics.csv'
   path.write_text(text)
-  with pytest.raises(ValueError, match=f'metrics.csv, line {line}: '):
+  with pytest.raises(plotting.MetricsFileError, match=f'metrics.csv, line {line}: '):
     plotting.read_metrics(str(path), block=1)
 
 

@@ -82,8 +82,8 @@ def get_config(arg: str = ''):
   config.figure_reduce = 'max'            # ... the max over the increment's epochs, as the paper
   config.figure_baseline = 'retrained'    # ... and minus the retrained network's, paired by seed, for
   config.figure_baseline_metrics = ('test_accuracy',)
-  config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', download=False, num_classes=100, val_per_class=50,
-                     train_per_class=450, test_per_class=100, augment_test=True,
+  config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', download=False, num_classes=100,
+                     val_per_class=50, train_per_class=450, test_per_class=100, augment_test=True,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
   config.network = dict(width=64, conv='patches', layer_norm='')
   config.optimizer.name = 'sgd'

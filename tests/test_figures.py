@@ -1,6 +1,7 @@
 """launch/plot.py redraws figures from metrics.csv; every notebook runs top to bottom on the
 metrics.csv of its experiment's smoke run (nbclient)."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -112,6 +113,12 @@ def test_plot_redraws_workdirs_alone_and_together(tmp_path, monkeypatch):
   assert curves == [('a: bp', 'error'), ('a: cbp', 'error'), ('b: bp', 'error'), ('b: cbp', 'error')]
   proc = subprocess.run([sys.executable, plot, str(tmp_path)], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and 'no metrics.csv' in proc.stderr
+  with open(os.path.join(b, 'metrics.csv'), 'a') as f:
+    f.write('bp,0,50,error\n')   # a hand-edited line: one error line naming it, no figure written
+  shutil.rmtree(os.path.join(b, 'figures'))
+  proc = subprocess.run([sys.executable, plot, b], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
+  assert 'metrics.csv, line 25: ' in proc.stderr and not os.path.exists(os.path.join(b, 'figures'))
 
 
 def test_stopped_runs_count_until_they_stop():

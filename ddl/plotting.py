@@ -1,6 +1,5 @@
 """Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant (or a
 95 % bootstrap confidence band of the mean, the config's `figure_band='bootstrap95'`)."""
-import csv
 import itertools
 import json
 import os

@@ -12,8 +12,9 @@ retrained, snp (sigma 1e-5), cbp (ResGnT: contribution utility, rate 1e-5, matur
   python launch/main.py --config=configs/cifar100.py:smoke      # mock data, narrow net, about a minute
   python launch/main.py --config=configs/cifar100.py:cbp,retrained --config.num_seeds=8 --config.runs_per_call=8
 
-Data: tfds `cifar100` in array_record form (`tfds build cifar100 --file_format=array_record` where
-TensorFlow is installed; copy the folder to data.data_dir), cached as .npy in data.cache_dir.
+Data: tfds `cifar100` in array_record form: `--config.data.download=True` downloads and prepares it on
+first use (network access and `pip install -e ".[data]"`), or `tfds build cifar100 --file_format=array_record`
+where TensorFlow is installed and copy the folder to data.data_dir; cached as .npy in data.cache_dir.
 Quirks of the original kept by default: augmented test images (`data.augment_test=False` for clean
 test accuracy), the cumulative never-reset CBP statistic (`cbp.utility_statistic='ema'` for the
 clean running utility), S&P noise added with the optimizer step (before CBP; the original adds it
@@ -81,8 +82,8 @@ def get_config(arg: str = ''):
   config.figure_reduce = 'max'            # ... the max over the increment's epochs, as the paper
   config.figure_baseline = 'retrained'    # ... and minus the retrained network's, paired by seed, for
   config.figure_baseline_metrics = ('test_accuracy',)
-  config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', num_classes=100, val_per_class=50,
-                     train_per_class=450, test_per_class=100, augment_test=True,
+  config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', download=False, num_classes=100,
+                     val_per_class=50, train_per_class=450, test_per_class=100, augment_test=True,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
   config.network = dict(width=64, conv='patches', layer_norm='')
   config.optimizer.name = 'sgd'

@@ -9,8 +9,8 @@ cbp} x 800 tasks.
   python launch/main.py --config=configs/permuted_mnist.py --workdir=/tmp/pmnist
   python launch/main.py --config=configs/permuted_mnist.py:smoke    # mock data, about a minute
 
-Data: tfds `mnist` train split (run `tfds build mnist` once where there is network access, or
-point data.data_dir at a prepared tfds directory). Expected run time: the full grid is 48 M
+Data: tfds `mnist` train split: `--config.data.download=True` downloads and prepares it on first use
+(network access and `pip install -e ".[data]"`), or point data.data_dir at a prepared tfds directory. Expected run time: the full grid is 48 M
 single-example steps of a 9.6 M-weight MLP per run: about 2 GPU-days for 240 runs on one H100
 (projection, not measured); impractical on a CPU, where `num_seeds`, `network.hidden` and
 `num_tasks` should be cut. Smoke: about a minute on a 2-core CPU.
@@ -39,7 +39,7 @@ def get_config(arg: str = ''):
   config.batch_size = 1
   config.probe_size = 2_000           # diagnostics on the first examples of a task, after it
   config.diagnostics.every = 5
-  config.data = dict(source='mnist', data_dir='', cache_dir='~/.cache/ddl', input_size=784, num_classes=10,
+  config.data = dict(source='mnist', data_dir='', cache_dir='~/.cache/ddl', download=False, input_size=784, num_classes=10,
                      mock_examples=1000)
   config.network = dict(layers=3, hidden=2000, activation='relu', weight_init='kaiming', layer_norm='')
   config.optimizer.name = 'sgd'

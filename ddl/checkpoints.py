@@ -1,10 +1,11 @@
 """Checkpoints (orbax): the real runs' states of every program (padding dropped, so a run can resume on
-another number of devices), with the byte count of metrics.csv at that moment and the sizes of the
+another number of devices), with the byte count and CRC-32 of metrics.csv at that moment and the sizes of the
 calls that wrote them (a resume with another call layout is refused). Saves are synchronous, and
-orbax writes them atomically."""
+orbax writes them atomically. A checkpoint that cannot be read is one clear error, not a traceback."""
 import contextlib
 import os
-from typing import List, Optional, Tuple
+import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 import orbax.checkpoint as ocp
 from absl import logging
@@ -23,6 +24,22 @@ def quiet():
     logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def _closed_loop_callbacks_dropped():
+  """When a read fails, TensorStore still completes the reads that orbax abandoned; their callbacks
+  find orbax's event loop closed and Python prints each 'Event loop is closed' as an unraisable
+  exception (tracebacks around the launch's one error line). Drops exactly those during a read and,
+  when it failed, from then on."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+  sys.unraisablehook = hook
+  yield
+  sys.unraisablehook = previous
+
+
 class Checkpoints:
   """The checkpoints of `workdir`, for programs making calls of `calls` runs each."""
 
@@ -38,28 +55,45 @@ class Checkpoints:
     """The number of chunks done at the last complete checkpoint, None when there is none."""
     return self.manager.latest_step()
 
-  def restore(self, chunks: int, programs, states, devices, cpu_devices: int) -> Tuple[list, int]:
+  def restore(self, chunks: int, programs, states, devices, cpu_devices: int) -> Tuple[list, Dict[str, Any]]:
     """The programs' states at the checkpoint after `chunks` chunks, padded and sharded like the
-    template `states` (fresh initial states), and the byte count of metrics.csv it recorded."""
-    with quiet():
-      meta = self.manager.restore(chunks, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    template `states` (fresh initial states), and what it recorded of metrics.csv (`MetricsCsv.cut`'s
+    arguments). A checkpoint that cannot be read, or one written with other calls, is a ConfigError."""
+    meta = self._read(chunks, meta=ocp.args.JsonRestore()).meta
+    if not isinstance(meta, dict) or not isinstance(meta.get('csv_bytes'), int):
+      raise self._damaged(chunks, f'its meta data holds no csv_bytes: {str(meta)[:100]}')
     if meta.get('calls', self.calls) != self.calls:
       raise config_lib.ConfigError(
           f'--workdir={self.workdir}: its checkpoint holds calls of {meta["calls"]} runs, this launch makes calls '
           f'of {self.calls} ({devices.count} {devices.platform} device(s), cpu_devices={cpu_devices}); resume on '
           'the platform that started the run, or pass --fresh to start over.')
-    with quiet():
-      restored = self.manager.restore(chunks, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore([devices.unpadded_target(s, len(p.variants))
-                                          for p, s in zip(programs, states)])))
+    restored = self._read(chunks, state=ocp.args.StandardRestore(
+        [devices.unpadded_target(s, len(p.variants)) for p, s in zip(programs, states)]))
     states = [devices.pad(devices.rewrap(tuple(s), t), p.padded) for p, s, t in zip(programs, restored.state, states)]
-    return states, meta['csv_bytes']
+    return states, {'size': meta['csv_bytes'], 'crc32': meta.get('csv_crc32')}
 
-  def save(self, chunks: int, programs, states, devices, csv_bytes: int) -> None:
-    """A checkpoint after `chunks` chunks; `csv_bytes`: the size of metrics.csv, synced, at that point."""
+  def _read(self, chunks: int, **items):
+    """Items of the checkpoint after `chunks` chunks. Orbax and TensorStore report a damaged or
+    incomplete checkpoint with many error types; each becomes one ConfigError naming the folder."""
+    try:
+      with quiet(), _closed_loop_callbacks_dropped():
+        return self.manager.restore(chunks, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._damaged(chunks, f'{type(e).__name__}: {str(e).strip()}') from None
+
+  def _damaged(self, chunks: int, why: str) -> config_lib.ConfigError:
+    folder = os.path.join(self.workdir, 'checkpoints', str(chunks))
+    why = ' '.join(why.split())[:300]
+    return config_lib.ConfigError(
+        f'--workdir={self.workdir}: checkpoint {folder} cannot be read ({why}); it is damaged or incomplete: '
+        'delete that folder to resume from the checkpoint before it (if any), or pass --fresh to start over.')
+
+  def save(self, chunks: int, programs, states, devices, csv: Dict[str, int]) -> None:
+    """A checkpoint after `chunks` chunks; `csv`: what `MetricsCsv.sync` returned at that point (the
+    size of metrics.csv, synced, and the CRC-32 of its bytes)."""
     with quiet():
       saved = [devices.unpad(s, len(p.variants)) for p, s in zip(programs, states)]
-      meta = {'csv_bytes': csv_bytes, 'calls': self.calls}
+      meta = {'csv_bytes': csv['size'], 'csv_crc32': csv['crc32'], 'calls': self.calls}
       self.manager.save(chunks, args=ocp.args.Composite(
           state=ocp.args.StandardSave(saved), meta=ocp.args.JsonSave(meta)), force=True)
       self.manager.wait_until_finished()

@@ -1,7 +1,6 @@
 """Figures from metrics.csv: one PNG per metric, mean +- standard error over seeds per variant (or a
 95 % bootstrap confidence band of the mean, the config's `figure_band='bootstrap95'`)."""
-import collections
-import csv
+import itertools
 import json
 import os
 import warnings
@@ -12,22 +11,70 @@ import numpy as np
 REDUCE = {'mean': np.nanmean, 'max': np.nanmax}
 
 
-def read_metrics(path: str, with_seeds: bool = False) -> Dict[Tuple[str, str], Tuple[np.ndarray, ...]]:
+COLUMNS = ['variant', 'seed', 'step', 'metric', 'value']   # metrics.csv (ddl.writers.METRICS_HEADER)
+
+
+class MetricsFileError(ValueError):
+  """A file that is not a metrics.csv of ddl; the message names the first bad line."""
+
+
+def read_metrics(path: str, with_seeds: bool = False,
+                 block: int = 1 << 20) -> Dict[Tuple[str, str], Tuple[np.ndarray, ...]]:
   """{(variant, metric): (steps (T,), values (seeds, T)[, seed ids (seeds,)])} from a long-form
-  metrics.csv."""
-  table = collections.defaultdict(dict)
+  metrics.csv, keys in order of first appearance, steps and seeds sorted, missing cells NaN (of a
+  repeated cell the last row wins). Linear in the rows: `block` lines at a time are split into
+  columns (ddl writes no quoted fields), the numbers parsed into arrays and each row given one
+  integer key; each key's rows are then placed at once. A file that is not such a metrics.csv
+  raises MetricsFileError naming the first bad line."""
+  index: Dict[Tuple[str, str], int] = {}
+  keys, seeds, steps, values = [], [], [], []
   with open(path) as f:
-    for row in csv.DictReader(f):
-      table[(row['variant'], row['metric'])][(int(row['seed']), int(row['step']))] = float(row['value'])
+    header = f.readline()
+    if header.rstrip('\r\n').split(',') != COLUMNS:
+      raise MetricsFileError(f'{path}, line 1: the header is {header.strip()[:100]!r}, not {",".join(COLUMNS)!r}; '
+                       'is it a metrics.csv of ddl?')
+    first_line = 2
+    for lines in iter(lambda: list(itertools.islice(f, block)), []):
+      n, fields = len(lines), ','.join(lines).split(',')
+      # 5 fields a line: 5n fields in all, and every line's newline in its value field.
+      ends = n - (not lines[-1].endswith('\n'))
+      if len(fields) != 5 * n or ''.join(fields[4::5]).count('\n') != ends:
+        raise _bad_row(path, lines, first_line)
+      try:
+        seeds.append(np.fromiter(map(int, fields[1::5]), np.int64, n))
+        steps.append(np.fromiter(map(int, fields[2::5]), np.int64, n))
+        values.append(np.fromiter(map(float, fields[4::5]), np.float64, n))
+      except ValueError:
+        raise _bad_row(path, lines, first_line) from None
+      pairs = list(zip(fields[0::5], fields[3::5]))
+      keys.append(np.fromiter((index.setdefault(k, len(index)) for k in pairs), np.int64, n))
+      first_line += n
+  if not index:
+    return {}
+  keys, seeds, steps, values = (np.concatenate(c) for c in (keys, seeds, steps, values))
+  order = np.argsort(keys, kind='stable')          # each key's rows together, in file order
+  bounds = np.searchsorted(keys[order], np.arange(len(index) + 1))
   out = {}
-  for key, cells in table.items():
-    seeds = sorted({s for s, _ in cells})
-    steps = sorted({t for _, t in cells})
-    values = np.full((len(seeds), len(steps)), np.nan)
-    for (s, t), v in cells.items():
-      values[seeds.index(s), steps.index(t)] = v
-    out[key] = (np.asarray(steps), values) + ((np.asarray(seeds),) if with_seeds else ())
+  for key, i in index.items():
+    rows = order[bounds[i]:bounds[i + 1]]
+    seed_ids, seed_at = np.unique(seeds[rows], return_inverse=True)
+    step_ids, step_at = np.unique(steps[rows], return_inverse=True)
+    table = np.full((len(seed_ids), len(step_ids)), np.nan)
+    table[seed_at, step_at] = values[rows]
+    out[key] = (step_ids, table) + ((seed_ids,) if with_seeds else ())
   return out
+
+
+def _bad_row(path: str, lines, first_line: int) -> MetricsFileError:
+  """The first of `lines` that is not variant,seed(int),step(int),metric,value(float)."""
+  for number, line in enumerate(lines, first_line):
+    try:
+      _, seed, step, _, value = line.split(',')
+      int(seed), int(step), float(value)
+    except ValueError as e:
+      return MetricsFileError(f'{path}, line {number}: {line.strip()[:100]!r} is not a row of {",".join(COLUMNS)} '
+                        f'({e}); was the file edited?')
+  return MetricsFileError(f'{path}: lines {first_line}..{first_line + len(lines) - 1} are not rows of {",".join(COLUMNS)}')
 
 
 def minus_baseline(curve: Tuple[np.ndarray, ...], baseline: Tuple[np.ndarray, ...]) -> Tuple[np.ndarray, np.ndarray]:

@@ -56,17 +56,17 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
     programs = programs_lib.build(config, devices)
     states = [programs_lib.call(p.init, p, devices) for p in programs]
   num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
-  _log_layout(programs, devices)
   checkpoints = checkpoints_lib.Checkpoints(workdir, calls=[len(p.variants) for p in programs])
   metrics_csv = writers.MetricsCsv(workdir, lead)
   start = checkpoints.latest() or 0
   if start:
-    states, csv_bytes = checkpoints.restore(start, programs, states, devices, config.cpu_devices)
-    metrics_csv.cut(csv_bytes)
+    states, csv = checkpoints.restore(start, programs, states, devices, config.cpu_devices)
+    metrics_csv.cut(**csv)
     logging.info('Resumed %s at chunk %d/%d.', workdir, start, num_chunks)
   elif lead:
     metrics_csv.create()
     workdir_lib.write_config(workdir, config)
+  _log_layout(programs, devices)
   alive = [np.asarray(devices.get(s[1]))[:len(p.variants)] for p, s in zip(programs, states)]
   wandb = writers.Wandb(config, workdir, lead=lead)
   end = num_chunks if stop_after_chunks is None else min(num_chunks, start + stop_after_chunks)
@@ -91,7 +91,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
                          **progress.chunk_done(chunk, step, examples, dead)})
         stop = signals.received(devices)
         if (chunk + 1) % config.checkpoint_every == 0 or chunk + 1 == end or stop is not None:
-          checkpoints.save(chunk + 1, programs, states, devices, csv_bytes=metrics_csv.sync())
+          checkpoints.save(chunk + 1, programs, states, devices, csv=metrics_csv.sync())
         if stop is not None and chunk + 1 < end:
           raise Interrupted(chunk + 1, num_chunks, stop)
     except BaseException as e:

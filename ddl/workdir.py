@@ -1,6 +1,7 @@
 """The workdir of a launch: checked before anything is written (writable, no run of another config),
 its outputs, atomic writes, and nothing half-written left behind by a refused launch."""
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,15 +22,17 @@ def write_atomic(path: str, text: str) -> None:
 
 
 def prepare_workdir(workdir: str, config, fresh: bool = False) -> bool:
-  """Creates the workdir, checks that it is writable and that it holds no run of another config
-  (`fresh`: deletes a previous run's outputs instead). Returns whether it created the directory."""
+  """Checks that the workdir can be written and holds no run of another config (`fresh`: deletes a
+  previous run's outputs instead), and creates it. A refusal leaves an existing workdir untouched.
+  Returns whether it created the directory."""
+  if os.path.lexists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f'--workdir={workdir} is a file, not a directory; choose another path.')
   created = not os.path.exists(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    if created:
+      os.makedirs(workdir)
+    elif not os.access(workdir, os.W_OK | os.X_OK):
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
   except OSError as e:
     raise config_lib.ConfigError(f'--workdir={workdir}: not writable ({e.strerror}); choose a directory '
                                  'you can write to.') from None
@@ -41,6 +44,10 @@ def prepare_workdir(workdir: str, config, fresh: bool = False) -> bool:
       elif os.path.exists(path):
         os.remove(path)
   saved = os.path.join(workdir, 'config.json')
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if not os.path.exists(saved) and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+    raise config_lib.ConfigError(f'--workdir={workdir} holds checkpoints but no config.json to check this launch '
+                                 'against; restore config.json, or pass --fresh to delete its outputs and start over.')
   if os.path.exists(saved):
     try:
       with open(saved) as f:

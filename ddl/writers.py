@@ -4,11 +4,13 @@ import collections
 import contextlib
 import os
 import time
-from typing import Any, Dict, List
+import zlib
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 from absl import logging
 
+from ddl import config as config_lib
 from ddl import workdir as workdir_lib
 
 METRICS_HEADER = 'variant,seed,step,metric,value\n'
@@ -28,33 +30,57 @@ def rows(program, step: int, values: Dict[str, np.ndarray], keep: np.ndarray) ->
 class MetricsCsv:
   """metrics.csv, appended chunk by chunk; on processes other than the lead the rows go to os.devnull.
   A resumed run cuts it back to the byte count its checkpoint recorded (`cut`), so it ends as an
-  uninterrupted run's; `sync` makes the rows durable and returns that byte count for a checkpoint."""
+  uninterrupted run's; `sync` makes the rows durable and returns that byte count, with the CRC-32 of
+  the bytes written (kept as they are written), for a checkpoint; `cut` checks it, so a metrics.csv
+  edited since the checkpoint is refused rather than resumed or plotted."""
 
   def __init__(self, workdir: str, lead: bool):
     self.lead = lead
     self.path = os.path.join(workdir, 'metrics.csv') if lead else os.devnull
     self.file = None
+    self.crc = zlib.crc32(METRICS_HEADER.encode())
 
   def create(self) -> None:
     """The header alone, written atomically (a new run)."""
     if self.lead:
       workdir_lib.write_atomic(self.path, METRICS_HEADER)
 
-  def cut(self, size: int) -> None:
-    """Drops the rows written after the checkpoint being resumed."""
-    if self.lead:
-      with open(self.path, 'r+') as f:
-        f.truncate(size)
+  def cut(self, size: int, crc32: Optional[int]) -> None:
+    """Drops the rows written after the checkpoint being resumed, which recorded the file's `size` and
+    the CRC-32 of those bytes (None: a checkpoint from before the CRC; the bytes are taken as they
+    are). Raises ConfigError when the file is missing, shorter or other than the checkpoint saw."""
+    if not self.lead:   # its rows go nowhere; process 0's meta data is the one orbax keeps
+      self.crc = crc32 or 0
+      return
+    fresh = 'restore it or pass --fresh to start the run over'
+    if not os.path.isfile(self.path):
+      raise config_lib.ConfigError(f'{self.path} is missing but the workdir holds checkpoints; {fresh}.')
+    if os.path.getsize(self.path) < size:
+      raise config_lib.ConfigError(f'{self.path} has {os.path.getsize(self.path)} bytes, fewer than the {size} its '
+                                   f'last checkpoint recorded: it was cut or edited; {fresh}.')
+    found = file_crc32(self.path, size)
+    if crc32 is not None and found != crc32:
+      raise config_lib.ConfigError(f'{self.path} differs from what the run wrote up to its last checkpoint (first '
+                                   f'{size} bytes, CRC-32 {found:#010x}, expected {crc32:#010x}): it was edited; '
+                                   f'{fresh}.')
+    with open(self.path, 'r+') as f:
+      f.truncate(size)
+    self.crc = found
 
   def __enter__(self):
-    self.file = open(self.path, 'a')
+    self.file = open(self.path, 'a', encoding='utf-8')
     return self
 
   def __exit__(self, *args):
     self.file.close()
 
+  def _append(self, lines: List[str]) -> None:
+    text = ''.join(lines)
+    self.file.write(text)
+    self.crc = zlib.crc32(text.encode('utf-8'), self.crc)
+
   def write(self, program, step: int, values: Dict[str, np.ndarray], keep: np.ndarray) -> None:
-    self.file.writelines(rows(program, step, values, keep))
+    self._append(rows(program, step, values, keep))
 
   def mark_nonfinite(self, program, stopped: np.ndarray, chunk: int, first_step: int, step: int) -> None:
     """Logs and marks (metric `nonfinite`, value 1) the runs whose state turned NaN/inf in `chunk`."""
@@ -63,16 +89,28 @@ class MetricsCsv:
       logging.warning('variant %s seed %d: non-finite loss or parameters in chunk %d (steps %d..%d); its '
                       'curve stops there (metric nonfinite in metrics.csv), the other runs go on.',
                       variant, seed, chunk + 1, first_step, step)
-      self.file.write(f'{variant},{seed},{step},nonfinite,1.0\n')
+      self._append([f'{variant},{seed},{step},nonfinite,1.0\n'])
 
   def flush(self) -> None:
     self.file.flush()
 
-  def sync(self) -> int:
-    """Flushed to disk; returns the file's size in bytes."""
+  def sync(self) -> Dict[str, int]:
+    """Flushed to disk; returns the file's size in bytes and the CRC-32 of those bytes."""
     if self.lead:
       os.fsync(self.file.fileno())
-    return self.file.tell()
+    return {'size': self.file.tell(), 'crc32': self.crc}
+
+
+def file_crc32(path: str, size: int, block: int = 1 << 24) -> int:
+  """CRC-32 of the first `size` bytes of a file, read in blocks."""
+  crc = 0
+  with open(path, 'rb') as f:
+    while size > 0:
+      data = f.read(min(block, size))
+      if not data:
+        break
+      crc, size = zlib.crc32(data, crc), size - len(data)
+  return crc
 
 
 class Collected:

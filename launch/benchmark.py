@@ -2,6 +2,7 @@
 and one for all of them together.
 
   python launch/benchmark.py --workload=scr --seeds=30 [--variant=cbp] [--chunks=3]
+  python launch/benchmark.py --read_metrics_rows=10000000   # reading metrics.csv for figures instead
 
 Fields: workload, variant (a group of variants: one program), seeds, runs (variants x seeds),
 runs_per_call (runs in one call, padded to the devices: vmapped on each device, or one per device
@@ -13,15 +14,19 @@ temporaries; the whole state when runs_per_call is all runs), peak_rss_mb (of th
 backend; for an experiment with an evaluator (`evaluate`, run every `diagnostics_every` chunks):
 evaluate_sec (one evaluator call over all runs, after an untimed warm-up call) and evaluate_share
 (the evaluator's cost per chunk, amortised over `diagnostics_every` chunks, over the chunk's time plus
-that: the goal is at most 0.05); null without one.
+that: the goal is at most 0.05); null without one. With --read_metrics_rows=N: one line with
+rows, file_mb, write_sec and read_sec of `ddl.plotting.read_metrics` on a synthetic metrics.csv of N
+rows (5 variants x 30 seeds x 10 metrics x N/1500 steps) in a temporary folder.
 """
 import ast
 import json
 import os
 import resource
 import sys
+import tempfile
 import time
 
+import numpy as np
 from absl import app
 from absl import flags
 
@@ -29,7 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import devices as devices_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import plotting  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import programs as programs_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # workload: (config file, overrides that keep the network and batch but make chunks short and the
 # data synthetic, so that the measurement needs no data set and ends in minutes)
@@ -57,6 +64,8 @@ flags.DEFINE_bool('fuse_variants', False, 'One program for all variants of a str
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
 flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention and learner of the toolkit '
                   '(and plain backprop) and report each one\'s step cost relative to plain backprop (SGD).')
+flags.DEFINE_integer('read_metrics_rows', 0, 'Instead of a workload: seconds to read a synthetic metrics.csv of this '
+                     'many rows with ddl.plotting.read_metrics (the figures\' and notebooks\' reader).')
 
 # One variant per intervention and per learner (ddl.learners.registry), for --interventions, each a
 # program of its own; coupled L2 is left out: it is a traced point of plain backprop's program (the
@@ -140,8 +149,35 @@ def _device_mb(compiled) -> float:
   return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes) / 2**20
 
 
+def _read_metrics_line(rows: int) -> str:
+  """Writes a metrics.csv of `rows` rows (5 variants x 30 seeds x 10 metrics per step) to a temporary
+  folder and times `read_metrics` on it."""
+  variants, seeds, metrics = [f'v{i}' for i in range(5)], range(30), [f'metric{i}' for i in range(10)]
+  per_step = len(variants) * len(seeds) * len(metrics)
+  rng = np.random.default_rng(0)
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, 'metrics.csv')
+    began = time.time()
+    with open(path, 'w') as f:
+      f.write(writers.METRICS_HEADER)
+      for step in range(-(-rows // per_step)):
+        cells = [(v, s, m) for m in metrics for v in variants for s in seeds][:rows - step * per_step]
+        f.writelines(f'{v},{s},{step * 100},{m},{x!r}\n' for (v, s, m), x in zip(cells, rng.random(len(cells)).tolist()))
+    write_sec, file_mb = time.time() - began, os.path.getsize(path) / 2**20
+    began = time.time()
+    table = plotting.read_metrics(path, with_seeds=True)
+    read_sec = time.time() - began
+  assert sum(int(np.sum(~np.isnan(v))) for _, v, _ in table.values()) == rows
+  return json.dumps(dict(workload='read_metrics', rows=rows, file_mb=round(file_mb, 1), write_sec=round(write_sec, 2),
+                         read_sec=round(read_sec, 2), rows_per_sec=round(rows / read_sec),
+                         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)))
+
+
 def main(argv):
   del argv
+  if flags.FLAGS.read_metrics_rows > 0:
+    print(_read_metrics_line(flags.FLAGS.read_metrics_rows), flush=True)
+    return
   import jax  # pylint: disable=g-import-not-at-top
   config = _config()
   devices_lib.split_cpu(config)

@@ -30,17 +30,25 @@ def main(argv):
     if not os.path.exists(os.path.join(workdir, 'metrics.csv')):
       print(f'error: {workdir}: no metrics.csv (is it a workdir of launch/main.py?)', file=sys.stderr)
       return 2
+  try:
+    written = _plot(workdirs)
+  except plotting.MetricsFileError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print('\n'.join(written))
+  return 0
+
+
+def _plot(workdirs):
+  """The figures of `workdirs`, alone or together; returns the written paths."""
   if flags.FLAGS.together:
     labels = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if len(set(labels)) < len(labels):
       labels = [os.path.normpath(w) for w in workdirs]
     out = flags.FLAGS.out or os.path.join(workdirs[0], 'figures_together')
-    written = plotting.plot_workdir(workdirs[0], [os.path.join(w, 'metrics.csv') for w in workdirs[1:]],
-                                    labels=labels, out_dir=out)
-  else:
-    written = [p for w in workdirs for p in (*plotting.plot_workdir(w), *experiments.figures(w))]
-  print('\n'.join(written))
-  return 0
+    return plotting.plot_workdir(workdirs[0], [os.path.join(w, 'metrics.csv') for w in workdirs[1:]],
+                                 labels=labels, out_dir=out)
+  return [p for w in workdirs for p in (*plotting.plot_workdir(w), *experiments.figures(w))]
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from ddl.data import arrays, digits, imagenet, mnist
+from ddl.data import arrays, cifar100, digits, imagenet, mnist
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +36,16 @@ def _prepare(name, data_dir, images, labels):
   Images go in as PNG bytes encoded by PIL, so neither TensorFlow (which tfds uses to encode
   arrays) nor a download is needed; tfds stores them in its own (hashed key) order.
   """
+  _write(tfds.builder(name, data_dir=str(data_dir)), images, labels)
+
+
+def _write(builder, images, labels):
+  """`_prepare` on a given builder."""
   tfds.disable_progress_bar()
-  builder = tfds.builder(name, data_dir=str(data_dir))
   examples = [(str(i), {'image': _png(x), 'label': int(y)}) for i, (x, y) in enumerate(zip(images, labels))]
   config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False)
   with mock.patch.object(type(builder), '_split_generators', lambda self, dl_manager: {'train': iter(examples)}):
-    builder.download_and_prepare(file_format='array_record', download_config=config)
+    type(builder).download_and_prepare(builder, file_format='array_record', download_config=config)
 
 
 def _stored(name, data_dir):
@@ -95,6 +99,56 @@ def test_missing_tfds_data_set_says_where_and_how(tmp_path):
   assert str(tmp_path / 'mnist') in message and 'tfds build mnist' in message
   assert '--file_format=array_record' in message
   assert isinstance(error.value, FileNotFoundError)
+
+
+def _fake_download(monkeypatch, download):
+  """tfds.builder's builders with `download(builder, file_format)` as their download_and_prepare, and
+  every module a build needs taken as installed; returns the calls made."""
+  calls, real_builder = [], tfds.builder
+
+  def builder(name, **kwargs):
+    b = real_builder(name, **kwargs)
+    def download_and_prepare(file_format=None, **unused):
+      calls.append((name, file_format))
+      download(b, file_format)
+    b.download_and_prepare = download_and_prepare
+    return b
+
+  monkeypatch.setattr(tfds, 'builder', builder)
+  monkeypatch.setattr(arrays, 'BUILD_MODULES', ())
+  return calls
+
+
+def test_download_prepares_a_missing_set_once(tmp_path, monkeypatch):
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8)
+  calls = _fake_download(monkeypatch, lambda b, _: _write(b, images, np.arange(20) % 10))
+  with pytest.raises(arrays.DatasetNotFoundError, match=r'--config.data.download=True .*pip install -e "\.\[data\]"'):
+    mnist.load_mnist(str(tmp_path))
+  assert not calls
+  x, y = mnist.load_mnist(str(tmp_path), download=True)
+  assert calls == [('mnist', 'array_record')] and x.shape == (20, 784) and sorted(y) == sorted(np.arange(20) % 10)
+  np.testing.assert_array_equal(mnist.load_mnist(str(tmp_path), download=True)[0], x)   # prepared: read, not fetched
+  assert len(calls) == 1
+
+
+@pytest.mark.parametrize('error', [OSError('[Errno -3] Temporary failure in name resolution'),
+                                   tfds.download.DownloadError('Failed to get url https://x/mnist.gz')])
+def test_download_without_network_says_so(tmp_path, monkeypatch, error):
+  def fail(builder, file_format):
+    raise error
+  calls = _fake_download(monkeypatch, fail)
+  with pytest.raises(arrays.DatasetNotFoundError, match='downloading tfds data set .cifar100. failed .*network access'):
+    cifar100.load_cifar100(str(tmp_path), None, download=True)
+  assert calls == [('cifar100', 'array_record')]
+
+
+def test_download_without_the_data_extra_names_it_and_fetches_nothing(tmp_path, monkeypatch):
+  calls = _fake_download(monkeypatch, lambda b, _: None)
+  monkeypatch.setattr(arrays, 'BUILD_MODULES', ('tensorflow', 'no_such_module_for_ddl'))
+  with pytest.raises(arrays.DatasetNotFoundError, match=r'needs .*no_such_module_for_ddl.*pip install -e "\.\[data\]"'):
+    mnist.load_mnist(str(tmp_path), download=True)
+  assert not calls and not os.listdir(tmp_path)
 
 
 def test_tfrecord_only_data_set_asks_for_array_record(tmp_path, mnist_dir):

@@ -1,5 +1,5 @@
 """Continual ImageNet and permuted inputs: smoke runs through launch/main.py, resume between tasks,
-per-seed task streams, the conv net, and the missing-data error."""
+per-seed task streams and the conv net (a missing data set: tests/test_bad_inputs.py)."""
 import csv
 import os
 import subprocess
@@ -131,15 +131,6 @@ def test_lax_conv_gradients_are_channels_last_convolutions_inside_loops(size, st
   hlo = jax.jit(steps).lower(params, x).compile().as_text()
   labels = [line.split('dim_labels=')[1].split(',')[0] for line in hlo.splitlines() if ' convolution(' in line]
   assert len(labels) == 3 and set(labels) == {'b01f_01io->b01f'}, labels
-
-
-def test_missing_imagenet_data_is_one_clear_error_before_compilation(tmp_path):
-  proc = _main('imagenet.py:smoke,bp', tmp_path / 'w', '--config.data.source=npy',
-               f'--config.data.data_dir={tmp_path / "nothing"}')
-  assert proc.returncode == 2
-  assert 'error:' in proc.stderr and 'Traceback' not in proc.stderr
-  assert str(tmp_path / 'nothing') in proc.stderr
-  assert not os.path.exists(tmp_path / 'w')
 
 
 def test_reshape_max_pool_matches_flax_max_pool():

@@ -1,6 +1,7 @@
 """launch/plot.py redraws figures from metrics.csv; every notebook runs top to bottom on the
 metrics.csv of its experiment's smoke run (nbclient)."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,6 +28,71 @@ def _fake_workdir(path, seed):
     f.write('cbp,2,30,nonfinite,1.0\n')
 
 
+def test_read_metrics_pivots_a_hand_made_csv(tmp_path):
+  """Keys in order of first appearance, seeds and steps sorted, missing cells NaN, the last of a
+  repeated cell kept, read in blocks smaller than the file."""
+  path = tmp_path / 'metrics.csv'
+  path.write_text('variant,seed,step,metric,value\n'
+                  'cbp,1,20,error,0.5\n'
+                  'bp,0,10,error,1.0\n'
+                  'cbp,0,10,error,0.25\n'
+                  'cbp,1,10,error,nan\n'
+                  'bp,0,10,dead,0.125\n'
+                  'cbp,0,20,error,inf\n'
+                  'bp,2,30,error,3.0\n'
+                  'bp,2,30,error,4.0\n')
+  for block in (1, 3, 100):
+    out = plotting.read_metrics(str(path), with_seeds=True, block=block)
+    assert list(out) == [('cbp', 'error'), ('bp', 'error'), ('bp', 'dead')]
+    steps, values, seeds = out[('cbp', 'error')]
+    np.testing.assert_array_equal(steps, [10, 20])
+    np.testing.assert_array_equal(seeds, [0, 1])
+    np.testing.assert_array_equal(values, [[0.25, np.inf], [np.nan, 0.5]])
+    steps, values, seeds = out[('bp', 'error')]
+    np.testing.assert_array_equal(steps, [10, 30])
+    np.testing.assert_array_equal(seeds, [0, 2])
+    np.testing.assert_array_equal(values, [[1.0, np.nan], [np.nan, 4.0]])
+    assert steps.dtype == seeds.dtype == np.int64 and values.dtype == np.float64
+    assert [len(v) for v in plotting.read_metrics(str(path)).values()] == [2, 2, 2]
+  path.write_text(path.read_text().rstrip('\n'))   # a last line without its newline
+  np.testing.assert_array_equal(plotting.read_metrics(str(path))[('bp', 'error')][1], [[1.0, np.nan], [np.nan, 4.0]])
+
+
+def test_read_metrics_matches_a_cell_by_cell_pivot(tmp_path):
+  """Random rows (shuffled, some cells missing) against the plain dict-of-cells pivot."""
+  rng = np.random.default_rng(0)
+  cells = [(v, int(s), int(t), m) for v in ('bp', 'cbp', 'l2') for s in rng.permutation(7)[:5]
+           for t in rng.permutation(40)[:30] for m in ('error', 'dead')]
+  rows = [(*c, float(x)) for c, x in zip(cells, rng.normal(size=len(cells)) * 10.0 ** rng.integers(-8, 8, len(cells)))]
+  rows = [rows[i] for i in rng.permutation(len(rows))]
+  path = tmp_path / 'metrics.csv'
+  path.write_text('variant,seed,step,metric,value\n' + ''.join(f'{v},{s},{t},{m},{x!r}\n' for v, s, t, m, x in rows))
+  got = plotting.read_metrics(str(path), with_seeds=True, block=1000)
+  want = {}
+  for v, s, t, m, x in rows:
+    want.setdefault((v, m), {})[(s, t)] = x
+  assert list(got) == list(want)
+  for key, table in want.items():
+    steps, values, seeds = got[key]
+    assert list(seeds) == sorted({s for s, _ in table}) and list(steps) == sorted({t for _, t in table})
+    for (s, t), x in table.items():
+      assert values[list(seeds).index(s), list(steps).index(t)] == x
+    assert np.isnan(values).sum() == values.size - len(table)
+
+
+@pytest.mark.parametrize('text, line', [
+    ('variant,seed,step,value\nbp,0,10,1.0\n', 1),                  # a column gone
+    ('hello\x00world\n', 1),                                         # not a CSV of ours
+    ('variant,seed,step,metric,value\nbp,0,10,error,1.0\nbp,x,10,error,2.0\n', 3),
+    ('variant,seed,step,metric,value\nbp,0,10,error,1.0\nbp,0,20,error\n', 3),
+    ('variant,seed,step,metric,value\nbp,0,10,error,1.0\nbp,0,20,error,abc\n', 3)])
+def test_read_metrics_names_the_first_bad_line(tmp_path, text, line):
+  path = tmp_path / 'metrics.csv'
+  path.write_text(text)
+  with pytest.raises(plotting.MetricsFileError, match=f'metrics.csv, line {line}: '):
+    plotting.read_metrics(str(path), block=1)
+
+
 @pytest.mark.filterwarnings('ignore:No artists with labels')   # the recording draw() below draws nothing
 def test_plot_redraws_workdirs_alone_and_together(tmp_path, monkeypatch):
   a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
@@ -47,6 +113,12 @@ def test_plot_redraws_workdirs_alone_and_together(tmp_path, monkeypatch):
   assert curves == [('a: bp', 'error'), ('a: cbp', 'error'), ('b: bp', 'error'), ('b: cbp', 'error')]
   proc = subprocess.run([sys.executable, plot, str(tmp_path)], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and 'no metrics.csv' in proc.stderr
+  with open(os.path.join(b, 'metrics.csv'), 'a') as f:
+    f.write('bp,0,50,error\n')   # a hand-edited line: one error line naming it, no figure written
+  shutil.rmtree(os.path.join(b, 'figures'))
+  proc = subprocess.run([sys.executable, plot, b], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
+  assert 'metrics.csv, line 25: ' in proc.stderr and not os.path.exists(os.path.join(b, 'figures'))
 
 
 def test_stopped_runs_count_until_they_stop():

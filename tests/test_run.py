@@ -117,21 +117,6 @@ def test_unwritable_workdir_and_foreign_workdir_are_refused(tmp_path):
     run_lib.run(config, workdir)
 
 
-@pytest.mark.parametrize('args,message', [
-    (['--config.num_sedes=3'], 'unknown config key \'num_sedes\' Did you mean "num_seeds"'),
-    (['--config.num_seeds=abc'], 'num_seeds'),
-    (['--config.num_seeds=0'], 'num_seeds: must be a positive integer'),
-])
-def test_main_reports_bad_input_in_one_line(tmp_path, args, message):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'launch', 'main.py'),
-       f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke', f'--workdir={tmp_path / "w"}', *args],
-      capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2
-  assert message in proc.stderr and 'Traceback' not in proc.stderr
-  assert not os.path.exists(tmp_path / 'w')
-
-
 def test_unknown_config_argument_suggests_preset():
   with pytest.raises(config_lib.ConfigError, match="did you mean 'smoke'"):
     load_config(SCR, 'smok')

@@ -3,18 +3,28 @@
 Reading goes through `tfds.data_source` (random access to ArrayRecord files), which needs no
 TensorFlow: records are parsed with protobuf and images decoded with OpenCV when it is installed,
 else with PIL. Writing such a data set (`tfds build`) does need TensorFlow, to encode the images:
-build it wherever TensorFlow is installed and copy the folder over.
+build it wherever TensorFlow is installed and copy the folder over, or let `tfds_source(...,
+download=True)` do it here (`data.download`; TensorFlow comes with the `data` extra).
 """
+import importlib.util
 import os
 from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
+from etils import epath
 
 
 class DatasetNotFoundError(FileNotFoundError):
   """A data set that is not on disk (in a readable form); the message says where we looked and
   how to get it."""
+
+
+# What tfds's MNIST and CIFAR-100 builders import to build a set (tf.io.gfile, image encoding), beyond
+# ddl's own requirements: the `data` extra of setup.cfg brings it.
+BUILD_MODULES = ('tensorflow',)
+DATA_EXTRA = 'pip install -e ".[data]"'
 
 
 def build_command(name: str, data_dir: Optional[str]) -> str:
@@ -23,19 +33,32 @@ def build_command(name: str, data_dir: Optional[str]) -> str:
   return f'tfds build {name}{where} --file_format=array_record'
 
 
-def tfds_source(name: str, split: str, data_dir: Optional[str] = None, how_to_get: Optional[str] = None):
-  """The random-access data source of `name`/`split`; never downloads.
+def download_advice(name: str, data_dir: Optional[str]) -> str:
+  """How to get a tfds set that tfds downloads by itself (MNIST, CIFAR-100), for error messages."""
+  return (f'Get it with --config.data.download=True (tfds downloads and prepares it on first use; needs network '
+          f'access and the data extra: {DATA_EXTRA}), or prepare it elsewhere with '
+          f'`{build_command(name, data_dir)}` and copy the folder there.')
+
+
+def tfds_source(name: str, split: str, data_dir: Optional[str] = None, how_to_get: Optional[str] = None,
+                download: bool = False):
+  """The random-access data source of `name`/`split`.
 
   `data_dir` None is tfds's default (TFDS_DATA_DIR or ~/tensorflow_datasets). A data set that is
   not prepared there, or only as TFRecord (which needs TensorFlow to read), raises
   DatasetNotFoundError; `how_to_get` replaces the default advice (the `tfds build` command).
-  Checked up front: tfds's own error for a missing set is a misleading one about TFRecord files.
+  `download`: a set that is not prepared is downloaded and prepared as ArrayRecord first
+  (`download_and_prepare`). Checked up front: tfds's own error for a missing set is a misleading
+  one about TFRecord files.
   """
   builder = tfds.builder(name, data_dir=data_dir)
   how_to_get = how_to_get or (f'Prepare it with `{build_command(name, data_dir)}` (needs network access and '
                               'TensorFlow where it runs), or copy a prepared folder there.')
-  if not builder.is_prepared():
-    raise DatasetNotFoundError(f'tfds data set {name!r} not found: looked in {builder.data_dir}. {how_to_get}')
+  # A variant folder that is not there is not prepared (is_prepared would log a warning saying so).
+  if not (epath.Path(builder.data_dir).exists() and builder.is_prepared()):
+    if not download:
+      raise DatasetNotFoundError(f'tfds data set {name!r} not found: looked in {builder.data_dir}. {how_to_get}')
+    download_and_prepare(builder, name)
   formats = builder.info.available_file_formats() or {builder.info.file_format}
   if not formats & set(tfds.core.FileFormat.with_random_access()):
     found = ', '.join(sorted(str(f.value) for f in formats if f))
@@ -45,24 +68,47 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None, how_to_ge
   return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
 
 
+def download_and_prepare(builder, name: str) -> None:
+  """Downloads and prepares `name` as ArrayRecord with its tfds builder. Raises DatasetNotFoundError
+  (one line) when the modules the builder needs are missing (before any download) or the download
+  fails (no network access, say)."""
+  missing = [m for m in BUILD_MODULES if importlib.util.find_spec(m) is None]
+  if missing:
+    raise DatasetNotFoundError(
+        f'data.download=True: building tfds data set {name!r} needs {", ".join(missing)}, which is not installed; '
+        f'install the data extra: {DATA_EXTRA} (or prepare the set where it is installed and copy it to '
+        f'{builder.data_dir}).')
+  logging.info('Downloading and preparing tfds data set %r in %s.', name, builder.data_dir)
+  try:
+    builder.download_and_prepare(file_format='array_record')
+  except (OSError, tfds.download.DownloadError) as e:   # requests' and urllib's network errors are OSErrors
+    why = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+    raise DatasetNotFoundError(
+        f'data.download=True: downloading tfds data set {name!r} failed ({why}); this machine needs network '
+        f'access to the data set\'s servers, or prepare it elsewhere with `{build_command(name, None)}` and copy '
+        f'it to {builder.data_dir}.') from None
+
+
 def iter_tfds(name: str, split: str, keys: Sequence[str] = ('image', 'label'), data_dir: Optional[str] = None,
-              batch_size: int = 1000, how_to_get: Optional[str] = None) -> Iterator[Dict[str, np.ndarray]]:
+              batch_size: int = 1000, how_to_get: Optional[str] = None,
+              download: bool = False) -> Iterator[Dict[str, np.ndarray]]:
   """Batches of `split` in data-set order, each a dict key -> stacked numpy array (decoded).
 
   For loaders that keep only part of a split, so the whole split never sits in memory. A missing
-  data set raises DatasetNotFoundError at the first batch (`how_to_get`: see `tfds_source`).
+  data set raises DatasetNotFoundError at the first batch (`how_to_get`, `download`: see `tfds_source`).
   """
-  source = tfds_source(name, split, data_dir, how_to_get)
+  source = tfds_source(name, split, data_dir, how_to_get, download)
   for start in range(0, len(source), batch_size):
     examples = source.__getitems__(list(range(start, min(start + batch_size, len(source)))))
     yield {key: np.stack([np.asarray(example[key]) for example in examples]) for key in keys}
 
 
 def load_tfds_arrays(name: str, split: str, keys: Sequence[str] = ('image', 'label'),
-                     data_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+                     data_dir: Optional[str] = None, how_to_get: Optional[str] = None,
+                     download: bool = False) -> Dict[str, np.ndarray]:
   """The whole of `split` (a tfds split string, slices such as 'train[:1000]' included) as a dict
   key -> numpy array, in data-set order."""
-  batches = list(iter_tfds(name, split, keys, data_dir))
+  batches = list(iter_tfds(name, split, keys, data_dir, how_to_get=how_to_get, download=download))
   if not batches:
     raise ValueError(f'tfds split {name!r}/{split!r} is empty; check the split name.')
   return {key: np.concatenate([batch[key] for batch in batches]) for key in keys}

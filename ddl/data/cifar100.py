@@ -17,20 +17,23 @@ TFDS_NAME = 'cifar100'
 PER_CLASS = {'train': 500, 'test': 100}
 
 
-def load_cifar100(data_dir: Optional[str], cache_dir: Optional[str]) -> Dict[str, np.ndarray]:
+def load_cifar100(data_dir: Optional[str], cache_dir: Optional[str], download: bool = False) -> Dict[str, np.ndarray]:
   """{'train': uint8 (100, 500, 32, 32, 3), 'test': uint8 (100, 100, 32, 32, 3)}, cached.
-  A data set that is not prepared raises arrays.DatasetNotFoundError saying how to get it."""
+  A data set that is not prepared raises arrays.DatasetNotFoundError saying how to get it, unless
+  `download` (tfds downloads and prepares it)."""
   out = {}
   for split, per_class in PER_CLASS.items():
     path = cache_dir and os.path.join(cache_dir, f'cifar100_{split}.npy')
-    out[split] = arrays.cached(path, lambda s=split, n=per_class: _by_class(s, n, data_dir))
+    out[split] = arrays.cached(path, lambda s=split, n=per_class: _by_class(s, n, data_dir, download))
   return out
 
 
-def _by_class(split: str, per_class: int, data_dir: Optional[str]) -> np.ndarray:
+def _by_class(split: str, per_class: int, data_dir: Optional[str], download: bool) -> np.ndarray:
   images = np.zeros((100, per_class, 32, 32, 3), np.uint8)
   counts = np.zeros(100, np.int64)
-  for batch in arrays.iter_tfds(TFDS_NAME, split, ('image', 'label'), data_dir):
+  batches = arrays.iter_tfds(TFDS_NAME, split, ('image', 'label'), data_dir,
+                             how_to_get=arrays.download_advice(TFDS_NAME, data_dir), download=download)
+  for batch in batches:
     for image, label in zip(batch['image'], batch['label']):
       if counts[label] < per_class:
         images[label, counts[label]] = image

@@ -144,7 +144,7 @@ class ClassIncremental:
       make = lambda n: (rng.integers(0, 128, (data.num_classes, n, 32, 32, 3)) + tint).astype(np.uint8)
       return {'train': make(train_images), 'test': make(data.test_per_class)}
     from ddl.data import cifar100  # pylint: disable=g-import-not-at-top
-    images = cifar100.load_cifar100(data.data_dir or None, arrays.config_path(data.cache_dir))
+    images = cifar100.load_cifar100(data.data_dir or None, arrays.config_path(data.cache_dir), data.download)
     return {'train': images['train'][:, :train_images], 'test': images['test'][:, :data.test_per_class]}
 
   def chunk_step(self, chunk: int) -> int:

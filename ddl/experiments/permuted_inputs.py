@@ -67,7 +67,7 @@ class PermutedInputs:
     data = config.data
     if data.source == 'mnist':
       from ddl.data import mnist  # pylint: disable=g-import-not-at-top
-      images, labels = mnist.load_mnist(data.data_dir or None, arrays.config_path(data.cache_dir))
+      images, labels = mnist.load_mnist(data.data_dir or None, arrays.config_path(data.cache_dir), data.download)
     elif data.source == 'digits':
       from ddl.data import digits  # pylint: disable=g-import-not-at-top
       images, labels = digits.load_digits()

@@ -51,7 +51,8 @@ class SlowlyChangingRegression:
     """(condition, message) pairs that a runnable config satisfies."""
     data = config.data
     return [
-        (config.num_examples % config.chunk_size == 0, 'num_examples must be a multiple of chunk_size'),
+        (config.chunk_size > 0 and config.num_examples > 0 and config.num_examples % config.chunk_size == 0,
+         'num_examples and chunk_size must be > 0, num_examples a multiple of chunk_size'),
         (0 < data.num_flipping <= data.num_inputs, 'data.num_flipping must be in [1, data.num_inputs]'),
         (data.flip_period > 0, 'data.flip_period must be > 0'),
         (data.target_hidden > 0, 'data.target_hidden must be > 0'),

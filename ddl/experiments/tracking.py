@@ -64,9 +64,10 @@ class Tracking:
   def checks(config):
     data = config.data
     return [
-        (config.num_examples % config.chunk_size == 0, 'num_examples must be a multiple of chunk_size'),
-        (config.chunk_size % data.flip_period == 0, 'chunk_size must be a multiple of data.flip_period'),
-        (data.flip_period > 0, 'data.flip_period must be > 0'),
+        (config.chunk_size > 0 and config.num_examples > 0 and config.num_examples % config.chunk_size == 0,
+         'num_examples and chunk_size must be > 0, num_examples a multiple of chunk_size'),
+        (data.flip_period > 0 and config.chunk_size % data.flip_period == 0,
+         'data.flip_period must be > 0 and chunk_size a multiple of it'),
         (0 < data.num_relevant <= data.num_inputs, 'data.num_relevant must be in [1, data.num_inputs]'),
         (0 <= config.asymptotic_from < config.num_examples, 'asymptotic_from must be in [0, num_examples)'),
         (config.optimizer.name in ('sgd',) + idbd_lib.NAMES,

@@ -80,6 +80,9 @@ def get_config(arg: str = ''):
   config.num_examples = 300_000
   config.diagnostics.every = 3
   config.variants = {name('sgd', lr): dict(learning_rate=lr) for lr in SGD_STEP_SIZES}
+  # the growing layer's maximum width at full width: is growth more than a wider network?
+  config.variants.update({name('wide_sgd', lr): dict(network=dict(hidden=20), learning_rate=lr)
+                          for lr in SGD_STEP_SIZES[:2]})
   config.variants.update(
       cbp=dict(replacement_rate=1e-4),
       idbd_0p001=dict(optimizer=dict(name='idbd'), meta_step_size=1e-3, initial_step_size=0.01),

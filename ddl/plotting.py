@@ -236,7 +236,8 @@ def summary_table(data, out_dir: str, metric: str, family: str, bin_size: int = 
   layers = sorted({m[len(STEP_SIZE):] for _, m in data if m.startswith(STEP_SIZE) and not m.startswith(SPREAD)})
   lines = [f'# {metric}: first and last bin (mean ± s.e. over seeds)', '',
            f'Best fixed baseline (`{family}*`, lowest last bin): {best or "none"}.', '',
-           '| variant | first bin | last bin | last − best | ' + ' | '.join(f'step size {l}' for l in layers) + ' |',
+           '| ' + ' | '.join(['variant', 'first bin', 'last bin', 'last − best'] +
+                             [f'step size {l}' for l in layers]) + ' |',
            '|---' * (4 + len(layers)) + '|']
   for variant, ((m0, s0), (m1, s1)) in rows.items():
     sizes = []
@@ -244,7 +245,8 @@ def summary_table(data, out_dir: str, metric: str, family: str, bin_size: int = 
       curve = data.get((variant, STEP_SIZE + layer))
       sizes.append(f'{np.nanmean(curve[1][:, -1]):.3g}' if curve is not None else '')
     diff = f'{m1[0] - last(best):+.3f}' if best else ''
-    lines.append(f'| {variant} | {m0[0]:.3f} ± {s0[0]:.3f} | {m1[0]:.3f} ± {s1[0]:.3f} | {diff} | ' + ' | '.join(sizes) + ' |')
+    cells = [variant, f'{m0[0]:.3f} ± {s0[0]:.3f}', f'{m1[0]:.3f} ± {s1[0]:.3f}', diff] + sizes
+    lines.append('| ' + ' | '.join(cells) + ' |')
   path = os.path.join(out_dir, 'summary.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -195,8 +195,12 @@ def step_size_figure(data, out_dir: str) -> Optional[str]:
     return None
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   variants = sorted({v for v, _ in means})
-  fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants), 3.5), squeeze=False, sharey=True)
-  for ax, variant in zip(axes[0], variants):
+  cols = min(4, len(variants))
+  rows = -(-len(variants) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False, sharey=True)
+  for ax in axes.flat[len(variants):]:
+    ax.axis('off')
+  for ax, variant in zip(axes.flat, variants):
     for (v, layer), (steps, values, *_) in sorted(means.items()):
       if v != variant:
         continue
@@ -210,7 +214,9 @@ def step_size_figure(data, out_dir: str) -> Optional[str]:
     ax.set_title(variant, fontsize=9)
     ax.set_xlabel('step')
     ax.legend(fontsize=7)
-  axes[0][0].set_ylabel('step size (mean over seeds; band: ± spread over weights)')
+  for ax in axes[:, 0]:
+    ax.set_ylabel('step size')
+  fig.suptitle('learned step sizes per layer: mean over seeds; band: ± spread over the weights', fontsize=9)
   fig.tight_layout()
   path = os.path.join(out_dir, 'step_sizes.png')
   fig.savefig(path, dpi=100)

@@ -190,7 +190,7 @@ def main(argv):
   total_examples, total_seconds, total_compile, total_runs, peak_mb = 0, 0.0, 0.0, 0, 0.0
   total_evaluate_sec, total_amortised = None, 0.0   # the evaluators' calls and cost per chunk, all groups
   bp_seconds_per_run = None   # --interventions: one run's chunk time of plain backprop, the first group
-  for name, programs in groups.items():
+  for name, programs in sorted(groups.items(), key=lambda item: item[0] != 'bp'):   # bp first: the baseline
     began = time.time()
     compiled, states = {}, []
     for program in programs:   # slices of equal size share one compilation

@@ -233,10 +233,15 @@ class ConvNet(nn.Module):
   pool -> conv3x3(128) -> pool -> fc128 -> fc128 -> fc(outputs), ReLU, 2x2 max-pool, PyTorch
   default init; 177 218 parameters for 32x32x3 inputs and 2 outputs. Features: the pooled conv
   maps and the dense activations (what the original's ConvGnT reads). start: as `MLP` (3 runs the
-  dense layers from the flattened last conv map)."""
+  dense layers from the flattened last conv map). widths, dense: the three conv and two dense
+  widths (the paper's by default; smaller ones for tests). The last conv map is flattened in NHWC
+  order, (position, channel); the original flattens channel-major, a permutation of the first
+  dense layer's input rows that changes nothing else."""
   outputs: int = 2
   conv: str = 'patches'
   layer_norm: str = ''
+  widths: Tuple[int, int, int] = (32, 64, 128)
+  dense: Tuple[int, int] = (128, 128)
 
   def layer_names(self) -> Tuple[str, ...]:
     return ('conv_0', 'conv_1', 'conv_2', 'dense_0', 'dense_1', 'output')
@@ -245,7 +250,7 @@ class ConvNet(nn.Module):
   def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     features = {}
     init = initializer('default')
-    for i, (name, width, size) in enumerate((('conv_0', 32, 5), ('conv_1', 64, 3), ('conv_2', 128, 3))):
+    for i, (name, width, size) in enumerate(zip(('conv_0', 'conv_1', 'conv_2'), self.widths, (5, 3, 3))):
       if i < start:
         continue
       fan_in = x.shape[-1] * size * size
@@ -253,7 +258,7 @@ class ConvNet(nn.Module):
       x = max_pool_2x2(nn.relu(normalize(self.layer_norm, f'{name}_norm', x)))
       features[name] = x
     x = x.reshape(x.shape[0], -1)
-    for i, (name, width) in enumerate((('dense_0', 128), ('dense_1', 128)), start=3):
+    for i, (name, width) in enumerate(zip(('dense_0', 'dense_1'), self.dense), start=3):
       if i < start:
         continue
       x = nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x)

@@ -324,11 +324,42 @@ def he_normal() -> Callable[..., jax.Array]:
   return _rbg(nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'))
 
 
+class BatchNorm(nn.Module):
+  """PyTorch's BatchNorm2d over the last axis (NHWC): normalises with the batch's biased variance in
+  train mode and updates the running statistics with `momentum` (PyTorch's convention: the weight of
+  the new batch) and the *unbiased* batch variance (n / (n - 1), n = values per channel), as
+  PyTorch does and Flax's BatchNorm does not. Parameters 'scale', 'bias'; batch_stats 'mean', 'var'
+  (Flax's names)."""
+  use_running_average: bool
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,))
+    bias = self.param('bias', nn.initializers.zeros, (c,))
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = x.mean(axes)
+      var = jnp.square(x - mean).mean(axes)
+      n = x.size // c
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = (1 - m) * ra_mean.value + m * mean
+        ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 class ResNet18(nn.Module):
   """The modified ResNet-18 of class-incremental CIFAR-100 (lop_reference.md §5.2): 3x3 stride-1
   stem, no max-pool, BasicBlocks [2, 2, 2, 2] at widths w, 2w, 4w, 8w (stride 2 and a 1x1 conv + BN
-  downsample at the first block of stages 2-4), convs with biases, BN (PyTorch momentum 0.1, eps
-  1e-5; running variance biased, as Flax keeps it), global average pool -> fc(outputs). Init:
+  downsample at the first block of stages 2-4), convs with biases, BN as PyTorch's (`BatchNorm`:
+  momentum 0.1, eps 1e-5, unbiased running variance), global average pool -> fc(outputs). Init:
   convs He normal, fc N(0, 1/fan_in), zero biases, BN 1 / 0. Call with train=True for batch
   statistics (mutable 'batch_stats').
 
@@ -352,7 +383,7 @@ class ResNet18(nn.Module):
       return nn.LayerNorm(epsilon=1e-5, name=name)
     if self.norm != 'batch':
       raise ValueError(f"ResNet18 norm={self.norm!r} is not known; use 'batch' or 'layer'.")
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return BatchNorm(use_running_average=not train, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:

@@ -49,7 +49,7 @@ def unit_mask(kernel_shape, mask, axis):
   return rows.reshape(kernel_shape)
 
 
-def compare_step(unit_layers, params, expected, ours, refs, bounds, msg, extra=None):
+def compare_step(unit_layers, params, expected, ours, refs, bounds, msg, extra=None, rtol=RTOL, atol=ATOL):
   """Checks one step's parameters (ours, after SGD and the reset) against the recorded ones
   (`expected`, both in our layout) with the replaced units `ours` / `refs` (per features name):
   fresh input weights lie in +-bound (per features name) and are not compared; a replaced unit's
@@ -85,4 +85,4 @@ def compare_step(unit_layers, params, expected, ours, refs, bounds, msg, extra=N
       assert np.all(np.asarray(flat[path])[ours[features]] == value), msg + ' %s reset' % '/'.join(path)
       skip[path] |= ours[features] ^ refs[features]
   for path in sorted(want):
-    assert_close(flat[path], want[path], msg + ' ' + '/'.join(path), where=~skip[path])
+    assert_close(flat[path], want[path], msg + ' ' + '/'.join(path), rtol, atol, where=~skip[path])

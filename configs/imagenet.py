@@ -14,10 +14,18 @@ Data: `data.source='tfds'` reads `imagenet_resized/32x32` (prepare it once with 
 imagenet_resized/32x32 --file_format=array_record` where TensorFlow is installed; ImageNet needs
 a manual download; copy the folder to data.data_dir) and keeps the first 700 images per class; `'npy'` reads the
 original's per-class files `<data_dir>/<class_id>.npy`. Both are cached as one uint8 array in
-`data.cache_dir` after the first build. Pixels are fed as uint8 x `data.pixel_scale` (default
-1/255: [0, 1]); the original fed its files' values unnormalised and their scale is undocumented,
-so set pixel_scale=1.0 to feed raw 0-255 values. Class orders: one permutation per seed drawn
-from the seed (the original's class_order file is not public), or `data.order_file`.
+`data.cache_dir` after the first build. Class orders: one permutation per seed drawn from the
+seed (the original's class_order file is not public), or `data.order_file`.
+
+Input scale: the network sees float32(uint8 pixel) x `data.pixel_scale`, default 1.0: raw 0..255
+values, what the original trained on. Its data route (lop/imagenet/single_expr.py) loads
+`data/classes/<id>.npy`, casts to float32 and feeds the values with no scaling or normalisation
+(lop_reference.md §5.1, §8.10). The archive itself is not inspectable here, so its dtype is
+inferred: the explicit float cast, the (700, 3, 32, 32) layout (the CHW byte rows of Chrabaszcz et
+al.'s ImageNet32 files, uint8) and third-party ports feeding the cast values unscaled all point to
+uint8 0..255 files. pixel_scale=1/255 gives the conventional [0, 1] inputs (a deviation); with
+float files in 0..1 the loader warns, as the original then saw 0..1. Both data sources give the
+same uint8 images, so the same inputs.
 Expected run time: 15 M SGD steps per run (BP: 6 M). Measured on a 2-core CPU
 (launch/benchmark.py --workload=imagenet): ~2 800 examples/s for 30 seeds (cpu_devices=2: two CPU
 devices, one seed each, concurrently), ~2 200 for 1 seed, 1.0-1.1x the PyTorch reference's one
@@ -65,7 +73,7 @@ def get_config(arg: str = ''):
   config.diagnostics.every = 50
   config.figure_bin = 50              # figures: accuracy per task in bins of 50 tasks
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
-                     images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
+                     images_per_class=700, train_per_class=600, pixel_scale=1.0)
   config.network = dict(kind='convnet', conv='patches', layer_norm='')
   # On CPU: 2 JAX devices, one seed each, running concurrently: ~15 % more examples/s on 2 cores
   # than vmapping the seeds on one device or running them one after another (launch/benchmark.py).

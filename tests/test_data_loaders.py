@@ -4,6 +4,7 @@ import io
 import os
 import socket
 import sys
+import warnings
 from unittest import mock
 
 import jax
@@ -13,7 +14,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from conftest import load_config
+from ddl import config as config_lib
 from ddl.data import arrays, digits, imagenet, mnist
+from ddl.experiments import ContinualImageNet
 
 
 @pytest.fixture(autouse=True)
@@ -166,11 +170,43 @@ def _write_classes(folder, images, layout, scale):
 def test_imagenet_npy_files_in_either_layout_and_scale(tmp_path, layout, scale):
   images = np.random.default_rng(2).integers(0, 256, (4, 9, 32, 32, 3), dtype=np.uint8)
   _write_classes(tmp_path / 'classes', images, layout, scale)
-  data = imagenet.load_imagenet32('npy', str(tmp_path / 'classes'), str(tmp_path / 'cache'), images_per_class=7,
-                                  num_classes=4)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    data = imagenet.load_imagenet32('npy', str(tmp_path / 'classes'), str(tmp_path / 'cache'), images_per_class=7,
+                                    num_classes=4)
+  assert [str(w.message).endswith('pixel_scale=1/255 to match it.') for w in caught] == [True] * (scale == 'unit')
   assert data.dtype == np.uint8 and data.shape == (4, 7, 32, 32, 3)
   np.testing.assert_array_equal(data, images[:, :7])
   assert os.listdir(tmp_path / 'cache') == ['imagenet32_npy_4x7.npy']
+
+
+def test_imagenet_sources_give_the_same_inputs_as_the_original(imagenet_dir, tmp_path):
+  """The same images through tfds and through per-class files in the original's layout (uint8
+  (N, 3, 32, 32)) give the same network inputs, and with the config's default pixel scale those are
+  what the original fed: float32 of the file's values, unscaled (NHWC here)."""
+  images, labels = _stored(imagenet.TFDS_NAME, imagenet_dir)
+  _write_classes(tmp_path / 'classes', np.stack([images[labels == c] for c in range(10)]), 'nchw', 'uint8')
+  config = load_config('imagenet')
+  scale = config.data.pixel_scale
+  assert scale == 1.0
+  group = config_lib.groups(load_config('imagenet', 'smoke,bp'))[0]
+  experiment = ContinualImageNet(group.config, group)
+  assert experiment.config.data.pixel_scale == scale
+  inputs = {}
+  for source in ('tfds', 'npy'):
+    where = imagenet_dir if source == 'tfds' else tmp_path / 'classes'
+    data = imagenet.load_imagenet32(source, str(where), None, images_per_class=7, num_classes=10)
+    inputs[source] = np.asarray(experiment._pixels(jnp.asarray(data)))   # pylint: disable=protected-access
+    np.testing.assert_array_equal(inputs[source], imagenet.pixels(data, scale))
+  np.testing.assert_array_equal(inputs['tfds'], inputs['npy'])
+  original = np.stack([np.load(tmp_path / 'classes' / f'{c}.npy')[:7] for c in range(10)]).astype(np.float32)
+  np.testing.assert_array_equal(inputs['npy'], original.transpose(0, 1, 3, 4, 2))
+  assert inputs['npy'].max() > 1.0                           # raw 0..255, as the original
+  # float files in 0..1: the same cached pixels, with a warning that the original saw them as 0..1
+  _write_classes(tmp_path / 'unit', np.stack([images[labels == c][:7] for c in range(10)]), 'nchw', 'unit')
+  with pytest.warns(UserWarning, match='pixel_scale=1/255'):
+    unit = imagenet.load_imagenet32('npy', str(tmp_path / 'unit'), None, images_per_class=7, num_classes=10)
+  np.testing.assert_array_equal(imagenet.pixels(unit, scale), inputs['npy'])
 
 
 def test_imagenet_npy_files_that_cannot_be_read_as_pixels(tmp_path):

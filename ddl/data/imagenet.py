@@ -11,13 +11,15 @@ and tests on rows 600..699 (of 700); the experiment does that split. Two sources
     original's (700, 3, 32, 32) layout or (700, 32, 32, 3); the layout is detected.
 Both are cached as one .npy in `cache_dir`, so later launches skip the source entirely.
 
-Pixel scale: the original applied no normalisation; it cast whatever its files held to float32 and
-fed it to the net, and the files' dtype and scale are undocumented (§8.10). Here pixels are uint8
-0..255: uint8 files are kept as they are, float files whose maximum is <= 1 are taken as 0..1 and
-multiplied by 255, other float files as 0..255 (rounded). Which input scale the network sees
-(x / 255 or x as float) is the experiment's choice.
+Pixel scale: the original applies no normalisation: it casts its files' pixels to float32 and
+feeds them as they are (single_expr.py: `x_train.type(torch.FloatTensor)`, no division). Here
+pixels are cached as uint8 0..255: uint8 files are kept as they are, float files whose maximum is
+<= 1 are taken as 0..1 and multiplied by 255 (with a warning: the original would have fed such files
+as 0..1), other float files as 0..255 (rounded). `pixels` makes the network's input from them,
+x * pixel_scale (the config's `data.pixel_scale`, whose docstring gives the default's grounds).
 """
 import os
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -98,6 +100,9 @@ def _from_npy(data_dir: Optional[str], images_per_class: int, num_classes: int) 
   if len(scales) > 1:
     raise ValueError(f'the class files in {data_dir} mix float pixels in 0..1 and in 0..255; '
                      're-export them in one scale.')
+  if scales == {'unit'}:
+    warnings.warn(f'the class files in {data_dir} hold float pixels in 0..1, cached here as 0..255: the '
+                  'original fed such files unscaled (0..1), so set data.pixel_scale=1/255 to match it.')
   return images
 
 
@@ -165,3 +170,8 @@ def task_classes(order, task):
   Works on numpy and jax arrays, with a traced `task` too."""
   num_classes = order.shape[-1]
   return order[..., (2 * task) % num_classes], order[..., (2 * task + 1) % num_classes]
+
+
+def pixels(images, pixel_scale: float):
+  """The network's input from uint8 NHWC pixels: float32(images) * pixel_scale (numpy or jax)."""
+  return images.astype('float32') * pixel_scale

@@ -1,5 +1,5 @@
 """Data loaders, offline: tfds -> arrays on tiny ArrayRecord data sets the tests write, the cache,
-continual ImageNet (both sources, class orders, tasks), MNIST and the bundled digits."""
+continual ImageNet (both sources, the input scale, class order files), MNIST and the bundled digits."""
 import io
 import os
 import socket
@@ -7,7 +7,6 @@ import sys
 import warnings
 from unittest import mock
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -239,46 +238,24 @@ def test_missing_imagenet_names_where_it_looked_and_both_ways(tmp_path, source):
     imagenet.load_imagenet32('jpeg', str(tmp_path), None)
 
 
-def test_class_orders_are_reproducible_permutations():
-  orders = imagenet.class_orders(0, 5, num_classes=1000)
-  assert orders.shape == (5, 1000) and orders.dtype == np.int32
-  for row in orders:
-    np.testing.assert_array_equal(np.sort(row), np.arange(1000))
-  assert len({row.tobytes() for row in orders}) == 5
-  np.testing.assert_array_equal(imagenet.class_orders(0, 5), orders)
-  np.testing.assert_array_equal(imagenet.class_orders(0, 3), orders[:3])   # a row depends on (seed, index) only
-  assert not np.array_equal(imagenet.class_orders(1, 1)[0], orders[0])
-
-
 def test_class_order_file_is_used_and_validated(tmp_path):
   good = np.stack([np.random.default_rng(i).permutation(10) for i in range(4)])
   np.save(tmp_path / 'good.npy', good)
-  np.testing.assert_array_equal(imagenet.class_orders(0, 3, 10, str(tmp_path / 'good.npy')), good[:3])
+  np.testing.assert_array_equal(imagenet.load_class_orders(str(tmp_path / 'good.npy'), 3, 10), good[:3])
   bad = good.copy()
   bad[2, 0] = bad[2, 1]
   np.save(tmp_path / 'repeat.npy', bad)
   with pytest.raises(ValueError, match=r'rows \[2\] are not permutations of 0..9'):
-    imagenet.class_orders(0, 3, 10, str(tmp_path / 'repeat.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'repeat.npy'), 3, 10)
   with pytest.raises(ValueError, match=r'shape \(4, 10\); expected \(5 or more, 10\)'):
-    imagenet.class_orders(0, 5, 10, str(tmp_path / 'good.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'good.npy'), 5, 10)
   with pytest.raises(ValueError, match=r'expected \(3 or more, 1000\)'):
-    imagenet.class_orders(0, 3, 1000, str(tmp_path / 'good.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'good.npy'), 3, 1000)
   np.save(tmp_path / 'float.npy', good.astype(np.float32))
   with pytest.raises(ValueError, match='expected integer class ids'):
-    imagenet.class_orders(0, 3, 10, str(tmp_path / 'float.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'float.npy'), 3, 10)
   with pytest.raises(FileNotFoundError, match='class order file .* not found'):
-    imagenet.class_orders(0, 3, 10, str(tmp_path / 'absent.npy'))
-
-
-def test_task_classes_tile_the_order():
-  order = imagenet.class_orders(7, 2, num_classes=10)
-  first, second = imagenet.task_classes(order[0], 0)       # labels 0 and 1
-  assert (first, second) == (order[0, 0], order[0, 1])
-  assert imagenet.task_classes(order[0], 6) == (order[0, 2], order[0, 3])   # task 6 = task 1 of the 2nd tiling
-  pairs = np.array([imagenet.task_classes(order[0], t) for t in range(5)])
-  np.testing.assert_array_equal(np.sort(pairs.ravel()), np.arange(10))     # each class once per C/2 tasks
-  per_seed = jax.jit(imagenet.task_classes)(jnp.asarray(order), jnp.asarray(13))   # traced task, all seeds
-  np.testing.assert_array_equal(np.stack(per_seed, -1), order[:, [6, 7]])
+    imagenet.load_class_orders(str(tmp_path / 'absent.npy'), 3, 10)
 
 
 # --- MNIST, digits --------------------------------------------------------------------------------

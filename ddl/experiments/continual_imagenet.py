@@ -82,7 +82,7 @@ class ContinualImageNet:
                                         images_per_class=data.images_per_class, num_classes=data.num_classes)
     out = {'images': np.asarray(images)}
     if data.order_file:
-      out['orders'] = imagenet.class_orders(config.seed, config.num_seeds, data.num_classes, data.order_file)
+      out['orders'] = imagenet.load_class_orders(data.order_file, config.num_seeds, data.num_classes)
     return out
 
   def chunk_step(self, chunk: int) -> int:

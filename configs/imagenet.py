@@ -17,15 +17,18 @@ original's per-class files `<data_dir>/<class_id>.npy`. Both are cached as one u
 `data.cache_dir` after the first build. Class orders: one permutation per seed drawn from the
 seed (the original's class_order file is not public), or `data.order_file`.
 
-Input scale: the network sees float32(uint8 pixel) x `data.pixel_scale`, default 1.0: raw 0..255
-values, what the original trained on. Its data route (lop/imagenet/single_expr.py) loads
-`data/classes/<id>.npy`, casts to float32 and feeds the values with no scaling or normalisation
-(lop_reference.md §5.1, §8.10). The archive itself is not inspectable here, so its dtype is
-inferred: the explicit float cast, the (700, 3, 32, 32) layout (the CHW byte rows of Chrabaszcz et
-al.'s ImageNet32 files, uint8) and third-party ports feeding the cast values unscaled all point to
-uint8 0..255 files. pixel_scale=1/255 gives the conventional [0, 1] inputs (a deviation); with
-float files in 0..1 the loader warns, as the original then saw 0..1. Both data sources give the
-same uint8 images, so the same inputs.
+Input scale: the network sees float32(uint8 pixel) x `data.pixel_scale`, default 1/255, i.e.
+[0, 1]: the scale the original most plausibly trained on. Its data route (lop/imagenet/
+single_expr.py) loads `data/classes/<id>.npy`, casts it to float32 and feeds it with no scaling or
+normalisation (lop_reference.md §5.1, §8.10), so the scale is the files', which are not
+inspectable here. The float cast fits float64 files (numpy's x / 255) as well as uint8 ones; what
+decides is the dynamics: with raw 0..255 inputs the paper's L2 setting (SGD lr 0.03, momentum 0.9)
+kills this network within a few hundred steps in a probe on synthetic 32x32 images (batch 100:
+every ReLU dead, loss stuck at ln 2; the smoke preset's l2 variant went non-finite), while the
+original reports ~89 % for it over 5 000 tasks; on [0, 1] inputs it learns. pixel_scale=1.0 feeds
+raw bytes (the original's inputs if its files were uint8; the npy loader warns when it finds such
+files). Both data sources give the same uint8 images, so the same inputs.
+
 Expected run time: 15 M SGD steps per run (BP: 6 M). Measured on a 2-core CPU
 (launch/benchmark.py --workload=imagenet): ~2 800 examples/s for 30 seeds (cpu_devices=2: two CPU
 devices, one seed each, concurrently), ~2 200 for 1 seed, 1.0-1.1x the PyTorch reference's one
@@ -73,7 +76,7 @@ def get_config(arg: str = ''):
   config.diagnostics.every = 50
   config.figure_bin = 50              # figures: accuracy per task in bins of 50 tasks
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
-                     images_per_class=700, train_per_class=600, pixel_scale=1.0)
+                     images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
   config.network = dict(kind='convnet', conv='patches', layer_norm='')
   # On CPU: 2 JAX devices, one seed each, running concurrently: ~15 % more examples/s on 2 cores
   # than vmapping the seeds on one device or running them one after another (launch/benchmark.py).

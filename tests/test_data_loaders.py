@@ -157,11 +157,13 @@ def test_imagenet_second_load_comes_from_the_cache(imagenet_dir, tmp_path, monke
 
 
 def _write_classes(folder, images, layout, scale):
-  """One file per class, in `layout` 'nchw' (the original's) or 'nhwc', as uint8, 0..1 or 0..255 floats."""
+  """One file per class, in `layout` 'nchw' (the original's) or 'nhwc', as uint8, 0..1 (float32 or
+  float64) or 0..255 floats."""
   folder.mkdir(exist_ok=True)
   for c, block in enumerate(images):
     array = block.transpose(0, 3, 1, 2) if layout == 'nchw' else block
-    array = {'uint8': array, 'unit': array.astype(np.float32) / 255, 'byte': array.astype(np.float64)}[scale]
+    array = {'uint8': array, 'unit': array.astype(np.float32) / 255, 'unit64': array / 255.0,
+             'byte': array.astype(np.float64)}[scale]
     np.save(folder / f'{c}.npy', array)
 
 
@@ -173,39 +175,40 @@ def test_imagenet_npy_files_in_either_layout_and_scale(tmp_path, layout, scale):
     warnings.simplefilter('always')
     data = imagenet.load_imagenet32('npy', str(tmp_path / 'classes'), str(tmp_path / 'cache'), images_per_class=7,
                                     num_classes=4)
-  assert [str(w.message).endswith('pixel_scale=1/255 to match it.') for w in caught] == [True] * (scale == 'unit')
+  assert [str(w.message).endswith('assumes 0..1 files).') for w in caught] == [True] * (scale != 'unit')
   assert data.dtype == np.uint8 and data.shape == (4, 7, 32, 32, 3)
   np.testing.assert_array_equal(data, images[:, :7])
   assert os.listdir(tmp_path / 'cache') == ['imagenet32_npy_4x7.npy']
 
 
 def test_imagenet_sources_give_the_same_inputs_as_the_original(imagenet_dir, tmp_path):
-  """The same images through tfds and through per-class files in the original's layout (uint8
-  (N, 3, 32, 32)) give the same network inputs, and with the config's default pixel scale those are
-  what the original fed: float32 of the file's values, unscaled (NHWC here)."""
+  """The same images through tfds and through per-class files in the original's layout ((N, 3, 32,
+  32) floats in 0..1, as numpy's x / 255 writes them) give the same network inputs, and with the
+  config's default pixel scale those are what the original fed: float32 of the files' values
+  (NHWC here). Files of raw bytes warn that the original fed them as 0..255."""
   images, labels = _stored(imagenet.TFDS_NAME, imagenet_dir)
-  _write_classes(tmp_path / 'classes', np.stack([images[labels == c] for c in range(10)]), 'nchw', 'uint8')
-  config = load_config('imagenet')
-  scale = config.data.pixel_scale
-  assert scale == 1.0
+  per_class = np.stack([images[labels == c] for c in range(10)])
+  _write_classes(tmp_path / 'unit', per_class, 'nchw', 'unit64')
+  _write_classes(tmp_path / 'bytes', per_class, 'nchw', 'uint8')
+  scale = load_config('imagenet').data.pixel_scale
+  assert scale == pytest.approx(1 / 255)
   group = config_lib.groups(load_config('imagenet', 'smoke,bp'))[0]
   experiment = ContinualImageNet(group.config, group)
   assert experiment.config.data.pixel_scale == scale
   inputs = {}
-  for source in ('tfds', 'npy'):
-    where = imagenet_dir if source == 'tfds' else tmp_path / 'classes'
-    data = imagenet.load_imagenet32(source, str(where), None, images_per_class=7, num_classes=10)
+  for source, where in (('tfds', imagenet_dir), ('npy', tmp_path / 'unit'), ('bytes', tmp_path / 'bytes')):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      data = imagenet.load_imagenet32('tfds' if source == 'tfds' else 'npy', str(where), None, images_per_class=7,
+                                      num_classes=10)
+    assert [str(w.message).endswith('assumes 0..1 files).') for w in caught] == [True] * (source == 'bytes')
     inputs[source] = np.asarray(experiment._pixels(jnp.asarray(data)))   # pylint: disable=protected-access
     np.testing.assert_array_equal(inputs[source], imagenet.pixels(data, scale))
   np.testing.assert_array_equal(inputs['tfds'], inputs['npy'])
-  original = np.stack([np.load(tmp_path / 'classes' / f'{c}.npy')[:7] for c in range(10)]).astype(np.float32)
-  np.testing.assert_array_equal(inputs['npy'], original.transpose(0, 1, 3, 4, 2))
-  assert inputs['npy'].max() > 1.0                           # raw 0..255, as the original
-  # float files in 0..1: the same cached pixels, with a warning that the original saw them as 0..1
-  _write_classes(tmp_path / 'unit', np.stack([images[labels == c][:7] for c in range(10)]), 'nchw', 'unit')
-  with pytest.warns(UserWarning, match='pixel_scale=1/255'):
-    unit = imagenet.load_imagenet32('npy', str(tmp_path / 'unit'), None, images_per_class=7, num_classes=10)
-  np.testing.assert_array_equal(imagenet.pixels(unit, scale), inputs['npy'])
+  np.testing.assert_array_equal(inputs['tfds'], inputs['bytes'])
+  original = np.stack([np.load(tmp_path / 'unit' / f'{c}.npy')[:7] for c in range(10)]).astype(np.float32)
+  np.testing.assert_allclose(inputs['npy'], original.transpose(0, 1, 3, 4, 2), rtol=1e-6, atol=0)
+  assert 0.9 < inputs['npy'].max() <= 1.0
 
 
 def test_imagenet_npy_files_that_cannot_be_read_as_pixels(tmp_path):

@@ -13,9 +13,9 @@ Both are cached as one .npy in `cache_dir`, so later launches skip the source en
 
 Pixel scale: the original applies no normalisation: it casts its files' pixels to float32 and
 feeds them as they are (single_expr.py: `x_train.type(torch.FloatTensor)`, no division). Here
-pixels are cached as uint8 0..255: uint8 files are kept as they are, float files whose maximum is
-<= 1 are taken as 0..1 and multiplied by 255 (with a warning: the original would have fed such files
-as 0..1), other float files as 0..255 (rounded). `pixels` makes the network's input from them,
+pixels are cached as uint8 0..255: uint8 files are kept as they are (with a warning: the original
+fed such files as raw 0..255), float files whose maximum is <= 1 are taken as 0..1 and multiplied by
+255, other float files as 0..255 (rounded). `pixels` makes the network's input from them,
 x * pixel_scale (the config's `data.pixel_scale`, whose docstring gives the default's grounds).
 """
 import os
@@ -100,9 +100,9 @@ def _from_npy(data_dir: Optional[str], images_per_class: int, num_classes: int) 
   if len(scales) > 1:
     raise ValueError(f'the class files in {data_dir} mix float pixels in 0..1 and in 0..255; '
                      're-export them in one scale.')
-  if scales == {'unit'}:
-    warnings.warn(f'the class files in {data_dir} hold float pixels in 0..1, cached here as 0..255: the '
-                  'original fed such files unscaled (0..1), so set data.pixel_scale=1/255 to match it.')
+  if 'unit' not in scales:
+    warnings.warn(f'the class files in {data_dir} hold 0..255 pixels, which the original fed unscaled: set '
+                  'data.pixel_scale=1.0 to match it (the default 1/255 assumes 0..1 files).')
   return images
 
 

@@ -163,10 +163,11 @@ def resnet_trees(T, key, t):
   return tree, stats
 
 
-# Batch norm over as few as 4 values per channel (4 x 1 x 1 in the last stage) and lr 0.1 amplify
-# float32 rounding: ours and the trace differ by up to ~3e-5 in a gradient where both agree to 1e-8
-# when run in float64 (checked by hand for the worst entry).
-TOL = dict(rtol=1e-3, atol=1e-4)
+# Float32 rounding, amplified by batch norm over as few as 4 values per channel (4 x 1 x 1 in the last
+# stage) and lr 0.1, makes ours and the trace differ by up to ~3e-5 in a gradient where both agree
+# to 1e-8 in float64 (checked by hand for the worst entry); a conv bias before batch norm has a true
+# gradient of 0, so its computed one is rounding noise of that size.
+TOL = dict(rtol=1e-4, atol=5e-5)
 
 
 def test_resgnt_matches_torch_trace():

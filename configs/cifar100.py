@@ -17,7 +17,9 @@ TensorFlow is installed; copy the folder to data.data_dir), cached as .npy in da
 Quirks of the original kept by default: augmented test images (`data.augment_test=False` for clean
 test accuracy), the cumulative never-reset CBP statistic (`cbp.utility_statistic='ema'` for the
 clean running utility), S&P noise added with the optimizer step (before CBP; the original adds it
-after the CBP step).
+after the CBP step). Diagnostics (dormant units, stable rank) as the original's post-run analysis
+takes them: on the model entering each increment, before that increment's head/network reset, with
+1 000 images (`probe_size`) drawn from the entering increment's classes.
 
 Expected run time and memory (not measured on a GPU: none was available): 1.05 M SGD steps of
 batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (ResNet-18 at 32x32:

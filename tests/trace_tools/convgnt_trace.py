@@ -53,8 +53,9 @@ class TinyConvNet(nn.Module):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--reference', default=os.path.join(HERE, '..', '..', '..', '..', 'shared', 'bench'),
-                 help='folder of torch_reference.py')
+  shared = [os.path.join(HERE, *['..'] * up, 'shared', 'bench') for up in (3, 4)]    # beside the repo
+  p.add_argument('--reference', default=next((d for d in shared if os.path.exists(d)), shared[0]),
+                 help='folder of torch_reference.py (default: shared/bench beside the repository)')
   p.add_argument('--out', default=os.path.join(HERE, '..', 'data', 'trace_imagenet_cbp.npz'))
   p.add_argument('--steps', type=int, default=12)
   p.add_argument('--batch', type=int, default=4)

@@ -48,7 +48,7 @@ class State:
   epoch_key: chex.PRNGKey           # per-epoch shuffles and test-set augmentation
   step_key: chex.PRNGKey            # learner randomness, folded by step
   augment_key: chex.PRNGKey         # training augmentation, folded by step
-  reset_key: chex.PRNGKey           # re-initialisations at increment ends
+  reset_key: chex.PRNGKey           # re-initialisations as increments start
   epoch: jax.Array                  # epochs done
   steps: jax.Array                  # SGD steps done
 

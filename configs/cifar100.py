@@ -18,7 +18,9 @@ where TensorFlow is installed and copy the folder to data.data_dir; cached as .n
 Quirks of the original kept by default: augmented test images (`data.augment_test=False` for clean
 test accuracy), the cumulative never-reset CBP statistic (`cbp.utility_statistic='ema'` for the
 clean running utility), S&P noise added with the optimizer step (before CBP; the original adds it
-after the CBP step).
+after the CBP step). Diagnostics (dormant units, stable rank) as the original's post-run analysis
+takes them: on the model entering each increment, before that increment's head/network reset, with
+1 000 images (`probe_size`) drawn from the entering increment's classes.
 
 Expected run time and memory (not measured on a GPU: none was available): 1.05 M SGD steps of
 batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (ResNet-18 at 32x32:
@@ -51,7 +53,7 @@ def smoke(config):
   config.epochs_per_increment = 2
   config.lr_milestones = (1,)
   config.batch_size = 10
-  config.probe_per_class = 5
+  config.probe_size = 20
   config.checkpoint_every = 2
   config.figure_bin = 2
   config.data.source = 'mock'
@@ -76,8 +78,8 @@ def get_config(arg: str = ''):
   config.lr_decay = 0.2                   # ... is multiplied by this
   config.batch_size = 90
   config.early_stopping = True
-  config.increment_reset = 'none'         # 'head' or 'network': re-initialised at each increment end
-  config.probe_per_class = 10             # diagnostics on 10 training images of each class (1 000)
+  config.increment_reset = 'none'         # 'head' or 'network': re-initialised as each increment starts
+  config.probe_size = 1_000               # diagnostics: images of the entering increment's classes
   config.figure_bin = 200                 # figures: per increment
   config.figure_reduce = 'max'            # ... the max over the increment's epochs, as the paper
   config.figure_baseline = 'retrained'    # ... and minus the retrained network's, paired by seed, for

@@ -14,10 +14,21 @@ Data: `data.source='tfds'` reads `imagenet_resized/32x32` (prepare it once with 
 imagenet_resized/32x32 --file_format=array_record` where TensorFlow is installed; ImageNet needs
 a manual download; copy the folder to data.data_dir) and keeps the first 700 images per class; `'npy'` reads the
 original's per-class files `<data_dir>/<class_id>.npy`. Both are cached as one uint8 array in
-`data.cache_dir` after the first build. Pixels are fed as uint8 x `data.pixel_scale` (default
-1/255: [0, 1]); the original fed its files' values unnormalised and their scale is undocumented,
-so set pixel_scale=1.0 to feed raw 0-255 values. Class orders: one permutation per seed drawn
-from the seed (the original's class_order file is not public), or `data.order_file`.
+`data.cache_dir` after the first build. Class orders: one permutation per seed drawn from the
+seed (the original's class_order file is not public), or `data.order_file`.
+
+Input scale: the network sees float32(uint8 pixel) x `data.pixel_scale`, default 1/255, i.e.
+[0, 1]: the scale the original most plausibly trained on. Its data route (lop/imagenet/
+single_expr.py) loads `data/classes/<id>.npy`, casts it to float32 and feeds it with no scaling or
+normalisation (lop_reference.md §5.1, §8.10), so the scale is the files', which are not
+inspectable here. The float cast fits float64 files (numpy's x / 255) as well as uint8 ones; what
+decides is the dynamics: with raw 0..255 inputs the paper's L2 setting (SGD lr 0.03, momentum 0.9)
+kills this network within a few hundred steps in a probe on synthetic 32x32 images (batch 100:
+every ReLU dead, loss stuck at ln 2; the smoke preset's l2 variant went non-finite), while the
+original reports ~89 % for it over 5 000 tasks; on [0, 1] inputs it learns. pixel_scale=1.0 feeds
+raw bytes (the original's inputs if its files were uint8; the npy loader warns when it finds such
+files). Both data sources give the same uint8 images, so the same inputs.
+
 Expected run time: 15 M SGD steps per run (BP: 6 M). Measured on a 2-core CPU
 (launch/benchmark.py --workload=imagenet): ~2 800 examples/s for 30 seeds (cpu_devices=2: two CPU
 devices, one seed each, concurrently), ~2 200 for 1 seed, 1.0-1.1x the PyTorch reference's one

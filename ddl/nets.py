@@ -233,10 +233,15 @@ class ConvNet(nn.Module):
   pool -> conv3x3(128) -> pool -> fc128 -> fc128 -> fc(outputs), ReLU, 2x2 max-pool, PyTorch
   default init; 177 218 parameters for 32x32x3 inputs and 2 outputs. Features: the pooled conv
   maps and the dense activations (what the original's ConvGnT reads). start: as `MLP` (3 runs the
-  dense layers from the flattened last conv map)."""
+  dense layers from the flattened last conv map). widths, dense: the three conv and two dense
+  widths (the paper's by default; smaller ones for tests). The last conv map is flattened in NHWC
+  order, (position, channel); the original flattens channel-major, a permutation of the first
+  dense layer's input rows that changes nothing else."""
   outputs: int = 2
   conv: str = 'patches'
   layer_norm: str = ''
+  widths: Tuple[int, int, int] = (32, 64, 128)
+  dense: Tuple[int, int] = (128, 128)
 
   def layer_names(self) -> Tuple[str, ...]:
     return ('conv_0', 'conv_1', 'conv_2', 'dense_0', 'dense_1', 'output')
@@ -245,7 +250,7 @@ class ConvNet(nn.Module):
   def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     features = {}
     init = initializer('default')
-    for i, (name, width, size) in enumerate((('conv_0', 32, 5), ('conv_1', 64, 3), ('conv_2', 128, 3))):
+    for i, (name, width, size) in enumerate(zip(('conv_0', 'conv_1', 'conv_2'), self.widths, (5, 3, 3))):
       if i < start:
         continue
       fan_in = x.shape[-1] * size * size
@@ -253,7 +258,7 @@ class ConvNet(nn.Module):
       x = max_pool_2x2(nn.relu(normalize(self.layer_norm, f'{name}_norm', x)))
       features[name] = x
     x = x.reshape(x.shape[0], -1)
-    for i, (name, width) in enumerate((('dense_0', 128), ('dense_1', 128)), start=3):
+    for i, (name, width) in enumerate(zip(('dense_0', 'dense_1'), self.dense), start=3):
       if i < start:
         continue
       x = nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x)
@@ -319,11 +324,42 @@ def he_normal() -> Callable[..., jax.Array]:
   return _rbg(nn.initializers.variance_scaling(2.0, 'fan_in', 'normal'))
 
 
+class BatchNorm(nn.Module):
+  """PyTorch's BatchNorm2d over the last axis (NHWC): normalises with the batch's biased variance in
+  train mode and updates the running statistics with `momentum` (PyTorch's convention: the weight of
+  the new batch) and the *unbiased* batch variance (n / (n - 1), n = values per channel), as
+  PyTorch does and Flax's BatchNorm does not. Parameters 'scale', 'bias'; batch_stats 'mean', 'var'
+  (Flax's names)."""
+  use_running_average: bool
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,))
+    bias = self.param('bias', nn.initializers.zeros, (c,))
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (c,), jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = x.mean(axes)
+      var = jnp.square(x - mean).mean(axes)
+      n = x.size // c
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = (1 - m) * ra_mean.value + m * mean
+        ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 class ResNet18(nn.Module):
   """The modified ResNet-18 of class-incremental CIFAR-100 (lop_reference.md §5.2): 3x3 stride-1
   stem, no max-pool, BasicBlocks [2, 2, 2, 2] at widths w, 2w, 4w, 8w (stride 2 and a 1x1 conv + BN
-  downsample at the first block of stages 2-4), convs with biases, BN (PyTorch momentum 0.1, eps
-  1e-5; running variance biased, as Flax keeps it), global average pool -> fc(outputs). Init:
+  downsample at the first block of stages 2-4), convs with biases, BN as PyTorch's (`BatchNorm`:
+  momentum 0.1, eps 1e-5, unbiased running variance), global average pool -> fc(outputs). Init:
   convs He normal, fc N(0, 1/fan_in), zero biases, BN 1 / 0. Call with train=True for batch
   statistics (mutable 'batch_stats').
 
@@ -347,7 +383,7 @@ class ResNet18(nn.Module):
       return nn.LayerNorm(epsilon=1e-5, name=name)
     if self.norm != 'batch':
       raise ValueError(f"ResNet18 norm={self.norm!r} is not known; use 'batch' or 'layer'.")
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return BatchNorm(use_running_average=not train, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:

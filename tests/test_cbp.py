@@ -258,9 +258,17 @@ def test_conv_channels_as_units_and_conv_to_dense_flatten():
   out_mag = np.abs(np.asarray(params['output']['kernel']).reshape(4, 6, 2)).mean(axis=2)
   util = (out_mag * np.abs(h).mean(axis=0)).mean(axis=0)
   np.testing.assert_array_equal(np.sort(np.argsort(util, kind='stable')[:2]), np.flatnonzero(m1))
-  # output of the network after the reset: dense consumer of replaced channels contributes nothing
-  out_new, _ = net.apply({'params': new}, x)
-  assert out_new.shape == out.shape
+  # the chosen conv_0 channel: lowest out_mag (mean |w| over conv_1's taps and outputs) * mean_BHW |h|
+  h0 = np.abs(np.asarray(features['conv_0'])).mean(axis=(0, 1, 2))
+  out_mag0 = np.abs(np.asarray(params['conv_1']['kernel'])).mean(axis=(0, 1, 3))
+  assert np.flatnonzero(m0).tolist() == [int(np.argmin(out_mag0 * h0))]
+  # the network after the reset (numpy): its output is the non-replaced channels' flattened
+  # (position, channel) features times their rows, plus the bias; replaced channels add nothing
+  out_new, features_new = net.apply({'params': new}, x)
+  h2 = np.asarray(features_new['conv_1']).reshape(4, 4, 6)
+  want = np.einsum('bpc,pco->bo', h2[:, :, ~m1], rows[:, ~m1, :]) + np.asarray(new['output']['bias'])
+  np.testing.assert_allclose(np.asarray(out_new), want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(np.asarray(out_new), np.asarray(out))    # conv_0's reset changed the output
 
 
 def test_norm_layer_parameters_of_replaced_units_are_restored():

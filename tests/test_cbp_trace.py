@@ -17,7 +17,6 @@ SCR (20-5-1, MSE, Bernoulli count mode) replays the recorded Bernoulli draws thr
 `continual_backprop(...).update(..., draws=...)`; MNIST (784-16-16-16-10, cross-entropy,
 accumulate mode) additionally runs `Learner.step` and checks it matches the direct path.
 """
-import os
 import time
 
 import jax
@@ -27,21 +26,15 @@ import numpy as np
 import optax
 import pytest
 
+from trace_replay import assert_close, load, same_up_to_ties
 from ddl import nets
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import learner as learner_lib
 
-DATA = os.path.join(os.path.dirname(__file__), 'data')
 TRACES = ('trace_scr_cbp.npz', 'trace_mnist_cbp.npz')
 
-# Tolerances: ours runs in float32 as the reference's tensors do; its accumulator is float64.
-RTOL, ATOL = 1e-5, 1e-6
+# Tolerance of the float64 accumulator (ours is float32).
 ACC_ATOL = 1e-5
-
-
-def load(name):
-  with np.load(os.path.join(DATA, name), allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
 
 
 def ours(layer: str) -> str:
@@ -134,27 +127,6 @@ class Replay:
       out['learner'] = dict(params=lstate.params, state=lstate.cbp_state, loss=lout.loss,
                             num_replaced=lout.num_replaced)
     return out
-
-
-def same_up_to_ties(mask, ref, bc, mature):
-  """(agree, tie): masks equal, or both pick the k mature units of lowest `bc` with the choice
-  differing only among units whose bc is bit-equal to the k-th smallest."""
-  if np.array_equal(mask, ref):
-    return True, False
-  k = int(ref.sum())
-  if int(mask.sum()) != k or k == 0 or ((mask | ref) & ~mature).any():
-    return False, False
-  vk = np.sort(bc[mature])[k - 1]
-  below, equal = mature & (bc < vk), mature & (bc == vk)
-  ok = all(not (below & ~m).any() and not (m & ~(below | equal)).any() for m in (mask, ref))
-  return ok, ok
-
-
-def assert_close(actual, expected, what, rtol=RTOL, atol=ATOL, where=None):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  if where is not None:
-    actual, expected = actual[where], expected[where]
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
 @pytest.mark.parametrize('name', TRACES)

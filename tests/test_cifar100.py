@@ -13,6 +13,7 @@ import pytest
 
 from conftest import assert_resume_is_identical, ROOT, load_config
 from ddl import config as config_lib
+from ddl import metrics
 from ddl import nets
 from ddl.learners import topology
 from ddl import run as run_lib
@@ -103,6 +104,56 @@ def test_early_stopping_restores_the_best_state():
   assert float(last.best_val) == -1.0 and int(last.epoch) == 2
   assert not np.array_equal(last.learner.opt_state[1][0].trace['fc']['kernel'],
                             first.learner.opt_state[1][0].trace['fc']['kernel'])   # momentum not rolled back
+
+
+def test_diagnostics_are_taken_on_the_model_before_the_increment_reset():
+  """The original's post-run analysis measures the model saved at an increment's end (restored,
+  before its head/network reset) on 1 000 images of the classes of the increment being entered."""
+  config = load_config('cifar100', 'smoke,retrained')
+  group = config_lib.groups(config)[0]
+  assert group.config.increment_reset == 'network'
+  experiment = ClassIncremental(group.config, group)
+  data = jax.device_put(ClassIncremental.load_data(config))
+  state = jax.jit(experiment.init)(jax.random.PRNGKey(0), group.hparams[0], 0)
+  run_chunk = jax.jit(experiment.run_chunk)
+  for _ in range(2):                                           # increment 0 (2 epochs), restored at its end
+    state, _ = run_chunk(state, data)
+  before = state.learner.params                                # what the original saved: not reset yet
+  fresh = experiment.learner.network.init(nets.rbg_key(jax.random.fold_in(state.reset_key, 0)),
+                                          jnp.zeros((1, 32, 32, 3)))['params']
+  assert not np.isclose(float(metrics.weight_magnitude(before)), float(metrics.weight_magnitude(fresh)))
+  after, values = run_chunk(state, data)                       # epoch 2: diagnostics, then the reset
+  np.testing.assert_allclose(values['weight_magnitude'], metrics.weight_magnitude(before), rtol=1e-6)
+  order = experiment.order(state)
+  probe = experiment.probe(data['train'], order, jnp.asarray(1), jax.random.fold_in(state.epoch_key, -1 - state.epoch))
+  expected = experiment.diagnostics(state.learner, probe)
+  for name in ('dormant_fraction', 'stable_rank', 'effective_rank'):
+    np.testing.assert_allclose(values[name], expected[name], rtol=1e-5, err_msg=name)
+  # and the epoch trained from the re-initialised network: one epoch moves the weights far less than
+  # the distance between two initialisations
+  distance = lambda a, b: sum(float(jnp.sum((x - y) ** 2)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert distance(after.learner.params, fresh) < 0.1 * distance(after.learner.params, before)
+
+
+def test_probe_draws_the_entering_increments_classes():
+  config = load_config('cifar100', 'smoke,base')
+  group = config_lib.groups(config)[0]
+  experiment = ClassIncremental(group.config, group)
+  d = config.data
+  per_class = d.val_per_class + d.train_per_class
+  # every image is filled with its (class, index) code, so a probe image names its source
+  code = np.arange(d.num_classes * per_class).reshape(d.num_classes, per_class)
+  train = jnp.asarray(np.broadcast_to(np.stack([code // 256, code % 256, code * 0], -1)[:, :, None, None, :],
+                                      (d.num_classes, per_class, 32, 32, 3)).astype(np.uint8))
+  order = jnp.asarray([4, 1, 5, 0, 3, 2])
+  probe = np.asarray(experiment.probe(train, order, jnp.asarray(1), jax.random.PRNGKey(3)))
+  assert probe.shape == (config.probe_size, 32, 32, 3)
+  source = probe[:, 0, 0, 0].astype(int) * 256 + probe[:, 0, 0, 1]
+  assert set((source // per_class).tolist()) == {5, 0}          # increment 1's classes, order[2:4]
+  assert len(set(source.tolist())) == config.probe_size         # drawn without replacement
+  assert (source % per_class < d.val_per_class).any()           # validation images included
+  other = np.asarray(experiment.probe(train, order, jnp.asarray(1), jax.random.PRNGKey(4)))
+  assert not np.array_equal(other, probe)                       # a random draw
 
 
 def test_resnet18_size_topology_and_convolutions():

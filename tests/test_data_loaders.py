@@ -1,19 +1,22 @@
 """Data loaders, offline: tfds -> arrays on tiny ArrayRecord data sets the tests write, the cache,
-continual ImageNet (both sources, class orders, tasks), MNIST and the bundled digits."""
+continual ImageNet (both sources, the input scale, class order files), MNIST and the bundled digits."""
 import io
 import os
 import socket
 import sys
+import warnings
 from unittest import mock
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from conftest import load_config
+from ddl import config as config_lib
 from ddl.data import arrays, cifar100, digits, imagenet, mnist
+from ddl.experiments import ContinualImageNet
 
 
 @pytest.fixture(autouse=True)
@@ -208,11 +211,13 @@ def test_imagenet_second_load_comes_from_the_cache(imagenet_dir, tmp_path, monke
 
 
 def _write_classes(folder, images, layout, scale):
-  """One file per class, in `layout` 'nchw' (the original's) or 'nhwc', as uint8, 0..1 or 0..255 floats."""
+  """One file per class, in `layout` 'nchw' (the original's) or 'nhwc', as uint8, 0..1 (float32 or
+  float64) or 0..255 floats."""
   folder.mkdir(exist_ok=True)
   for c, block in enumerate(images):
     array = block.transpose(0, 3, 1, 2) if layout == 'nchw' else block
-    array = {'uint8': array, 'unit': array.astype(np.float32) / 255, 'byte': array.astype(np.float64)}[scale]
+    array = {'uint8': array, 'unit': array.astype(np.float32) / 255, 'unit64': array / 255.0,
+             'byte': array.astype(np.float64)}[scale]
     np.save(folder / f'{c}.npy', array)
 
 
@@ -220,11 +225,44 @@ def _write_classes(folder, images, layout, scale):
 def test_imagenet_npy_files_in_either_layout_and_scale(tmp_path, layout, scale):
   images = np.random.default_rng(2).integers(0, 256, (4, 9, 32, 32, 3), dtype=np.uint8)
   _write_classes(tmp_path / 'classes', images, layout, scale)
-  data = imagenet.load_imagenet32('npy', str(tmp_path / 'classes'), str(tmp_path / 'cache'), images_per_class=7,
-                                  num_classes=4)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    data = imagenet.load_imagenet32('npy', str(tmp_path / 'classes'), str(tmp_path / 'cache'), images_per_class=7,
+                                    num_classes=4)
+  assert [str(w.message).endswith('assumes 0..1 files).') for w in caught] == [True] * (scale != 'unit')
   assert data.dtype == np.uint8 and data.shape == (4, 7, 32, 32, 3)
   np.testing.assert_array_equal(data, images[:, :7])
   assert os.listdir(tmp_path / 'cache') == ['imagenet32_npy_4x7.npy']
+
+
+def test_imagenet_sources_give_the_same_inputs_as_the_original(imagenet_dir, tmp_path):
+  """The same images through tfds and through per-class files in the original's layout ((N, 3, 32,
+  32) floats in 0..1, as numpy's x / 255 writes them) give the same network inputs, and with the
+  config's default pixel scale those are what the original fed: float32 of the files' values
+  (NHWC here). Files of raw bytes warn that the original fed them as 0..255."""
+  images, labels = _stored(imagenet.TFDS_NAME, imagenet_dir)
+  per_class = np.stack([images[labels == c] for c in range(10)])
+  _write_classes(tmp_path / 'unit', per_class, 'nchw', 'unit64')
+  _write_classes(tmp_path / 'bytes', per_class, 'nchw', 'uint8')
+  scale = load_config('imagenet').data.pixel_scale
+  assert scale == pytest.approx(1 / 255)
+  group = config_lib.groups(load_config('imagenet', 'smoke,bp'))[0]
+  experiment = ContinualImageNet(group.config, group)
+  assert experiment.config.data.pixel_scale == scale
+  inputs = {}
+  for source, where in (('tfds', imagenet_dir), ('npy', tmp_path / 'unit'), ('bytes', tmp_path / 'bytes')):
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter('always')
+      data = imagenet.load_imagenet32('tfds' if source == 'tfds' else 'npy', str(where), None, images_per_class=7,
+                                      num_classes=10)
+    assert [str(w.message).endswith('assumes 0..1 files).') for w in caught] == [True] * (source == 'bytes')
+    inputs[source] = np.asarray(experiment._pixels(jnp.asarray(data)))   # pylint: disable=protected-access
+    np.testing.assert_array_equal(inputs[source], imagenet.pixels(data, scale))
+  np.testing.assert_array_equal(inputs['tfds'], inputs['npy'])
+  np.testing.assert_array_equal(inputs['tfds'], inputs['bytes'])
+  original = np.stack([np.load(tmp_path / 'unit' / f'{c}.npy')[:7] for c in range(10)]).astype(np.float32)
+  np.testing.assert_allclose(inputs['npy'], original.transpose(0, 1, 3, 4, 2), rtol=1e-6, atol=0)
+  assert 0.9 < inputs['npy'].max() <= 1.0
 
 
 def test_imagenet_npy_files_that_cannot_be_read_as_pixels(tmp_path):
@@ -257,46 +295,24 @@ def test_missing_imagenet_names_where_it_looked_and_both_ways(tmp_path, source):
     imagenet.load_imagenet32('jpeg', str(tmp_path), None)
 
 
-def test_class_orders_are_reproducible_permutations():
-  orders = imagenet.class_orders(0, 5, num_classes=1000)
-  assert orders.shape == (5, 1000) and orders.dtype == np.int32
-  for row in orders:
-    np.testing.assert_array_equal(np.sort(row), np.arange(1000))
-  assert len({row.tobytes() for row in orders}) == 5
-  np.testing.assert_array_equal(imagenet.class_orders(0, 5), orders)
-  np.testing.assert_array_equal(imagenet.class_orders(0, 3), orders[:3])   # a row depends on (seed, index) only
-  assert not np.array_equal(imagenet.class_orders(1, 1)[0], orders[0])
-
-
 def test_class_order_file_is_used_and_validated(tmp_path):
   good = np.stack([np.random.default_rng(i).permutation(10) for i in range(4)])
   np.save(tmp_path / 'good.npy', good)
-  np.testing.assert_array_equal(imagenet.class_orders(0, 3, 10, str(tmp_path / 'good.npy')), good[:3])
+  np.testing.assert_array_equal(imagenet.load_class_orders(str(tmp_path / 'good.npy'), 3, 10), good[:3])
   bad = good.copy()
   bad[2, 0] = bad[2, 1]
   np.save(tmp_path / 'repeat.npy', bad)
   with pytest.raises(ValueError, match=r'rows \[2\] are not permutations of 0..9'):
-    imagenet.class_orders(0, 3, 10, str(tmp_path / 'repeat.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'repeat.npy'), 3, 10)
   with pytest.raises(ValueError, match=r'shape \(4, 10\); expected \(5 or more, 10\)'):
-    imagenet.class_orders(0, 5, 10, str(tmp_path / 'good.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'good.npy'), 5, 10)
   with pytest.raises(ValueError, match=r'expected \(3 or more, 1000\)'):
-    imagenet.class_orders(0, 3, 1000, str(tmp_path / 'good.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'good.npy'), 3, 1000)
   np.save(tmp_path / 'float.npy', good.astype(np.float32))
   with pytest.raises(ValueError, match='expected integer class ids'):
-    imagenet.class_orders(0, 3, 10, str(tmp_path / 'float.npy'))
+    imagenet.load_class_orders(str(tmp_path / 'float.npy'), 3, 10)
   with pytest.raises(FileNotFoundError, match='class order file .* not found'):
-    imagenet.class_orders(0, 3, 10, str(tmp_path / 'absent.npy'))
-
-
-def test_task_classes_tile_the_order():
-  order = imagenet.class_orders(7, 2, num_classes=10)
-  first, second = imagenet.task_classes(order[0], 0)       # labels 0 and 1
-  assert (first, second) == (order[0, 0], order[0, 1])
-  assert imagenet.task_classes(order[0], 6) == (order[0, 2], order[0, 3])   # task 6 = task 1 of the 2nd tiling
-  pairs = np.array([imagenet.task_classes(order[0], t) for t in range(5)])
-  np.testing.assert_array_equal(np.sort(pairs.ravel()), np.arange(10))     # each class once per C/2 tasks
-  per_seed = jax.jit(imagenet.task_classes)(jnp.asarray(order), jnp.asarray(13))   # traced task, all seeds
-  np.testing.assert_array_equal(np.stack(per_seed, -1), order[:, [6, 7]])
+    imagenet.load_class_orders(str(tmp_path / 'absent.npy'), 3, 10)
 
 
 # --- MNIST, digits --------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Continual ImageNet data (lop_reference.md §5.1): 1000 ImageNet classes at 32x32, the first
-`images_per_class` images of each, and the per-seed class orders that define the tasks.
+`images_per_class` images of each, and optional per-seed class orders from a file.
 
 `load_imagenet32` returns uint8 (num_classes, images_per_class, 32, 32, 3): NHWC, class-major, the
 class id is the index. Rows keep their source order; the original trains on rows 0..599 of a class
@@ -11,13 +11,15 @@ and tests on rows 600..699 (of 700); the experiment does that split. Two sources
     original's (700, 3, 32, 32) layout or (700, 32, 32, 3); the layout is detected.
 Both are cached as one .npy in `cache_dir`, so later launches skip the source entirely.
 
-Pixel scale: the original applied no normalisation; it cast whatever its files held to float32 and
-fed it to the net, and the files' dtype and scale are undocumented (§8.10). Here pixels are uint8
-0..255: uint8 files are kept as they are, float files whose maximum is <= 1 are taken as 0..1 and
-multiplied by 255, other float files as 0..255 (rounded). Which input scale the network sees
-(x / 255 or x as float) is the experiment's choice.
+Pixel scale: the original applies no normalisation: it casts its files' pixels to float32 and
+feeds them as they are (single_expr.py: `x_train.type(torch.FloatTensor)`, no division). Here
+pixels are cached as uint8 0..255: uint8 files are kept as they are (with a warning: the original
+fed such files as raw 0..255), float files whose maximum is <= 1 are taken as 0..1 and multiplied by
+255, other float files as 0..255 (rounded). `pixels` makes the network's input from them,
+x * pixel_scale (the config's `data.pixel_scale`, whose docstring gives the default's grounds).
 """
 import os
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -98,6 +100,9 @@ def _from_npy(data_dir: Optional[str], images_per_class: int, num_classes: int) 
   if len(scales) > 1:
     raise ValueError(f'the class files in {data_dir} mix float pixels in 0..1 and in 0..255; '
                      're-export them in one scale.')
+  if 'unit' not in scales:
+    warnings.warn(f'the class files in {data_dir} hold 0..255 pixels, which the original fed unscaled: set '
+                  'data.pixel_scale=1.0 to match it (the default 1/255 assumes 0..1 files).')
   return images
 
 
@@ -126,18 +131,14 @@ def _to_uint8(images: np.ndarray, path: str) -> Tuple[np.ndarray, str]:
   return np.rint(images * 255.0 if scale == 'unit' else images).astype(np.uint8), scale
 
 
-def class_orders(seed: int, num_seeds: int, num_classes: int = 1000, order_file: Optional[str] = None) -> np.ndarray:
-  """int32 (num_seeds, num_classes): row i is the class order of seed index i.
+def load_class_orders(order_file: str, num_seeds: int, num_classes: int = 1000) -> np.ndarray:
+  """int32 (num_seeds, num_classes) from `order_file`: row i is the class order of seed index i.
 
-  Without `order_file`, row i is `np.random.default_rng([seed, i]).permutation(num_classes)`: it
-  depends on (seed, i) only, so a run of fewer or more seeds shares its rows. The original's own
-  orders (a pickle, one permutation per run) are not available (§8.9); an `order_file` (.npy of
-  shape (>= num_seeds, num_classes), each row a permutation of 0..num_classes-1) fixes the orders:
-  its first num_seeds rows are used.
+  The original's own orders (a pickle, one permutation per run) are not available (§8.9); without
+  a file the experiment draws one permutation per seed from the seed. An order file (.npy of shape
+  (>= num_seeds, num_classes), each row a permutation of 0..num_classes-1) fixes them: its first
+  num_seeds rows are used.
   """
-  if order_file is None:
-    rows = [np.random.default_rng([seed, i]).permutation(num_classes) for i in range(num_seeds)]
-    return np.array(rows, np.int32).reshape(num_seeds, num_classes)
   if not os.path.exists(order_file):
     raise FileNotFoundError(f'class order file {order_file} not found; give an existing .npy or leave it unset '
                             'to draw the orders from the seed.')
@@ -159,9 +160,6 @@ def class_orders(seed: int, num_seeds: int, num_classes: int = 1000, order_file:
   return orders.astype(np.int32)
 
 
-def task_classes(order, task):
-  """The classes of task `task` under class `order` (shape (..., C)), labelled 0 and 1 in this
-  order: `order[..., 2t mod C]`, `order[..., (2t + 1) mod C]`, as the original's tiled order gives.
-  Works on numpy and jax arrays, with a traced `task` too."""
-  num_classes = order.shape[-1]
-  return order[..., (2 * task) % num_classes], order[..., (2 * task + 1) % num_classes]
+def pixels(images, pixel_scale: float):
+  """The network's input from uint8 NHWC pixels: float32(images) * pixel_scale (numpy or jax)."""
+  return images.astype('float32') * pixel_scale

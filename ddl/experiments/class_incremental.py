@@ -9,11 +9,16 @@ images, `25 k` steps at batch 90 (a loop of dynamic length: shapes stay static),
 the device per example and per seed, the learning rate of the epoch's place in its increment, then
 test and validation accuracy (eval-mode batch norm) over the seen classes, and early stopping: the
 state with the best validation accuracy of the increment is kept and restored at its end (momentum
-and CBP statistics are not rolled back, as in the original); then `increment_reset` re-initialises
-the head or the whole network. Diagnostics every `epochs_per_increment` epochs, computed at the
-start of the epoch (the model entering it: the initial one, then the restored one of each
-increment, as the original's post-run analysis) on a fixed probe of training images, train-mode
-batch norm, no augmentation.
+and CBP statistics are not rolled back, as in the original).
+
+An epoch that starts an increment first takes the diagnostics of the model entering it, then
+applies `increment_reset` (head or whole network re-initialised; not before the first increment).
+The diagnostics are the original's post-run analysis ("next task" metrics, the ones its figures
+plot): on the model it saved at the end of each increment, after the early-stopping restore and
+*before* the reset (and on the initial model), a probe of `probe_size` (1 000) images drawn at
+random from all training images (validation ones included) of the classes of the increment being
+entered, no augmentation, train-mode batch norm: dormant fraction over all 17 feature maps, stable
+and effective rank of the pooled representation, weight magnitude.
 """
 from typing import Dict, Tuple
 
@@ -43,7 +48,7 @@ class State:
   epoch_key: chex.PRNGKey           # per-epoch shuffles and test-set augmentation
   step_key: chex.PRNGKey            # learner randomness, folded by step
   augment_key: chex.PRNGKey         # training augmentation, folded by step
-  reset_key: chex.PRNGKey           # re-initialisations at increment ends
+  reset_key: chex.PRNGKey           # re-initialisations as increments start
   epoch: jax.Array                  # epochs done
   steps: jax.Array                  # SGD steps done
 
@@ -76,6 +81,11 @@ def augment_one(key: chex.PRNGKey, x: jax.Array, pad: int = 4, max_degrees: floa
 def augment(key: chex.PRNGKey, images: jax.Array) -> jax.Array:
   """`augment_one` per example of a normalised NHWC batch, each with its own key."""
   return jax.vmap(augment_one)(jax.random.split(key, images.shape[0]), images)
+
+
+def _pick(cond: jax.Array, a, b):
+  """The tree `a` where `cond`, else `b`."""
+  return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
 def lr_factor(epoch_in_increment: jax.Array, milestones, decay: float) -> jax.Array:
@@ -128,8 +138,8 @@ class ClassIncremental:
          'increment)'),
         (config.epochs_per_increment > 0, 'epochs_per_increment must be > 0'),
         (list(config.lr_milestones) == sorted(config.lr_milestones), 'lr_milestones must be increasing'),
-        (0 < config.probe_per_class <= data.val_per_class + data.train_per_class,
-         'probe_per_class must be in [1, val_per_class + train_per_class]'),
+        (0 < config.probe_size <= config.classes_per_increment * (data.val_per_class + data.train_per_class),
+         'probe_size must be in [1, classes_per_increment x (val_per_class + train_per_class)]'),
     ]
 
   @staticmethod
@@ -188,12 +198,20 @@ class ClassIncremental:
     correct = jax.lax.fori_loop(0, increments, body, jnp.zeros(2, jnp.int32))
     return correct[0] / (increments * per * n_test), correct[1] / (increments * per * n_val)
 
-  def diagnostics(self, learner: LearnerState, images: jax.Array) -> Dict[str, jax.Array]:
+  def probe(self, train: jax.Array, order: jax.Array, increment: jax.Array, key: chex.PRNGKey) -> jax.Array:
+    """uint8 (probe_size, 32, 32, 3): images drawn without replacement from all training images
+    (validation ones included) of the classes of increment `increment` (0-based), as the original's
+    post-run analysis draws them (the first batch of a shuffled loader over those classes)."""
+    per = self.config.classes_per_increment
+    classes = jax.lax.dynamic_slice_in_dim(order, increment * per, per)
+    images = train[classes].reshape((-1,) + train.shape[2:])
+    pick = jax.random.permutation(key, images.shape[0])[:self.config.probe_size]
+    return images[pick]
+
+  def diagnostics(self, learner: LearnerState, probe: jax.Array) -> Dict[str, jax.Array]:
     """Dormant fraction over all units, stable and effective rank of the pooled representation and
-    weight magnitude, on the probe (the first `probe_per_class` training images of every class),
-    train-mode batch norm (statistics discarded)."""
-    probe = self._pixels(images[:, :self.config.probe_per_class].reshape((-1,) + images.shape[2:]))
-    (_, features), _ = self.learner.apply_train(learner.params, probe, learner.batch_stats)
+    weight magnitude, on uint8 `probe` images, train-mode batch norm (statistics discarded)."""
+    (_, features), _ = self.learner.apply_train(learner.params, self._pixels(probe), learner.batch_stats)
     hidden = list(features.values())
     pooled = hidden[-1]
     stable = metrics.stable_rank(pooled).astype(jnp.float32)
@@ -213,8 +231,22 @@ class ClassIncremental:
     epoch_in_increment = state.epoch % epochs
     seen = (increment + 1) * per
     mask = jnp.argsort(order) < seen                       # outputs of the seen classes
-    values = self.diagnostics(state.learner, train)
-    learner = self.learner.boundary(state.learner, state.epoch, jax.random.fold_in(state.reset_key, -1 - state.epoch),
+    # the model entering the epoch: at an increment start, the one saved at the end of the last
+    # increment (restored), before the increment's reset
+    probe_key = jax.random.fold_in(state.epoch_key, -1 - state.epoch)
+    values = self.diagnostics(state.learner, self.probe(train, order, increment, probe_key))
+    learner = state.learner
+    if config.increment_reset != 'none':
+      now = (epoch_in_increment == 0) & (increment > 0)
+      fresh = self.learner.network.init(nets.rbg_key(jax.random.fold_in(state.reset_key, increment - 1)),
+                                        jnp.zeros((1, 32, 32, 3)))['params']
+      params = learner.params
+      if config.increment_reset == 'head':
+        params = {**params, 'fc': _pick(now, fresh['fc'], params['fc'])}
+      else:
+        params = _pick(now, fresh, params)
+      learner = learner.replace(params=params)
+    learner = self.learner.boundary(learner, state.epoch, jax.random.fold_in(state.reset_key, -1 - state.epoch),
                                     jnp.zeros((1, 32, 32, 3)))
 
     # one epoch over the seen training images, a fresh shuffle of them first
@@ -241,22 +273,14 @@ class ClassIncremental:
 
     # early stopping: keep the best-validation state of the increment, restore it at its end
     end = epoch_in_increment == epochs - 1
-    pick = lambda cond, a, b: jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
     better = values['val_accuracy'] > state.best_val
-    best_params = pick(better, learner.params, state.best_params)
-    best_batch_stats = pick(better, learner.batch_stats, state.best_batch_stats)
+    best_params = _pick(better, learner.params, state.best_params)
+    best_batch_stats = _pick(better, learner.batch_stats, state.best_batch_stats)
     best_val = jnp.maximum(values['val_accuracy'], state.best_val)
     params, batch_stats = learner.params, learner.batch_stats
     if config.early_stopping:
-      params = pick(end, best_params, params)
-      batch_stats = pick(end, best_batch_stats, batch_stats)
-    if config.increment_reset != 'none':
-      fresh = self.learner.network.init(nets.rbg_key(jax.random.fold_in(state.reset_key, increment)),
-                                        jnp.zeros((1, 32, 32, 3)))['params']
-      if config.increment_reset == 'head':
-        params = {**params, 'fc': pick(end, fresh['fc'], params['fc'])}
-      else:
-        params = pick(end, fresh, params)
+      params = _pick(end, best_params, params)
+      batch_stats = _pick(end, best_batch_stats, batch_stats)
     learner = learner.replace(params=params, batch_stats=batch_stats)
     state = state.replace(learner=learner, best_params=best_params, best_batch_stats=best_batch_stats,
                           best_val=jnp.where(end, -1.0, best_val), epoch=state.epoch + 1,

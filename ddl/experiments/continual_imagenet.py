@@ -17,6 +17,7 @@ import numpy as np
 from flax import struct
 
 from ddl.data import arrays
+from ddl.data import imagenet
 from ddl import nets
 from ddl.experiments import evaluation
 from ddl.experiments import online
@@ -77,13 +78,11 @@ class ContinualImageNet:
       rng = np.random.default_rng(0)
       images = rng.integers(0, 256, (data.num_classes, data.images_per_class, 32, 32, 3), dtype=np.uint8)
     else:
-      from ddl.data import imagenet  # pylint: disable=g-import-not-at-top
       images = imagenet.load_imagenet32(data.source, data.data_dir or None, arrays.config_path(data.cache_dir),
                                         images_per_class=data.images_per_class, num_classes=data.num_classes)
     out = {'images': np.asarray(images)}
     if data.order_file:
-      from ddl.data import imagenet  # pylint: disable=g-import-not-at-top
-      out['orders'] = imagenet.class_orders(config.seed, config.num_seeds, data.num_classes, data.order_file)
+      out['orders'] = imagenet.load_class_orders(data.order_file, config.num_seeds, data.num_classes)
     return out
 
   def chunk_step(self, chunk: int) -> int:
@@ -102,7 +101,7 @@ class ContinualImageNet:
     return jax.random.permutation(state.order_key, self.config.data.num_classes)
 
   def _pixels(self, images: jax.Array) -> jax.Array:
-    return images.astype(jnp.float32) * self.config.data.pixel_scale
+    return imagenet.pixels(images, self.config.data.pixel_scale)
 
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     config = self.config

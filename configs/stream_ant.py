@@ -27,7 +27,7 @@ from ddl import config as config_lib
 
 def smoke(config):
   """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, spring physics; stream and
-  cbp each a program."""
+  cbp in one program (compilation dominates the smoke)."""
   config.num_seeds = 2
   config.total_steps = 3 * 1000
   config.steps_per_chunk = 1000
@@ -39,6 +39,7 @@ def smoke(config):
   config.network.hidden = (16, 16)
   config.variants.cbp.replacement_rate = 1e-2
   config.variants.cbp.maturity_threshold = 5.0
+  config.fuse_variants = True
 
 
 def get_config(arg: str = ''):

@@ -43,9 +43,9 @@ WORKLOADS = {
     # PPO on Ant: full networks, 2048-step rollouts, 10 x 16 minibatches; a chunk = 2 PPO updates
     # (4096 environment steps per seed); examples = environment steps including learning.
     'ant': ('ant', {'updates_per_chunk': 2}),
-    # stream AC on Ant: one env per seed, one ObGD step per env step; a chunk = 10 000 steps per seed.
+    # stream AC on Ant: one env per seed, one ObGD step per env step; a chunk = 2000 steps per seed.
     # --env_alone adds a line: the env alone, as many copies as seeds, random actions (same refills).
-    'stream_ant': ('stream_ant', {'steps_per_chunk': 10_000}),
+    'stream_ant': ('stream_ant', {'steps_per_chunk': 2_000}),
     # one increment of 5 classes: a chunk is an epoch of the first increment (25 steps of 90, then
     # test and validation of 750 images); later increments scale the steps by the increment number
     'cifar100': ('cifar100', {'data.source': 'mock', 'data.num_classes': 5}),

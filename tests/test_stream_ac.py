@@ -264,3 +264,27 @@ def test_slippery_stream_ant_smoke_through_run_and_exact_resume(tmp_path):
   assert sum(value('cbp', '0', 'replacements')) > 0
   assert value('stream', '0', 'episode_return') != value('cbp', '0', 'episode_return')
   assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1)
+
+
+def test_obgd_is_validated_and_refused_where_it_cannot_run():
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl.experiments import PPO, StreamAC  # pylint: disable=g-import-not-at-top
+  config = load_config('stream_ant', 'smoke')
+  config_lib.validate(config, StreamAC)
+  config.hparams.trace_lambda = 1.5
+  with pytest.raises(config_lib.ConfigError, match='hparams.trace_lambda: must be >= 0 and <= 1'):
+    config_lib.validate(config, StreamAC)
+  config = load_config('stream_ant', 'smoke')
+  with config.obgd.unlocked():
+    del config.obgd['per_network']
+    config.obgd.per_network = 'yes'
+  with pytest.raises(config_lib.ConfigError, match='obgd.per_network'):
+    config_lib.validate(config, StreamAC)
+  config = load_config('stream_ant', 'smoke')
+  config.optimizer.name = 'adam'
+  with pytest.raises(config_lib.ConfigError, match='stream AC steps with ObGD'):
+    config_lib.validate(config, StreamAC)
+  config = load_config('ant', 'smoke')
+  config.optimizer.name = 'obgd'
+  with pytest.raises(config_lib.ConfigError, match='obgd needs a TD error'):
+    config_lib.validate(config, PPO)

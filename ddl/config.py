@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.upgd = statics['upgd']
   config.idbd = statics['idbd']                       # IDBD and Autostep (ddl.learners.idbd)
   config.metaoptimize = statics['metaoptimize']       # MetaOptimize (ddl.learners.metaoptimize)
+  config.obgd = statics['obgd']                       # ObGD (ddl.learners.obgd)
   config.schedule = statics['schedule']               # resets and plasticity injection
   config.growth = statics['growth']                   # a growing last hidden layer (ddl.learners.growth)
   config.hparams = {h.name: h.default for h in registry.traced_hypers()}
@@ -218,6 +219,10 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
       for h in traced:
         problem = h.problem(hparams[h.name])
         _check(problem is None, f'variant {variant}: hparams.{h.name}', str(problem))
+    _check(group.config.optimizer.name != 'obgd' or getattr(experiment_cls, 'td_errors', False),
+           f'variant(s) {", ".join(group.variants)}: optimizer.name',
+           f'obgd needs a TD error and the episode ends in every step, which experiment {config.experiment} does '
+           'not give (experiment stream_ac does)')
     try:
       checks = experiment_cls.checks(group.config)
     except (ZeroDivisionError, TypeError, KeyError, AttributeError) as e:

@@ -26,7 +26,7 @@ ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
 GAINS = {'relu': math.sqrt(2.0), 'tanh': 5.0 / 3.0, 'sigmoid': 1.0, 'linear': 1.0, 'elu': math.sqrt(2.0),
          'swish': math.sqrt(2.0), 'leaky_relu': math.sqrt(2.0 / (1 + 0.01 ** 2)), 'selu': 1.0}
 
-INITS = ('kaiming', 'lecun', 'xavier', 'default', 'zeros')
+INITS = ('kaiming', 'lecun', 'xavier', 'default', 'zeros', 'sparse')
 LAYER_NORMS = ('', 'affine', 'plain')
 
 
@@ -49,8 +49,11 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
 
   kaiming: U(+-gain*sqrt(3/fan_in)); lecun: U(+-sqrt(3/fan_in)); default: PyTorch's Linear/Conv
   default U(+-1/sqrt(fan_in)); xavier: U(+-gain*sqrt(6/(fan_in+fan_out))); zeros: all 0 (a linear
-  learner started at w = 0, as LMS/IDBD in Sutton 1992; never for hidden layers).
+  learner started at w = 0, as LMS/IDBD in Sutton 1992; never for hidden layers); sparse: streaming
+  RL's `sparse_init` (see `sparse_uniform`), whatever the activation.
   """
+  if init == 'sparse':
+    return sparse_uniform()
   gain = GAINS[activation]
   if init == 'kaiming':
     return nn.initializers.variance_scaling(gain ** 2, 'fan_in', 'uniform')
@@ -63,6 +66,23 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
   if init == 'zeros':
     return nn.initializers.zeros
   raise ValueError(f'init={init!r} is not known; use one of {INITS}.')
+
+
+def sparse_uniform(sparsity: float = 0.9) -> Callable[..., jax.Array]:
+  """The official `sparse_init` of streaming RL (Elsayed et al. 2024, `mohmdelsayed/streaming-drl`
+  `sparse_init.py`, type 'uniform'): U(+-1/sqrt(fan_in)), then exactly ceil(sparsity * fan_in) of each
+  output unit's fan_in weights set to 0, chosen by a random permutation per unit (not drawn with
+  replacement as the JAX port does). Units are the last axis, fan_in the product of the others
+  (a conv's h x w x c_in, as upstream), so a (..., k) slice is k fresh units (CBP's re-initialisation)."""
+  def init(key, shape, dtype=jnp.float32):
+    fan_in = math.prod(shape[:-1])
+    zeros = int(math.ceil(sparsity * fan_in))
+    weight_key, perm_key = jax.random.split(key)
+    bound = math.sqrt(1.0 / fan_in)
+    w = jax.random.uniform(weight_key, (fan_in, shape[-1]), dtype, -bound, bound)
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(perm_key, (fan_in, shape[-1])), axis=0), axis=0)
+    return jnp.where(ranks < zeros, jnp.zeros((), dtype), w).reshape(shape)
+  return init
 
 
 class MLP(nn.Module):
@@ -297,6 +317,46 @@ class ActorCritic(nn.Module):
   def policy_mean(self, params, x: jax.Array) -> jax.Array:
     """The action mean alone (what acting needs)."""
     return self.mlps(parent=None)[0].apply({'params': params['policy']}, x)[0]
+
+
+class StreamActorCritic(nn.Module):
+  """Stream AC's networks (Elsayed et al. 2024, official `stream_ac_continuous.py`): an actor and a
+  critic, each in -> hidden... (Dense, layer norm without parameters over the sample's features,
+  Leaky ReLU 0.01) -> out, every Dense sparse-initialised (`sparse_uniform`, zero bias). The actor's
+  output layer holds the mean head and the std head side by side (upstream: two Linear layers with the
+  same per-unit init, so one Dense of 2 x actions units is the same distribution); std =
+  softplus(pre-std), state-dependent, unbounded below. Returns ((mean, std, value), features) with
+  'policy/hidden_i' and 'value/hidden_i', so one reset transform acts on both networks."""
+  hidden: Sequence[int] = (128, 128)
+  actions: int = 8
+  activation: str = 'leaky_relu'
+  weight_init: str = 'sparse'
+  layer_norm: str = 'plain'
+
+  def mlps(self, **kwargs):
+    """The (policy, value) MLPs, as unbound modules with `parent=None`."""
+    return (MLP(self.hidden, 2 * self.actions, self.activation, self.weight_init, self.layer_norm, **kwargs),
+            MLP(self.hidden, 1, self.activation, self.weight_init, self.layer_norm, **kwargs))
+
+  @nn.compact
+  def __call__(self, x: jax.Array):
+    out, policy_features = MLP(self.hidden, 2 * self.actions, self.activation, self.weight_init, self.layer_norm,
+                               name='policy')(x)
+    v, value_features = MLP(self.hidden, 1, self.activation, self.weight_init, self.layer_norm, name='value')(x)
+    features = {**{f'policy/{k}': h for k, h in policy_features.items()},
+                **{f'value/{k}': h for k, h in value_features.items()}}
+    return (*self._split(out), v[..., 0]), features
+
+  def _split(self, out: jax.Array):
+    return out[..., :self.actions], nn.softplus(out[..., self.actions:])
+
+  def policy(self, params, x: jax.Array):
+    """(mean, std) alone (what acting needs)."""
+    return self._split(self.mlps(parent=None)[0].apply({'params': params['policy']}, x)[0])
+
+  def value(self, params, x: jax.Array) -> jax.Array:
+    """v(x) alone."""
+    return self.mlps(parent=None)[1].apply({'params': params['value']}, x)[0][..., 0]
 
 
 def rbg_key(key: jax.Array) -> jax.Array:

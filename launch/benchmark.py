@@ -50,6 +50,9 @@ WORKLOADS = {
     # PPO on Ant: full networks, 2048-step rollouts, 10 x 16 minibatches; a chunk = 2 PPO updates
     # (4096 environment steps per seed); examples = environment steps including learning.
     'ant': ('ant', {'updates_per_chunk': 2}),
+    # stream AC on Ant: one env per seed, one ObGD step per env step; a chunk = 2000 steps per seed.
+    # --env_alone adds a line: the env alone, as many copies as seeds, random actions (same refills).
+    'stream_ant': ('stream_ant', {'steps_per_chunk': 2_000}),
     # one increment of 5 classes: a chunk is an epoch of the first increment (25 steps of 90, then
     # test and validation of 750 images); later increments scale the steps by the increment number
     'cifar100': ('cifar100', {'data.source': 'mock', 'data.num_classes': 5}),
@@ -62,6 +65,8 @@ flags.DEFINE_integer('chunks', 3, 'Timed chunks per program.')
 flags.DEFINE_string('config_arg', '', 'Extra config argument, e.g. a preset such as smoke.')
 flags.DEFINE_bool('fuse_variants', False, 'One program for all variants of a structure.')
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
+flags.DEFINE_bool('env_alone', False, 'stream_ant: also time the Ant env alone at --seeds copies (random actions, '
+                  'refills as the experiment) and report env_steps_per_sec and learning/env-alone ratio.')
 flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention and learner of the toolkit '
                   '(and plain backprop) and report each one\'s step cost relative to plain backprop (SGD).')
 flags.DEFINE_integer('read_metrics_rows', 0, 'Instead of a workload: seconds to read a synthetic metrics.csv of this '
@@ -173,6 +178,41 @@ def _read_metrics_line(rows: int) -> str:
                          peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)))
 
 
+def _env_alone(config, examples_per_sec):
+  """The experiment's Ant env stepped alone: `seeds` vmapped copies, uniform random actions in
+  [-1, 1], fresh starts every env.refill_every steps; a JSON line with its steps/s (all copies) and
+  the ratio of `examples_per_sec` (the learning run's) to it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top
+  e, seeds, block = config.env, config.num_seeds, config.env.refill_every
+  env = env_lib.FrictionAnt(e.backend, e.episode_length, e.friction.change_every, e.starts)
+  schedule = jnp.full((1,), e.friction.value, jnp.float32)
+
+  def run(state, key):
+    def one_block(state, b):
+      state = env.refill(state, jax.random.fold_in(key, -1 - b), schedule)
+      def one(state, t):
+        action = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, b), t), (env.action_size,), minval=-1)
+        return env.step(state, action, key, b * block + t + 1, schedule)[0], None
+      return jax.lax.scan(one, state, jnp.arange(block))[0], None
+    return jax.lax.scan(one_block, state, jnp.arange(config.steps_per_chunk // block))[0]
+
+  keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+  chunk = jax.jit(jax.vmap(run))
+  began = time.time()
+  state = jax.block_until_ready(chunk(jax.vmap(env.reset, (0, None))(keys, schedule), keys))
+  compile_sec = time.time() - began
+  began = time.time()
+  for _ in range(flags.FLAGS.chunks):
+    state = chunk(state, keys)
+  jax.block_until_ready(state)
+  rate = seeds * config.steps_per_chunk * flags.FLAGS.chunks / (time.time() - began)
+  print(json.dumps(dict(workload=flags.FLAGS.workload, variant='env_alone', seeds=seeds, env_steps_per_sec=round(rate, 1),
+                        learning_vs_env_alone=round(examples_per_sec / rate, 3), compile_sec=round(compile_sec, 2),
+                        backend=jax.default_backend())), flush=True)
+
+
 def main(argv):
   del argv
   if flags.FLAGS.read_metrics_rows > 0:
@@ -229,6 +269,8 @@ def main(argv):
     share = None if total_evaluate_sec is None else total_amortised / (per_chunk + total_amortised)
     print(_line(config, 'all', total_runs, None, total_examples, total_seconds, total_compile, peak_mb,
                 total_evaluate_sec, share), flush=True)
+  if flags.FLAGS.env_alone:
+    _env_alone(config, total_examples / total_seconds)   # all groups: the harmonic mean of their rates
 
 
 if __name__ == '__main__':

@@ -343,7 +343,7 @@ def test_unknown_optimizer_name_raises():
         optimizers.make_optimizer('rmsprop', learning_rate=0.1)
     for allowed in optimizers.OPTIMIZERS:
         assert allowed in str(info.value)
-    assert set(optimizers.OPTIMIZERS) == {'sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize'}
+    assert set(optimizers.OPTIMIZERS) == {'sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize', 'obgd'}
     assert set(optimizers.OPTIMIZERS) == set(registry.OPTIMIZERS)
 
 

@@ -22,6 +22,7 @@ from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO
 from ddl.experiments.random_labels import RandomLabels
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
+from ddl.experiments.stream_ac import StreamAC
 from ddl.experiments.tracking import Tracking
 
 EXPERIMENTS = {
@@ -29,6 +30,7 @@ EXPERIMENTS = {
     'permuted_inputs': PermutedInputs,
     'continual_imagenet': ContinualImageNet,
     'ppo': PPO,
+    'stream_ac': StreamAC,
     'class_incremental': ClassIncremental,
     'random_labels': RandomLabels,
     'tracking': Tracking,

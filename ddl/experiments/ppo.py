@@ -38,6 +38,49 @@ class State:
   probe: jax.Array          # (probe_steps, obs): the last rollout's last observations, for `evaluate`
 
 
+def env_checks(config):
+  """The (condition, message) checks of the Ant env and friction settings (PPO, stream AC)."""
+  env = config.env
+  return [
+      (env.backend in env_lib.BACKENDS, f'env.backend must be one of {env_lib.BACKENDS}'),
+      (env.friction.kind in FRICTIONS, f'env.friction.kind must be one of {FRICTIONS}'),
+      (env.friction.kind != 'file' or bool(env.friction.file), 'env.friction.file is needed with kind=file'),
+      (0 < env.friction.low <= env.friction.high, 'env.friction.low, high must satisfy 0 < low <= high'),
+      (env.friction.value > 0 and env.friction.num > 0, 'env.friction.value and num must be > 0'),
+      (env.starts > 0, 'env.starts must be > 0'),
+      (config.get('figure_band', 'se') in ('se', 'bootstrap95'), "figure_band must be 'se' or 'bootstrap95'"),
+  ]
+
+
+def friction_schedule(config, key) -> jax.Array:
+  """A seed's frictions; a file's row replaces them in every chunk (init sees no data)."""
+  friction = config.env.friction
+  if friction.kind == 'constant':
+    return jnp.full((1,), friction.value, jnp.float32)
+  return env_lib.friction_schedule(key, friction.num, friction.low, friction.high)
+
+
+def policy_diagnostics(network, params, probe: jax.Array) -> Dict[str, jax.Array]:
+  """The paper's diagnostics of an actor-critic's policy network on probe observations: dormant
+  units (active in at most 1 % of them), stable rank (also as % of the width, the paper's figure),
+  weight magnitude (all parameters, and per kernel of each network), and the fraction of active units."""
+  _, features = network.apply({'params': params}, probe)
+  policy = [h for name, h in features.items() if name.startswith('policy/')]
+  stable_rank = metrics.stable_rank(policy[-1]).astype(jnp.float32)
+  values = {
+      'dormant_fraction': metrics.dormant_fraction_all(policy, threshold=0.01, strict=False),
+      'active_fraction': metrics.active_fraction(policy),
+      'stable_rank': stable_rank,
+      'stable_rank_percent': 100.0 * stable_rank / policy[-1].shape[-1],   # the paper's % of 256
+      'weight_magnitude': metrics.weight_magnitude(params),
+  }
+  for net in ('policy', 'value'):
+    layers = [layer for layer in sorted(params[net]) if 'kernel' in params[net][layer]]
+    for i, layer in enumerate(layers):
+      values[f'weight_magnitude_{net}_{i}'] = jnp.abs(params[net][layer]['kernel']).mean()
+  return values
+
+
 class PPO:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
 
@@ -65,14 +108,8 @@ class PPO:
         (config.optimizer.name not in ('idbd', 'autostep'),
          f"optimizer.name={config.optimizer.name} needs one prediction to differentiate (its Gauss-Newton "
          "diagonal); PPO's loss is over a policy and a value: use sgd, adam, upgd or metaoptimize"),
-        (env.backend in env_lib.BACKENDS, f'env.backend must be one of {env_lib.BACKENDS}'),
-        (env.friction.kind in FRICTIONS, f'env.friction.kind must be one of {FRICTIONS}'),
-        (env.friction.kind != 'file' or bool(env.friction.file), 'env.friction.file is needed with kind=file'),
-        (0 < env.friction.low <= env.friction.high, 'env.friction.low, high must satisfy 0 < low <= high'),
-        (env.friction.value > 0 and env.friction.num > 0, 'env.friction.value and num must be > 0'),
+        *env_checks(config),
         (env.num_envs > 0 and p.rollout_steps % env.num_envs == 0, 'env.num_envs must divide ppo.rollout_steps'),
-        (env.starts > 0, 'env.starts must be > 0'),
-        (config.get('figure_band', 'se') in ('se', 'bootstrap95'), "figure_band must be 'se' or 'bootstrap95'"),
         (p.minibatches > 0 and p.rollout_steps % p.minibatches == 0, 'ppo.minibatches must divide ppo.rollout_steps'),
         (p.epochs > 0 and config.updates_per_chunk > 0 and config.total_steps > 0,
          'ppo.epochs, updates_per_chunk and total_steps must be > 0'),
@@ -106,11 +143,7 @@ class PPO:
     return chunk * self.examples_per_chunk
 
   def _schedule(self, key) -> jax.Array:
-    """The seed's frictions; a file's row replaces them in every chunk (init sees no data)."""
-    friction = self.config.env.friction
-    if friction.kind == 'constant':
-      return jnp.full((1,), friction.value, jnp.float32)
-    return env_lib.friction_schedule(key, friction.num, friction.low, friction.high)
+    return friction_schedule(self.config, key)
 
   def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array], seed: jax.Array) -> State:
     learner_key, env_key, schedule_key, run_key = jax.random.split(key, 4)
@@ -176,19 +209,4 @@ class PPO:
     observations: dormant units (active in at most 1 % of steps), stable rank (also as % of the
     width, the paper's figure), weight magnitude per layer, and the fraction of active units."""
     del data
-    params = state.learner.params
-    _, features = self.network.apply({'params': params}, state.probe)
-    policy = [h for name, h in features.items() if name.startswith('policy/')]
-    stable_rank = metrics.stable_rank(policy[-1]).astype(jnp.float32)
-    values = {
-        'dormant_fraction': metrics.dormant_fraction_all(policy, threshold=0.01, strict=False),
-        'active_fraction': metrics.active_fraction(policy),
-        'stable_rank': stable_rank,
-        'stable_rank_percent': 100.0 * stable_rank / policy[-1].shape[-1],   # the paper's % of 256
-        'weight_magnitude': metrics.weight_magnitude(params),
-    }
-    for net in ('policy', 'value'):
-      layers = [layer for layer in sorted(params[net]) if 'kernel' in params[net][layer]]
-      for i, layer in enumerate(layers):
-        values[f'weight_magnitude_{net}_{i}'] = jnp.abs(params[net][layer]['kernel']).mean()
-    return values
+    return policy_diagnostics(self.network, state.learner.params, state.probe)

@@ -92,6 +92,8 @@ class Learner:
   idbd: config section of IDBD's and Autostep's static options (None: defaults), with
     `curvature_estimator` (see `curvature`).
   metaoptimize: config section of MetaOptimize's static options (None: defaults).
+  obgd: config section of ObGD's static options (None: defaults); its update takes `td_error` and
+    `done`, which `step` passes on from its `extra` argument.
   schedule: config section with reset_* and injection_* (ddl.learners.schedules); None: neither.
   growth: config section of a growing last hidden layer (ddl.learners.growth); None or
     initial_units 0: no growth.
@@ -107,6 +109,7 @@ class Learner:
   upgd: Any = None
   idbd: Any = None
   metaoptimize: Any = None
+  obgd: Any = None
   schedule: Any = None
   growth: Any = None
   num_chunks: int = 0
@@ -117,7 +120,7 @@ class Learner:
     return cls(network=network, loss=loss, optimizer=config.optimizer, cbp=config.cbp,
                max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation,
                l2_init=group.uses('l2_init'), upgd=config.get('upgd'), idbd=config.get('idbd'),
-               metaoptimize=config.get('metaoptimize'), growth=config.get('growth'), schedule=config.get('schedule'),
+               metaoptimize=config.get('metaoptimize'), obgd=config.get('obgd'), growth=config.get('growth'), schedule=config.get('schedule'),
                num_chunks=num_chunks)
 
   @property
@@ -152,7 +155,7 @@ class Learner:
   def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformationExtraArgs:
     return optimizers.from_config(self.optimizer, hparams, self.perturbation, key, l2_init=self.l2_init,
                                   upgd_config=self.upgd, idbd_config=self.idbd,
-                                  metaoptimize_config=self.metaoptimize)
+                                  metaoptimize_config=self.metaoptimize, obgd_config=self.obgd)
 
   def step_sizes(self, state: 'LearnerState'):
     """(params-shaped learned step sizes, whether per weight) for IDBD, Autostep and MetaOptimize;
@@ -296,22 +299,24 @@ class Learner:
     return loss + growth_lib.fringe_loss(signals), (loss, output, features, batch_stats, signals)
 
   def step(self, state: LearnerState, x: jax.Array, y: Any, key: chex.PRNGKey,
-           lr_factor: chex.Numeric = 1.0, output_mask: Optional[jax.Array] = None):
+           lr_factor: chex.Numeric = 1.0, output_mask: Optional[jax.Array] = None,
+           extra: Optional[Mapping[str, Any]] = None):
     """One minibatch: forward, loss, gradient, optimizer step, then the reset transform with the
     activations of this forward pass. Returns (new state, StepOutput).
 
     lr_factor: multiplies the learning rate of this step (a schedule). output_mask: bool over the
     outputs; masked-out logits are excluded from the loss and the returned output (classes not
-    seen yet)."""
+    seen yet). extra: more extra arguments of the optimizer's update (ObGD's `td_error`, `done`)."""
     (_, (loss, output, features, batch_stats, signals)), grads = jax.value_and_grad(self.objective, has_aux=True)(
         state.params, state, x, y, output_mask)
     hparams = state.hparams
     if not (isinstance(lr_factor, (int, float)) and lr_factor == 1.0):
       hparams = {**hparams, 'learning_rate': hparams['learning_rate'] * lr_factor}
-    extra = {'curvature': self.curvature(state, x, jax.random.fold_in(key, 2), output_mask)} \
+    args = {'curvature': self.curvature(state, x, jax.random.fold_in(key, 2), output_mask)} \
         if self.needs_curvature else {}
+    args.update(extra or {})
     updates, opt_state = self.make_optimizer(hparams).update(
-        grads, state.opt_state, state.params, key=jax.random.fold_in(key, 1), loss=loss, **extra)
+        grads, state.opt_state, state.params, key=jax.random.fold_in(key, 1), loss=loss, **args)
     params = optax.apply_updates(state.params, updates)
     cbp_state, num_replaced = state.cbp_state, jnp.zeros((), jnp.int32)
     if self.uses_cbp:

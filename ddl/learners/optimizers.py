@@ -17,10 +17,11 @@ import optax
 from ddl.learners import idbd as idbd_lib
 from ddl.learners import l2_init as l2_init_lib
 from ddl.learners import metaoptimize as metaoptimize_lib
+from ddl.learners import obgd as obgd_lib
 from ddl.learners import registry
 from ddl.learners import upgd
 
-OPTIMIZERS = ('sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize')
+OPTIMIZERS = ('sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize', 'obgd')
 STEP_SIZE_OPTIMIZERS = idbd_lib.NAMES + ('metaoptimize',)   # step sizes are learned state
 
 
@@ -60,7 +61,8 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
                    key: Optional[chex.PRNGKey] = None, l2_init_strength: Optional[chex.Numeric] = None,
                    upgd_options: Optional[Mapping[str, Any]] = None,
                    idbd_options: Optional[Mapping[str, Any]] = None,
-                   metaoptimize_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
+                   metaoptimize_options: Optional[Mapping[str, Any]] = None,
+                   obgd_options: Optional[Mapping[str, Any]] = None) -> optax.GradientTransformationExtraArgs:
   """The learner's optimizer: [L2 Init ->] coupled L2 -> SGD (momentum), Adam, UPGD, IDBD,
   Autostep or MetaOptimize -> optional perturbation. Extra arguments of `update` (the step's `key`, `loss`, IDBD's
   `curvature`) reach every transform.
@@ -72,7 +74,9 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
     the step sizes are the transform's state; its update needs the extra argument `curvature`),
     'metaoptimize' (ddl.learners.metaoptimize, AdamW base with b1, b2, eps; `learning_rate` is the
     initial step size alpha_0; `metaoptimize_options`: meta_step_size, blocks, gamma, meta_b1,
-    meta_c1, decoupled_weight_decay, beta_min, beta_max).
+    meta_c1, decoupled_weight_decay, beta_min, beta_max),
+    'obgd' (ddl.learners.obgd: `learning_rate` is alpha; `obgd_options`: discount, trace_lambda, kappa,
+    kappa_policy, per_network; its update needs the extra arguments `td_error` and `done`).
   perturbation: whether the chain holds the S&P noise transform (structure, hence static); with
     noise_scale 0 it adds nothing, so BP, L2 and S&P are points of one program.
   key: seeds the perturbation's noise stream (needed only to `init`).
@@ -91,6 +95,8 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
   elif name == 'metaoptimize':
     inner = metaoptimize_lib.metaoptimize(initial_step_size=learning_rate, b1=b1, b2=b2, eps=eps,
                                           **(metaoptimize_options or {}))
+  elif name == 'obgd':
+    inner = obgd_lib.obgd(learning_rate, **(obgd_options or {}))
   else:
     raise ValueError(f'optimizer.name={name!r} is not known; use one of {OPTIMIZERS}.')
   parts = [optax.add_decayed_weights(weight_decay), inner]
@@ -103,12 +109,13 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
 
 def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional[chex.PRNGKey] = None,
                 l2_init: bool = False, upgd_config: Any = None,
-                idbd_config: Any = None, metaoptimize_config: Any = None) -> optax.GradientTransformationExtraArgs:
+                idbd_config: Any = None, metaoptimize_config: Any = None,
+                obgd_config: Any = None) -> optax.GradientTransformationExtraArgs:
   """`make_optimizer` from a config section (static settings) and a hyperparameter mapping
   (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2, UPGD's and
   IDBD's meta_step_size, initial_step_size, which fall back to the config section's, then to their
   declared defaults, when the mapping has none; IDBD's and MetaOptimize's static options come from
-  `idbd_config` and `metaoptimize_config`)."""
+  `idbd_config` and `metaoptimize_config`, ObGD's `per_network` from `obgd_config`)."""
   defaults = {h.name: h.default for h in registry.traced_hypers()}
   value = lambda name: hparams[name] if name in hparams else opt_config.get(name, defaults[name])
   options = None
@@ -129,12 +136,17 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
     statics = dict(metaoptimize_config or {h.name: h.default for h in metaoptimize_lib.HYPERS})
     metaoptimize_options = dict(meta_step_size=value('meta_step_size'),
                                 **{h.name: statics.get(h.name, h.default) for h in metaoptimize_lib.HYPERS})
+  obgd_options = None
+  if opt_config.name == 'obgd':
+    per_network = obgd_config['per_network'] if obgd_config is not None and 'per_network' in obgd_config else False
+    obgd_options = dict(discount=value('discount'), trace_lambda=value('trace_lambda'), kappa=value('kappa'),
+                        kappa_policy=value('kappa_policy'), per_network=bool(per_network))
   return make_optimizer(
       opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=value('weight_decay'),
       noise_scale=value('noise_scale'), momentum=opt_config.get('momentum', 0.0), eps=opt_config.get('eps', 1e-8),
       perturbation=perturbation, key=key, b1=value('b1'), b2=value('b2'),
       l2_init_strength=value('l2_init') if l2_init else None, upgd_options=options, idbd_options=idbd_options,
-      metaoptimize_options=metaoptimize_options)
+      metaoptimize_options=metaoptimize_options, obgd_options=obgd_options)
 
 
 def learned_step_sizes(opt_state: Any, params: Any, optimizer_config: Any, metaoptimize_config: Any = None):

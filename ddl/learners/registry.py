@@ -21,6 +21,7 @@ from ddl.learners import idbd
 from ddl.learners import growth
 from ddl.learners import l2_init
 from ddl.learners import metaoptimize
+from ddl.learners import obgd
 from ddl.learners import redo
 from ddl.learners import schedules
 from ddl.learners import upgd
@@ -58,6 +59,9 @@ OPTIMIZERS: Dict[str, Method] = {
                            'step sizes exp(beta) per network, layer or weight (Lion meta update); '
                            'learning_rate is the initial step size',
                            idbd.HYPERS[:1] + ADAM_MOMENTS + metaoptimize.HYPERS, section='metaoptimize'),
+    'obgd': Method('obgd', 'ObGD (Elsayed et al. 2024): eligibility-trace steps alpha delta z bounded against '
+                   'overshooting; needs a TD error and episode ends per step (experiment stream_ac); '
+                   'learning_rate is alpha (1 in the paper)', obgd.HYPERS, section='obgd'),
 }
 
 INTERVENTIONS: Dict[str, Method] = {
@@ -83,7 +87,8 @@ INTERVENTIONS: Dict[str, Method] = {
                         section='schedule', needs='head'),
 }
 
-NETWORKS = {'mlp': nets.MLP, 'convnet': nets.ConvNet, 'resnet18': nets.ResNet18, 'actor_critic': nets.ActorCritic}
+NETWORKS = {'mlp': nets.MLP, 'convnet': nets.ConvNet, 'resnet18': nets.ResNet18, 'actor_critic': nets.ActorCritic,
+            'stream_actor_critic': nets.StreamActorCritic}
 
 METHODS: Tuple[Method, ...] = tuple(OPTIMIZERS.values()) + tuple(INTERVENTIONS.values())
 

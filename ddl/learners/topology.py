@@ -31,7 +31,7 @@ def _convnet(network: nets.ConvNet) -> Tuple[UnitLayer, ...]:
   return _chain(names, [f'{name}_norm' for name in names[:-1]], nets.initializer('default'))
 
 
-def _actor_critic(network: nets.ActorCritic) -> Tuple[UnitLayer, ...]:
+def _actor_critic(network) -> Tuple[UnitLayer, ...]:
   policy, value = network.mlps(parent=None)
   return _mlp(policy, ('policy',)) + _mlp(value, ('value',))
 
@@ -52,7 +52,8 @@ def _resnet18(network: nets.ResNet18) -> Tuple[UnitLayer, ...]:
       for (feature, conv, bn), after in zip(layers, consumers))
 
 
-TOPOLOGIES = {nets.MLP: _mlp, nets.ConvNet: _convnet, nets.ActorCritic: _actor_critic, nets.ResNet18: _resnet18}
+TOPOLOGIES = {nets.MLP: _mlp, nets.ConvNet: _convnet, nets.ActorCritic: _actor_critic,
+              nets.StreamActorCritic: _actor_critic, nets.ResNet18: _resnet18}
 
 
 def unit_layers(network) -> Tuple[UnitLayer, ...]:

@@ -1,0 +1,81 @@
+"""Stream AC(lambda) with ObGD on stationary Brax Ant (Elsayed, Vasan & Mahmood 2024, "Streaming deep
+reinforcement learning finally works"; beyond_reference.md (b)), beside PPO (configs/ant.py).
+
+Reproduces the official `stream_ac_continuous.py` of `mohmdelsayed/streaming-drl` on the Ant of
+configs/ant.py: one environment per seed, one ObGD step per environment step (alpha 1, gamma 0.99,
+lambda 0.8, kappa 3 for the actor and 2 for the critic, entropy 0.01 signed by the TD error),
+two hidden layers of 128 Leaky ReLUs after parameter-free layer norm, 90 % sparse initialisation,
+observations normalised by running mean and variance, rewards scaled by the running std of the
+discounted return, the time feature appended. Claim checked: stream AC learns Ant with no replay,
+no batches and no target networks (the paper: competitive with batch PPO on MuJoCo); whether it
+keeps learning over 50 M steps, and whether CBP on both networks changes that. Variants: stream,
+cbp (not from the paper: CBP's rate set so that about as many units per environment step are
+replaced as in configs/ant.py's cbp). 30 seeds, 50 M steps (the paper: 2 M on gym's Ant-v4), bins
+of 250 k steps as PPO's.
+
+  python launch/main.py --config=configs/stream_ant.py
+  python launch/main.py --config=configs/stream_ant.py:smoke       # 2 seeds, 3 x 1000 steps, ~1-2 min
+  python launch/main.py --config=configs/stream_ant.py:stream --config.num_seeds=5
+
+Physics backend 'mjx' as configs/ant.py ('spring' in the smoke). Expected run time
+(launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream --env_alone, mjx, 2-core CPU
+shared with other jobs, load ~6): 2 385 environment steps/s including learning, 30 seeds in total
+(the Ant env alone at 30 copies, random actions, measured right after under the same load: 1 290
+steps/s, so learning is not the bottleneck; both figures are noisy), i.e. ~7 days for 30 seeds x 50 M
+steps of one variant on this CPU: a GPU job (not measured on a GPU). Compile ~5 min under that load.
+Smoke: ~1-2 min (most of it compilation).
+"""
+from ddl import config as config_lib
+
+
+def smoke(config):
+  """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, spring physics; stream and
+  cbp in one program (compilation dominates the smoke)."""
+  config.num_seeds = 2
+  config.total_steps = 3 * 1000
+  config.steps_per_chunk = 1000
+  config.probe_steps = 200
+  config.checkpoint_every = 2
+  config.env.backend = 'spring'
+  config.env.episode_length = 200
+  config.env.refill_every = 500
+  config.network.hidden = (16, 16)
+  config.variants.cbp.replacement_rate = 1e-2
+  config.variants.cbp.maturity_threshold = 5.0
+  config.fuse_variants = True
+
+
+def get_config(arg: str = ''):
+  config = config_lib.base_config()
+  config.experiment = 'stream_ac'
+  config.total_steps = 50_000_000
+  config.steps_per_chunk = 250_000        # a chunk is a bin of the return curve (PPO's: 249 856)
+  config.probe_steps = 1000               # dormant units and stable rank over the last 1000 observations
+  config.figure_bin = 1
+  config.figure_band = 'bootstrap95'
+  # one env per seed; starts: initial states drawn every refill_every steps and used in turn at
+  # episode ends (see ddl/rl/env.py)
+  config.env = dict(backend='mjx', episode_length=1000, starts=8, refill_every=1000,
+                    friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
+                                  change_every=2_000_000, file=''))
+  config.network = dict(hidden=(128, 128), activation='leaky_relu', weight_init='sparse', layer_norm='plain')
+  config.stream = dict(entropy_coef=0.01)
+  config.optimizer.name = 'obgd'
+  config.obgd.per_network = True          # actor (kappa_policy) and critic (kappa): one ObGD each
+  config.hparams.learning_rate = 1.0      # ObGD's alpha
+  config.hparams.discount = 0.99
+  config.hparams.trace_lambda = 0.8
+  config.hparams.kappa = 2.0
+  config.hparams.kappa_policy = 3.0
+  config.cbp.util_type = 'contribution'
+  config.cbp.count_mode = 'bernoulli'
+  config.hparams.maturity_threshold = 10_000.0
+  config.hparams.decay_rate = 0.99
+  config.variants = dict(
+      stream=dict(),
+      # ~1.3e-3 units per layer and env step; configs/ant.py's cbp: 1e-4 x 256 units x 160 minibatch
+      # steps per 2048 env steps = 2e-3
+      cbp=dict(replacement_rate=1e-5),
+  )
+  config_lib.apply_config_arg(config, arg, {'smoke': smoke})
+  return config

@@ -23,6 +23,19 @@ def quiet():
     logging.set_verbosity(level)
 
 
+def saved_calls(workdir: str) -> Optional[List[int]]:
+  """The call sizes recorded by the last checkpoint of `workdir`, None without one (read before the
+  programs are built: a resume keeps them)."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return None
+  with quiet():
+    manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+    latest = manager.latest_step()
+    if latest is None:
+      return None
+    return manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta.get('calls')
+
+
 class Checkpoints:
   """The checkpoints of `workdir`, for programs making calls of `calls` runs each."""
 

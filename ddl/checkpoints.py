@@ -15,12 +15,13 @@ from ddl import config as config_lib
 @contextlib.contextmanager
 def quiet():
   """Keeps orbax's per-save INFO lines out of the progress log."""
-  level = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
+  logger = logging.get_absl_logger()
+  level = logger.level            # restored as it was (set_verbosity would pin an unset level to WARNING)
+  logger.setLevel(logging.converter.absl_to_standard(logging.WARNING))
   try:
     yield
   finally:
-    logging.set_verbosity(level)
+    logger.setLevel(level)
 
 
 def saved_calls(workdir: str) -> Optional[List[int]]:

@@ -18,7 +18,8 @@ preset, a variant or the command line sets always wins. The rule (`RULE`):
   the compiled programs and the device's free memory: a GPU's allocator limit, a CPU host's
   available memory). The rule is the same everywhere; the capacity is the platform's.
 
-`cpu_devices` (CPU only) does not apply elsewhere and needs no rule.
+`cpu_devices` (CPU only) does not apply elsewhere and needs no rule. Not a setting but decided
+here too: `channels_last_gradients`, how a 'lax' convolution takes its gradients.
 """
 import copy
 from typing import Any, Dict, Optional
@@ -38,6 +39,13 @@ RULE: Dict[str, Dict[str, Any]] = {
 def auto(kind: type):
   """A config field left AUTO, typed `kind` so that the command line can still set it."""
   return config_dict.placeholder(kind)
+
+
+def channels_last_gradients() -> bool:
+  """Whether 'lax' convolutions take their gradients from `ddl.nets.channels_last_conv` (traced for
+  JAX's default backend): on CPU, whose XLA runs JAX's own gradient convolutions inside loops as
+  naive loops (jax-ml/jax#12868); elsewhere the plain convolution's gradients."""
+  return jax.default_backend() == 'cpu'
 
 
 def platform(config) -> str:

@@ -142,16 +142,20 @@ def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = No
       raise config_lib.ConfigError(
           f'num_seeds: the states of all runs alone do not fit the device ({footprint.describe()}); launch '
           'fewer seeds or variants at a time (--config.num_seeds=N, or name variants: --config=FILE:a,b).')
-    if not may_split:
-      why = 'resuming must keep the checkpoint\'s calls' if resumed else 'set explicitly'
-      raise config_lib.ConfigError(
-          f'runs_per_call: {per_call} runs per call do not fit the device ({footprint.describe()}; {why}); '
-          f'about {fit} fit: set --config.runs_per_call={fit}.')
     size = min(fit, per_call - devices.count)   # strictly fewer: the linear estimate may be optimistic
     if size < 1:
       raise config_lib.ConfigError(
-          f'runs_per_call: even {per_call} runs per call do not fit the device ({footprint.describe()}); '
-          'launch fewer seeds or variants at a time.')
+          f'runs_per_call: even one run per device and call does not fit the device ({footprint.describe()}); '
+          'launch fewer seeds or variants at a time (--config.num_seeds=N, or name variants: --config=FILE:a,b).')
+    if resumed:
+      raise config_lib.ConfigError(
+          f'runs_per_call: the checkpoint\'s calls of {per_call} runs do not fit the device now '
+          f'({footprint.describe()}); free memory or resume on a larger device, or start over with --fresh '
+          f'--config.runs_per_call={size}.')
+    if not may_split:
+      raise config_lib.ConfigError(
+          f'runs_per_call: {per_call} runs per call do not fit the device ({footprint.describe()}); about '
+          f'{size} fit: set --config.runs_per_call={size}.')
     logging.info('Memory: splitting the runs into calls of at most %d.', size)
 
 

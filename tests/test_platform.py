@@ -1,6 +1,6 @@
 """Platform defaults (one rule, explicit values win) and the memory check before the first chunk:
-a run that fits is unaffected, one that does not is split into calls that fit (same metrics) or
-stopped with one line saying what fits."""
+a run that fits is unaffected, one that does not is split into calls that fit (same metrics; a
+resume keeps them) or stopped with one line saying what fits."""
 import csv
 import logging
 import os
@@ -76,11 +76,14 @@ def test_runs_that_do_not_fit_are_split_or_stopped_with_what_fits(tmp_path, monk
   run_lib.run(config, str(tmp_path / 'fits'), figures=False)         # this host's memory: one call
   assert '3 runs in 1 call(s)' in caplog.text and 'Memory, 3 runs per call' in caplog.text
   # A device with room for the states and a call of 2 runs, not of 3.
-  free = (two.need + (three.need - two.need) / 2) / memory.HEADROOM
+  free, host = (two.need + (three.need - two.need) / 2) / memory.HEADROOM, memory.free_bytes
   monkeypatch.setattr(memory, 'free_bytes', lambda device: int(free))
   caplog.clear()
-  run_lib.run(config, str(tmp_path / 'split'), figures=False)
+  run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=2, figures=False)
   assert 'splitting the runs into calls of at most' in caplog.text and '3 runs in 1 call(s)' not in caplog.text
+  monkeypatch.setattr(memory, 'free_bytes', host)   # the resume keeps the checkpoint's calls, though 3 fit now
+  run_lib.run(config, str(tmp_path / 'split'), figures=False)
+  monkeypatch.setattr(memory, 'free_bytes', lambda device: int(free))
   fits, split = _rows(tmp_path / 'fits'), _rows(tmp_path / 'split')
   assert [r[:4] for r in fits] == [r[:4] for r in split]
   np.testing.assert_allclose([float(r[4]) for r in fits], [float(r[4]) for r in split], rtol=1e-5, atol=1e-6)

@@ -254,7 +254,8 @@ def main(argv):
         total_examples + examples, total_seconds + seconds, total_compile + compile_sec, total_runs + runs)
     peak_mb = max(peak_mb, device_mb)
     extra = dict(state_mb=round(footprint.state / 2**20, 1),
-                 **_work(programs[0].run_chunk, programs[0].experiment.examples_per_chunk * programs[0].padded))
+                 **_work(programs[0].run_chunk,   # one device's program
+                       programs[0].experiment.examples_per_chunk * programs[0].padded // devices.count))
     if flags.FLAGS.interventions:
       bp_seconds_per_run = bp_seconds_per_run or seconds / runs
       extra['step_cost_vs_bp'] = round(seconds / runs / bp_seconds_per_run, 2)

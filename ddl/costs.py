@@ -3,14 +3,16 @@
 
 XLA's own cost analysis gives totals only. Here every instruction counts once per execution: the
 bodies of loops with a known trip count (XLA annotates `lax.scan`'s and `fori_loop`'s) times that
-count. Flops: a dot 2 x output elements x contracted size; a convolution 2 x output elements x
-kernel elements per output feature (also for a GPU's library calls: cuBLAS, cuDNN, oneDNN,
-recognised by target name; a grouped or batch-grouped convolution is counted as an ungrouped one of
-the same kernel); any other computing instruction one flop per output element (a reduction: per
-input element). Bytes: operands plus output of each instruction outside fusions, a fusion counted
-as what it contains (a fusion holding a convolution is convolution traffic). These are
-instruction counts, not timings: a proxy for where a step's time goes (on CPU XLA's convolutions
-run far below its matmuls' rate per flop).
+count (a loop whose count XLA does not know, e.g. of data-dependent length, counts once and is
+reported in `unknown_trip_loops`). Flops: a dot 2 x output elements x contracted size; a
+convolution 2 x output elements x kernel elements per output feature (also for library calls:
+cuBLAS, cuDNN, oneDNN, recognised by target name; a grouped or batch-grouped convolution is counted
+as an ungrouped one of the same kernel); any other computing instruction one flop per output
+element (a reduction: per input element). Bytes: operands plus output of each instruction outside
+fusions, a fusion counted as what it contains (one holding a convolution is convolution traffic).
+These are instruction counts, not timings: a proxy for where a step's time goes (on CPU XLA's
+convolutions run far below its matmuls' rate per flop). Convolutions computed as patches times a
+matrix (`network.conv='patches'`) are matmuls here.
 """
 import re
 from typing import Dict, List, Tuple
@@ -135,8 +137,9 @@ def _flops(instruction, types: Dict[str, str]) -> int:
 
 
 def breakdown(hlo_text: str) -> Dict[str, Dict[str, float]]:
-  """{'flops': {kind: n}, 'bytes': {kind: n}, 'flop_share': {kind: x}, 'byte_share': {kind: x}} of
-  an optimized HLO module's text (`compiled.as_text()`), kinds `KINDS`; shares sum to 1."""
+  """{'flops': {kind: n}, 'bytes': {kind: n}, 'flop_share': {kind: x}, 'byte_share': {kind: x},
+  'unknown_trip_loops': n} of an optimized HLO module's text (`compiled.as_text()`), kinds `KINDS`;
+  shares sum to 1."""
   computations = _parse(hlo_text)
   by_name = {name: instructions for name, _, instructions in computations}
   runs = {name: (1 if entry else 0) for name, entry, _ in computations}
@@ -164,5 +167,8 @@ def breakdown(hlo_text: str) -> Dict[str, Dict[str, float]]:
       moved = _nbytes(instruction['type']) + sum(_nbytes(types.get(o, '')) for o in instruction['operands'])
       traffic[kind] += runs[name] * moved
   share = lambda d: {k: (v / sum(d.values()) if sum(d.values()) else 0.0) for k, v in d.items()}
-  return {'flops': flops, 'bytes': traffic, 'flop_share': share(flops), 'byte_share': share(traffic)}
+  unknown = sum(1 for name, _, instructions in computations if runs[name] for i in instructions
+                if i['opcode'] == 'while' and '"known_trip_count"' not in i['attributes'])
+  return {'flops': flops, 'bytes': traffic, 'flop_share': share(flops), 'byte_share': share(traffic),
+          'unknown_trip_loops': unknown}
 

@@ -13,7 +13,8 @@ and evaluator + the untimed chunk), device_mb (memory one call needs by XLA's ac
 arguments, outputs, temporaries; the whole state when runs_per_call is all runs), state_mb (the
 group's states, all calls, per device), peak_rss_mb (of this process so far), flop_share and
 byte_share (the chunk's flops and memory traffic in convolutions, matmuls and the rest, from its
-optimized HLO: `ddl.costs`), gflop_per_example, backend; for an experiment with an evaluator
+optimized HLO: `ddl.costs`), gflop_per_example and unknown_trip_loops (loops of data-dependent
+length, counted once in those figures), backend; for an experiment with an evaluator
 (`evaluate`, run every `diagnostics_every` chunks): evaluate_sec (one evaluator call over all runs,
 after an untimed warm-up call) and evaluate_share (the evaluator's cost per chunk, amortised over
 `diagnostics_every` chunks, over the chunk's time plus that: the goal is at most 0.05); null
@@ -160,7 +161,8 @@ def _work(compiled, examples: int):
   """flop_share, byte_share (ddl.costs) and GFLOP per example of a compiled chunk."""
   b = costs.breakdown(compiled.as_text())
   shares = {k: {kind: round(v, 3) for kind, v in b[k].items()} for k in ('flop_share', 'byte_share')}
-  return dict(**shares, gflop_per_example=round(sum(b['flops'].values()) / examples / 1e9, 4))
+  return dict(**shares, gflop_per_example=round(sum(b['flops'].values()) / examples / 1e9, 4),
+              unknown_trip_loops=b['unknown_trip_loops'])
 
 
 def _groups(programs):

@@ -26,10 +26,11 @@ batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (R
 PyTorch reference's training steps: ~51, so ~0.6x; two seeds on two CPU devices, `cpu_devices=2`:
 31 in total): ~6 weeks per run, so full runs are for GPUs. Projection for one H100 at a sustained
 100-200 TFLOP/s (TF32): 30 seeds of one variant in ~15-30 h, the five variants in ~3-6 days; the original reports
-~6 h per single run on an A100. Memory per seed: ~0.45 GB of state (parameters, momentum, the
-early-stopping copy, CBP statistics) plus the training step's activations, ~0.7 GB at batch 90 with
-`network.conv='lax'` and ~2.3 GB with 'patches' (whose im2col copies are kept for the backward
-pass); 30 seeds therefore need ~35 GB ('lax') or ~80 GB ('patches'). The convolution, `fuse_variants`
+~6 h per single run on an A100. Memory per seed (`launch/benchmark.py --workload=cifar100 --memory`,
+XLA's analysis on CPU): 128 MB of state (parameters, momentum, the early-stopping copy, CBP
+statistics) plus a call's own ~1.15 GB per seed with `network.conv='lax'` and ~4 GB with
+'patches' (whose im2col copies are kept for the backward pass); 30 seeds of one variant in one
+call therefore need ~38 GB ('lax') or ~120 GB ('patches'); README, Memory. The convolution, `fuse_variants`
 and `runs_per_call` are left to the platform (`ddl.platform_defaults`): 'lax' and one program per
 structure on GPUs, 'patches' on CPU, and as many seeds per call as fit the device's memory (the
 rest run in sequence; the launch checks this before the first chunk). Measured on CPU: 1 seed,

@@ -29,18 +29,21 @@ batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (R
 PyTorch reference's training steps: ~51, so ~0.6x; two seeds on two CPU devices, `cpu_devices=2`:
 31 in total): ~6 weeks per run, so full runs are for GPUs. Projection for one H100 at a sustained
 100-200 TFLOP/s (TF32): 30 seeds of one variant in ~15-30 h, the five variants in ~3-6 days; the original reports
-~6 h per single run on an A100. Memory per seed: ~0.45 GB of state (parameters, momentum, the
-early-stopping copy, CBP statistics) plus the training step's activations, ~0.7 GB at batch 90 with
-`network.conv='lax'` and ~2.3 GB with 'patches' (whose im2col copies are kept for the backward
-pass); 30 seeds therefore need ~35 GB ('lax') or ~80 GB ('patches'). `runs_per_call` (default 15)
-is the number of seeds vmapped on one device; the rest run in sequence. On GPUs prefer
-`--config.network.conv=lax --config.runs_per_call=30` (one call of 30 seeds, ~35 GB). Measured on
-CPU: 1 seed, full width, 'patches': peak RSS 5.6 GB, a call's device memory 4.2 GB; 'lax': 1.3 GB and
-~5 % faster (25.5 against 24.1 examples/s in one sitting), so on CPU use 'lax' with one run per call
-(`--config.runs_per_call=1`) and keep 'patches' for vmapped seeds. Smoke: about 1-2 minutes on a 2-core CPU
+~6 h per single run on an A100. Memory per seed (`launch/benchmark.py --workload=cifar100 --memory`,
+XLA's analysis on CPU): 128 MB of state (parameters, momentum, the early-stopping copy, CBP
+statistics) plus a call's own ~1.15 GB per seed with `network.conv='lax'` and ~4 GB with
+'patches' (whose im2col copies are kept for the backward pass); 30 seeds of one variant in one
+call therefore need ~38 GB ('lax') or ~120 GB ('patches'); README, Memory. The convolution, `fuse_variants`
+and `runs_per_call` are left to the platform (`ddl.platform_defaults`): 'lax' and one program per
+structure on GPUs, 'patches' on CPU, and as many seeds per call as fit the device's memory (the
+rest run in sequence; the launch checks this before the first chunk). Measured on CPU: 1 seed,
+full width, 'patches': peak RSS 5.6 GB, a call's device memory 4.2 GB; 'lax': 1.3 GB and ~5 %
+faster (25.5 against 24.1 examples/s in one sitting), so on CPU one run per call may use
+`--config.network.conv=lax --config.runs_per_call=1`. Smoke: about 1-2 minutes on a 2-core CPU
 (mostly compilation of 3 programs).
 """
 from ddl import config as config_lib
+from ddl import platform_defaults
 from ddl.learners import cbp as cbp_lib
 
 
@@ -48,7 +51,6 @@ def smoke(config):
   """Mock data (6 classes), 3 increments of 2 classes and 2 epochs each, a ResNet-18 of width 4,
   2 seeds; base, snp and cbp share one program (3 programs in all)."""
   config.num_seeds = 2
-  config.runs_per_call = 0
   config.classes_per_increment = 2
   config.epochs_per_increment = 2
   config.lr_milestones = (1,)
@@ -71,7 +73,6 @@ def smoke(config):
 def get_config(arg: str = ''):
   config = config_lib.base_config()
   config.experiment = 'class_incremental'
-  config.runs_per_call = 15               # seeds vmapped on one device (see the memory note above)
   config.classes_per_increment = 5
   config.epochs_per_increment = 200
   config.lr_milestones = (60, 120, 160)   # epochs within an increment where the learning rate ...
@@ -87,7 +88,7 @@ def get_config(arg: str = ''):
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', download=False, num_classes=100,
                      val_per_class=50, train_per_class=450, test_per_class=100, augment_test=True,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
-  config.network = dict(width=64, conv='patches', layer_norm='')
+  config.network = dict(width=64, conv=platform_defaults.auto(str), layer_norm='')   # conv: per platform
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.cbp.update(cbp_lib.PRESETS['resgnt'])    # the original's ResGnT

@@ -34,11 +34,12 @@ Expected run time: 15 M SGD steps per run (BP: 6 M). Measured on a 2-core CPU
 devices, one seed each, concurrently), ~2 200 for 1 seed, 1.0-1.1x the PyTorch reference's one
 process; so the full grid (1.9e11 examples) is ~2.1 CPU-years: a GPU job (not measured on one yet;
 the design goal, 30 seeds x 5 000 tasks in a day on one H100, needs ~520 000 examples/s; on GPUs
-`cpu_devices` does not apply and `runs_per_call`, default all, vmaps the seeds). Vmapped seeds cost
+`cpu_devices` does not apply and `runs_per_call`, default as many as fit, vmaps the seeds). Vmapped seeds cost
 ~211 MB of device memory each (1.7 GB for 8 in one call, data of 10 classes included; ~6 GB for 30;
 the whole data set adds 2.2 GB); `runs_per_call` bounds it. Smoke: about a minute on a 2-core CPU.
 """
 from ddl import config as config_lib
+from ddl import platform_defaults
 from ddl.learners import cbp as cbp_lib
 
 
@@ -77,7 +78,7 @@ def get_config(arg: str = ''):
   config.figure_bin = 50              # figures: accuracy per task in bins of 50 tasks
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
                      images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
-  config.network = dict(kind='convnet', conv='patches', layer_norm='')
+  config.network = dict(kind='convnet', conv=platform_defaults.auto(str), layer_norm='')   # conv: per platform
   # On CPU: 2 JAX devices, one seed each, running concurrently: ~15 % more examples/s on 2 cores
   # than vmapping the seeds on one device or running them one after another (launch/benchmark.py).
   config.cpu_devices = 2

@@ -16,12 +16,26 @@ from ddl import config as config_lib
 @contextlib.contextmanager
 def quiet():
   """Keeps orbax's per-save INFO lines out of the progress log."""
-  level = logging.get_verbosity()
-  logging.set_verbosity(logging.WARNING)
+  logger = logging.get_absl_logger()
+  level = logger.level            # restored as it was (set_verbosity would pin an unset level to WARNING)
+  logger.setLevel(logging.converter.absl_to_standard(logging.WARNING))
   try:
     yield
   finally:
-    logging.set_verbosity(level)
+    logger.setLevel(level)
+
+
+def saved_calls(workdir: str) -> Optional[List[int]]:
+  """The call sizes recorded by the last checkpoint of `workdir`, None without one (read before the
+  programs are built: a resume keeps them)."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return None
+  with quiet():
+    manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+    latest = manager.latest_step()
+    if latest is None:
+      return None
+    return manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta.get('calls')
 
 
 @contextlib.contextmanager

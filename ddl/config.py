@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Sequence
 
 import ml_collections
 
+from ddl import platform_defaults
 from ddl.learners import growth as growth_lib
 from ddl.learners import learner as learner_lib
 from ddl.learners import registry
@@ -37,8 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 10      # chunks between checkpoints (and at the end)
   config.scan_unroll = 1            # unroll of the inner lax.scan over steps (speed only)
   # Runs (variants x seeds) vmapped in one call; 0 = all runs of a group. Smaller values bound
-  # device memory; the slices run one after another (same results, same metrics.csv).
-  config.runs_per_call = 0
+  # device memory; the slices run one after another (same results, same metrics.csv). None (AUTO):
+  # as many as fit the device's memory (ddl.platform_defaults, ddl.programs.fitted).
+  config.runs_per_call = platform_defaults.auto(int)
   # The runs axis is sharded over the devices (0: all visible ones); runs are padded to a multiple
   # of the devices with copies of the last run, and the padding is dropped from every output.
   config.num_devices = 0
@@ -54,8 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.distributed = dict(initialize=False, coordinator_address='', num_processes=0, process_id=-1)
   # False: variants without S&P noise or without CBP run in programs that leave those out (random
   # numbers dominate a small net's step on CPU). True: one program for all variants of the same
-  # static settings (fewer programs; better where steps are latency bound, as on a GPU).
-  config.fuse_variants = False
+  # static settings (fewer programs; better where steps are latency bound, as on a GPU). None
+  # (AUTO): the platform's choice (ddl.platform_defaults: False on CPU, True on GPU and TPU).
+  config.fuse_variants = platform_defaults.auto(bool)
   # Every method's hyperparameters, with the defaults they declare (ddl.learners.registry): the
   # traced ones in `hparams`, the static ones in their method's section.
   statics = {section: {h.name: h.default for h in hypers} for section, hypers in registry.static_hypers().items()}
@@ -160,7 +163,8 @@ def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
 
 def groups(config: ml_collections.ConfigDict) -> List[Group]:
   """Splits the variants into groups of identical static settings (and, unless
-  `fuse_variants`, the same use of S&P noise and CBP), in config order."""
+  `fuse_variants`, the same use of S&P noise and CBP), in config order. A launch resolves
+  `fuse_variants` first (`ddl.platform_defaults`); left AUTO here it counts as False."""
   result: Dict[str, Group] = {}
   for name, variant in config.variants.items():
     variant = variant.to_dict()
@@ -198,7 +202,8 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(isinstance(config.seed, int) and config.seed >= 0, 'seed', f'must be an integer >= 0, got {config.seed!r}')
   _check(config.checkpoint_every > 0, 'checkpoint_every', f'must be > 0, got {config.checkpoint_every}')
   _check(config.scan_unroll >= 1, 'scan_unroll', f'must be >= 1, got {config.scan_unroll}')
-  _check(config.runs_per_call >= 0, 'runs_per_call', f'must be >= 0 (0: all runs), got {config.runs_per_call}')
+  _check(config.runs_per_call is None or config.runs_per_call >= 0, 'runs_per_call',
+         f'must be >= 0 (0: all runs; None: as many as fit), got {config.runs_per_call}')
   _check(config.cpu_devices >= 0, 'cpu_devices', f'must be >= 0 (0: one CPU device), got {config.cpu_devices}')
   _check(config.num_devices >= 0, 'num_devices', f'must be >= 0 (0: all visible devices), got {config.num_devices}')
   _check(config.platform in PLATFORMS, 'platform', f'{config.platform!r} is not known; use one of {PLATFORMS}')

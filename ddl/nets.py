@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddl import platform_defaults
+
 
 ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
     'relu': nn.relu, 'tanh': jnp.tanh, 'sigmoid': nn.sigmoid, 'elu': nn.elu, 'swish': nn.swish,
@@ -183,7 +185,7 @@ class Conv(nn.Module):
     else:
       raise ValueError(f'conv padding {self.padding!r} is not known; use VALID or SAME.')
     if self.implementation == 'lax':
-      conv = channels_last_conv if jax.default_backend() == 'cpu' else _conv_nhwc
+      conv = channels_last_conv if platform_defaults.channels_last_gradients() else _conv_nhwc
       y = conv(x, kernel, (s, s), ((pads[0], pads[0]), (pads[1], pads[1])))
     elif self.implementation == 'patches':
       if any(pads):

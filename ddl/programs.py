@@ -1,16 +1,19 @@
 """The compiled programs of a launch: per group of variants (see `ddl.config.groups`) and slice of at
 most `calls_size` runs, the jitted, vmapped init, chunk (with NaN/inf isolation) and evaluator over
-the runs axis, sharded over the devices and padded to a multiple of them; the call that turns a
-device out-of-memory error into one line saying how many runs fit."""
+the runs axis, sharded over the devices and padded to a multiple of them; `fitted`, the programs
+compiled with as many runs per call as fit the device's memory (`ddl.memory`); the call that turns
+a device out-of-memory error into one line saying how many runs fit."""
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from ddl import config as config_lib
 from ddl import experiments
+from ddl import memory
 from ddl.devices import Devices
 
 
@@ -61,18 +64,24 @@ def _guard(run_chunk):
   return step
 
 
-def calls_size(config, devices: Devices, runs: int) -> int:
-  """Runs per call: one per device on a split CPU (`cpu_devices`), else `runs_per_call` (0: all)."""
-  if devices.platform == 'cpu' and config.cpu_devices > 0:
+def split_cpu(config, devices: Devices) -> bool:
+  """Whether every call is one run per device of a split CPU (`cpu_devices`)."""
+  return devices.platform == 'cpu' and config.cpu_devices > 0
+
+
+def calls_size(config, devices: Devices, runs: int, runs_per_call: Optional[int] = None) -> int:
+  """Runs per call: one per device on a split CPU (`cpu_devices`), else `runs_per_call` (the
+  argument, else the config's; 0 or None: all)."""
+  if split_cpu(config, devices):
     return devices.count
-  return config.runs_per_call or runs
+  return runs_per_call or config.runs_per_call or runs
 
 
-def build(config, devices: Devices) -> List[Program]:
+def build(config, devices: Devices, runs_per_call: Optional[int] = None) -> List[Program]:
   """One program per group and slice of at most `calls_size` runs (variants x seeds). Slices of a
   group share one jitted function per program kind (and its compilation when they have the same
   size) and run one after another. Each slice is padded to a multiple of the devices with copies of
-  its last run."""
+  its last run. `runs_per_call` overrides the config's."""
   experiment_cls = experiments.get(config.experiment)
   programs = []
   root = jax.random.PRNGKey(config.seed)
@@ -88,7 +97,7 @@ def build(config, devices: Devices) -> List[Program]:
       if every < 1:
         raise config_lib.ConfigError(f'diagnostics_every must be >= 1 (chunks between diagnostics), got {every}')
     runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
-    size = calls_size(config, devices, len(runs))
+    size = calls_size(config, devices, len(runs), runs_per_call)
     for start in range(0, len(runs), size):
       part = runs[start:start + size]
       padded = part + [part[-1]] * (-len(part) % devices.count)
@@ -113,21 +122,58 @@ def load_data(config, devices: Devices):
     raise config_lib.ConfigError(str(e)) from None
 
 
-def out_of_memory(error: Exception, fn, program: Program, devices: Devices, args) -> config_lib.ConfigError:
-  """The device OOM error of `fn(*args)` as one line: how many runs per call/device it tried and how
-  many would fit (estimated from the compiled program's memory analysis and the device's memory,
-  when both are known; otherwise half of what failed)."""
+def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = None) -> List[Program]:
+  """The launch's programs, compiled before any state is allocated (`memory.compile_programs`), with
+  the memory they need per device logged. Where it exceeds the device's free memory: with
+  `runs_per_call` left AUTO (None) the runs are split into more, smaller calls until they fit;
+  else (a set value, a split CPU, or a resume, whose calls must stay those of its checkpoint,
+  `saved_calls`) one ConfigError line says which `runs_per_call` fits."""
+  resumed = saved_calls is not None and config.runs_per_call is None and not split_cpu(config, devices)
+  size = max(saved_calls) if resumed else None
+  may_split = config.runs_per_call is None and not split_cpu(config, devices) and not resumed
+  while True:
+    programs, footprint = memory.compile_programs(build(config, devices, size), data, devices)
+    per_call = max(p.padded for p in programs)
+    logging.info('Memory, %d runs per call: %s.', per_call, footprint.describe())
+    if footprint.fits:
+      return programs
+    fit = footprint.runs_that_fit() * devices.count
+    if fit < 1:
+      raise config_lib.ConfigError(
+          f'num_seeds: the states of all runs alone do not fit the device ({footprint.describe()}); launch '
+          'fewer seeds or variants at a time (--config.num_seeds=N, or name variants: --config=FILE:a,b).')
+    size = min(fit, per_call - devices.count)   # strictly fewer: the linear estimate may be optimistic
+    if size < 1:
+      raise config_lib.ConfigError(
+          f'runs_per_call: even one run per device and call does not fit the device ({footprint.describe()}); '
+          'launch fewer seeds or variants at a time (--config.num_seeds=N, or name variants: --config=FILE:a,b).')
+    if resumed:
+      raise config_lib.ConfigError(
+          f'runs_per_call: the checkpoint\'s calls of {per_call} runs do not fit the device now '
+          f'({footprint.describe()}); free memory or resume on a larger device, or start over with --fresh '
+          f'--config.runs_per_call={size}.')
+    if not may_split:
+      raise config_lib.ConfigError(
+          f'runs_per_call: {per_call} runs per call do not fit the device ({footprint.describe()}); about '
+          f'{size} fit: set --config.runs_per_call={size}.')
+    logging.info('Memory: splitting the runs into calls of at most %d.', size)
+
+
+def out_of_memory(error: Exception, fn, program: Program, devices: Devices) -> config_lib.ConfigError:
+  """The device OOM error of `fn` (one of the program's compiled functions) as one line: how many
+  runs per call/device it tried and how many would fit (from its memory analysis and the device's
+  memory limit, when both are known; otherwise half of what failed)."""
   per_device = program.padded // devices.count
   fit, how = max(1, per_device // 2), 'at most'
+  figures = memory.analysis(fn) if hasattr(fn, 'memory_analysis') else None
   try:
-    stats = devices.mesh.devices.flat[0].memory_stats() or {}
-    analysis = fn.lower(*args).compile().memory_analysis()
-    need = analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes \
-        - analysis.alias_size_in_bytes
-    if stats.get('bytes_limit') and need > 0:
-      fit, how = max(0, int(0.9 * stats['bytes_limit'] / (need / per_device))), 'about'
+    limit = (devices.mesh.devices.flat[0].memory_stats() or {}).get('bytes_limit')
   except Exception:  # pylint: disable=broad-except
-    pass
+    limit = None
+  if figures and limit:
+    need = figures['argument'] + memory.call_bytes(figures)
+    if need > 0:
+      fit, how = max(0, int(memory.HEADROOM * limit / (need / per_device))), 'about'
   first_line = str(error).strip().splitlines()[0][:200]
   return config_lib.ConfigError(
       f'runs_per_call: the device ran out of memory with {program.padded} runs per call '
@@ -142,7 +188,7 @@ def call(fn, program: Program, devices: Devices, *args):
     return fn(*args)
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' in str(e):
-      raise out_of_memory(e, fn, program, devices, args) from None
+      raise out_of_memory(e, fn, program, devices) from None
     raise
 
 

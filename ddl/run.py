@@ -10,9 +10,13 @@ on the device and marked (metric `nonfinite`); the others go on. Relaunching int
 resumes from the last checkpoint; metrics.csv is cut back to that checkpoint, so it ends identical
 to an uninterrupted run's. SIGTERM/SIGINT checkpoint after the current chunk and stop.
 
+Settings left AUTO get the platform's choice first (`ddl.platform_defaults`), and before the first
+chunk the programs are compiled and their memory checked against the device's (`ddl.memory`):
+runs_per_call left AUTO splits the runs into calls that fit; otherwise one line says what fits.
+
 The pieces live beside this loop: `ddl.devices` (mesh, CPU split, hosts, platform),
-`ddl.programs` (the compiled programs, out-of-memory message), `ddl.workdir`, `ddl.writers`
-(metrics.csv, W&B, progress), `ddl.checkpoints` and `ddl.preemption`.
+`ddl.programs` (the compiled programs, fitting them to memory, out-of-memory message),
+`ddl.workdir`, `ddl.writers` (metrics.csv, W&B, progress), `ddl.checkpoints` and `ddl.preemption`.
 """
 import os
 from typing import Any, Dict, Optional
@@ -25,6 +29,7 @@ from ddl import checkpoints as checkpoints_lib
 from ddl import config as config_lib
 from ddl import devices as devices_lib
 from ddl import experiments
+from ddl import platform_defaults
 from ddl import plotting
 from ddl import programs as programs_lib
 from ddl import workdir as workdir_lib
@@ -44,8 +49,9 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   deletes a previous run's outputs first. SIGTERM/SIGINT end the launch after the current chunk
   with a checkpoint (raises Interrupted). Returns a summary: chunks done, seconds (and those of the
   evaluator), examples per second, non-finite runs."""
-  config_lib.validate(config, experiments.get(config.experiment))
   devices_lib.start(config)                  # before anything touches the backend
+  config = platform_defaults.resolve(config)   # the platform's choice for each setting left AUTO
+  config_lib.validate(config, experiments.get(config.experiment))
   lead = jax.process_index() == 0            # multi-host: only process 0 writes files (orbax syncs itself)
   workdir = os.path.abspath(workdir)
   created = prepare_workdir(workdir, config, fresh) if lead else False
@@ -53,7 +59,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   devices = Devices(config)
   with workdir_lib.removed_if_refused(workdir, created):    # no data set, out of memory: no new workdir left
     data = programs_lib.load_data(config, devices)          # once, before any compilation
-    programs = programs_lib.build(config, devices)
+    programs = programs_lib.fitted(config, devices, data, checkpoints_lib.saved_calls(workdir))
     states = [programs_lib.call(p.init, p, devices) for p in programs]
   num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
   checkpoints = checkpoints_lib.Checkpoints(workdir, calls=[len(p.variants) for p in programs])

@@ -1,22 +1,35 @@
-"""Throughput of an experiment's compiled chunk: one JSON line per program (group of variants)
-and one for all of them together.
+"""Throughput, memory and where the work goes, per compiled chunk: one JSON line per program (group
+of variants) and one for all of them together.
 
   python launch/benchmark.py --workload=scr --seeds=30 [--variant=cbp] [--chunks=3]
+  python launch/benchmark.py --workload=cifar100 --seeds=1 --memory [--choices=gpu]
   python launch/benchmark.py --read_metrics_rows=10000000   # reading metrics.csv for figures instead
 
 Fields: workload, variant (a group of variants: one program), seeds, runs (variants x seeds),
 runs_per_call (runs in one call, padded to the devices: vmapped on each device, or one per device
 with `cpu_devices`; the group's slices run one after another, as in the run loop), examples_per_sec
 (all runs together, steady state, after one untimed chunk), step_cost_vs_bp (with --interventions:
-seconds per run and chunk relative to plain backprop's), compile_sec (init + chunk compilation +
-the untimed chunk), device_mb (memory one call needs by XLA's accounting: arguments, outputs,
-temporaries; the whole state when runs_per_call is all runs), peak_rss_mb (of this process so far),
-backend; for an experiment with an evaluator (`evaluate`, run every `diagnostics_every` chunks):
-evaluate_sec (one evaluator call over all runs, after an untimed warm-up call) and evaluate_share
-(the evaluator's cost per chunk, amortised over `diagnostics_every` chunks, over the chunk's time plus
-that: the goal is at most 0.05); null without one. With --read_metrics_rows=N: one line with
-rows, file_mb, write_sec and read_sec of `ddl.plotting.read_metrics` on a synthetic metrics.csv of N
-rows (5 variants x 30 seeds x 10 metrics x N/1500 steps) in a temporary folder.
+seconds per run and chunk relative to plain backprop's), compile_sec (compilation of init, chunk
+and evaluator + the untimed chunk), device_mb (memory one call needs by XLA's accounting:
+arguments, outputs, temporaries; the whole state when runs_per_call is all runs), state_mb (the
+group's states, all calls, per device), peak_rss_mb (of this process so far), flop_share and
+byte_share (the chunk's flops and memory traffic in convolutions, matmuls and the rest, from its
+optimized HLO: `ddl.costs`), gflop_per_example and unknown_trip_loops (loops of data-dependent
+length, counted once in those figures), backend; for an experiment with an evaluator
+(`evaluate`, run every `diagnostics_every` chunks): evaluate_sec (one evaluator call over all runs,
+after an untimed warm-up call) and evaluate_share (the evaluator's cost per chunk, amortised over
+`diagnostics_every` chunks, over the chunk's time plus that: the goal is at most 0.05); null
+without one. With --read_metrics_rows=N: one line with rows, file_mb, write_sec and read_sec of
+`ddl.plotting.read_metrics` on a synthetic metrics.csv of N rows (5 variants x 30 seeds x 10
+metrics x N/1500 steps) in a temporary folder.
+
+--memory compiles without running: per group, the states and the largest call's own memory
+(`ddl.memory`) at --seeds and twice that, and their projection to --project_seeds (default 30)
+seeds, linear in the runs (states exactly; a call's memory as a + b x runs through the two
+measured sizes); the `all` line adds up what a launch of all variants needs per device (all states,
+the largest call and the data). Settings left AUTO take this platform's choices
+(`ddl.platform_defaults`), or those of --choices=gpu (then `cpu_devices` is off: it is CPU only),
+which projects a GPU's memory from this machine's XLA analysis (the GPU compiler's may differ).
 """
 import ast
 import json
@@ -33,8 +46,11 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import devices as devices_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import costs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import plotting  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import platform_defaults  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import programs as programs_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl import writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -63,7 +79,13 @@ flags.DEFINE_integer('seeds', 30, 'Seeds per variant (vmapped).')
 flags.DEFINE_string('variant', '', 'Comma-separated variants (default: all of the config).')
 flags.DEFINE_integer('chunks', 3, 'Timed chunks per program.')
 flags.DEFINE_string('config_arg', '', 'Extra config argument, e.g. a preset such as smoke.')
-flags.DEFINE_bool('fuse_variants', False, 'One program for all variants of a structure.')
+flags.DEFINE_bool('fuse_variants', None, 'One program for all variants of a structure (default: the platform\'s '
+                  'choice, ddl.platform_defaults).')
+flags.DEFINE_string('choices', '', "Platform whose choices fill the settings left AUTO (ddl.platform_defaults): "
+                    "'' this one; e.g. 'gpu' to project a GPU's memory with --memory.")
+flags.DEFINE_bool('memory', False, 'Compile only: the memory of each group at --seeds and twice that, and its '
+                  'projection to --project_seeds seeds.')
+flags.DEFINE_integer('project_seeds', 30, 'Seeds per variant of the --memory projection.')
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
 flags.DEFINE_bool('env_alone', False, 'stream_ant: also time the Ant env alone at --seeds copies (random actions, '
                   'refills as the experiment) and report env_steps_per_sec and learning/env-alone ratio.')
@@ -109,7 +131,10 @@ def _config():
     config.variants = {k: v for k, v in INTERVENTION_VARIANTS.items()
                        if not flags.FLAGS.variant or k in flags.FLAGS.variant.split(',')}
   config.num_seeds = flags.FLAGS.seeds
-  config.fuse_variants = flags.FLAGS.fuse_variants
+  if flags.FLAGS.fuse_variants is not None:
+    config.fuse_variants = flags.FLAGS.fuse_variants
+  if flags.FLAGS.choices not in ('', 'cpu'):
+    config.cpu_devices = 0     # CPU only: not on the platform whose choices are projected
   for key, value in overrides.items():
     _set(config, key, value)
   for item in flags.FLAGS.override:
@@ -126,11 +151,11 @@ def _line(config, variant, runs, per_call, examples, seconds, compile_sec, devic
           **extra):
   import jax  # pylint: disable=g-import-not-at-top
   rounded = lambda x, digits: None if x is None else round(x, digits)
-  return json.dumps(dict(**extra,
+  return json.dumps(dict(
       workload=flags.FLAGS.workload, variant=variant, seeds=config.num_seeds, runs=runs, runs_per_call=per_call,
       examples_per_sec=round(examples / seconds, 1), compile_sec=round(compile_sec, 2),
       device_mb=round(device_mb, 1), peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-      evaluate_sec=rounded(evaluate_sec, 4), evaluate_share=rounded(evaluate_share, 4),
+      evaluate_sec=rounded(evaluate_sec, 4), evaluate_share=rounded(evaluate_share, 4), **extra,
       backend=jax.default_backend()))
 
 
@@ -148,10 +173,65 @@ def _evaluate_sec(programs, states, data):
 
 def _device_mb(compiled) -> float:
   """Device memory one call needs by XLA's own accounting: arguments, outputs and temporaries."""
-  m = compiled.memory_analysis()
-  if m is None:
-    return float('nan')
-  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes) / 2**20
+  figures = memory.analysis(compiled)
+  return float('nan') if figures is None else (figures['argument'] + memory.call_bytes(figures)) / 2**20
+
+
+def _work(compiled, examples: int):
+  """flop_share, byte_share (ddl.costs) and GFLOP per example of a compiled chunk."""
+  b = costs.breakdown(compiled.as_text())
+  shares = {k: {kind: round(v, 3) for kind, v in b[k].items()} for k in ('flop_share', 'byte_share')}
+  return dict(**shares, gflop_per_example=round(sum(b['flops'].values()) / examples / 1e9, 4),
+              unknown_trip_loops=b['unknown_trip_loops'])
+
+
+def _groups(programs):
+  """{group name: its programs (slices run one after another, as in the run loop)}."""
+  groups = {}
+  for program in programs:
+    groups.setdefault(program.group.name, []).append(program)
+  return groups
+
+
+def _memory_report(config, devices, data):
+  """--memory: per group, the states and the largest call's memory at --seeds and twice that, and the
+  projection to --project_seeds seeds; then what a launch of all groups needs per device."""
+  mb, gb = lambda b: round(b / 2**20, 1), lambda b: round(b / 2**30, 2)
+  sizes = (flags.FLAGS.seeds, 2 * flags.FLAGS.seeds)
+  measured = {}   # group: its Footprint at each size
+  for seeds in sizes:
+    config.num_seeds = seeds
+    for name, programs in _groups(programs_lib.build(config, devices)).items():
+      measured.setdefault(name, []).append(memory.compile_programs(programs, data, devices)[1])
+  target = flags.FLAGS.project_seeds
+  state_total, calls = 0.0, []   # calls: (projected largest call, one run's call) per group
+  for name, (small, large) in measured.items():
+    grows = large.runs_per_device > small.runs_per_device   # not with cpu_devices: one run per device per call
+    slope = (large.call - small.call) / (large.runs_per_device - small.runs_per_device) if grows else 0.0
+    runs_target = small.runs_per_device / sizes[0] * target if grows else small.runs_per_device
+    state = small.state / sizes[0] * target
+    call = small.call + slope * (runs_target - small.runs_per_device)
+    state_total += state
+    calls.append((call, small.call - slope * (small.runs_per_device - 1)))
+    print(json.dumps(dict(
+        workload=flags.FLAGS.workload, variant=name, choices=flags.FLAGS.choices or 'this platform',
+        conv=config.get('network', {}).get('conv'),
+        measured=[dict(seeds=s, runs_per_device=fp.runs_per_device, state_mb=mb(fp.state), call_mb=mb(fp.call))
+                  for s, fp in zip(sizes, (small, large))],
+        projected=dict(seeds=target, runs_per_device=round(runs_target), state_mb=mb(state), call_mb=mb(call)),
+        data_mb=mb(small.data), backend=_backend())), flush=True)
+  data_bytes = next(iter(measured.values()))[0].data
+  print(json.dumps(dict(
+      workload=flags.FLAGS.workload, variant='all', projected_seeds=target,
+      states_gb=gb(state_total), largest_call_gb=gb(max(c for c, _ in calls)), data_gb=gb(data_bytes),
+      need_gb=gb(state_total + max(c for c, _ in calls) + data_bytes),
+      need_one_run_per_call_gb=gb(state_total + max(c for _, c in calls) + data_bytes),
+      backend=_backend())), flush=True)
+
+
+def _backend() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.default_backend()
 
 
 def _read_metrics_line(rows: int) -> str:
@@ -221,34 +301,33 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   config = _config()
   devices_lib.split_cpu(config)
+  config = platform_defaults.resolve(config, flags.FLAGS.choices or None)
   config_lib.validate(config, experiments.get(config.experiment))
   devices = devices_lib.Devices(config)   # the runs axis sharded over the devices, as in the run loop
   data = programs_lib.load_data(config, devices)
-  groups = {}   # a group's slices (runs_per_call) run one after another, as in the run loop
-  for program in programs_lib.build(config, devices):
-    groups.setdefault(program.group.name, []).append(program)
+  if flags.FLAGS.memory:
+    _memory_report(config, devices, data)
+    return
   total_examples, total_seconds, total_compile, total_runs, peak_mb = 0, 0.0, 0.0, 0, 0.0
   total_evaluate_sec, total_amortised = None, 0.0   # the evaluators' calls and cost per chunk, all groups
   bp_seconds_per_run = None   # --interventions: one run's chunk time of plain backprop, the first group
+  groups = _groups(programs_lib.build(config, devices))
   for name, programs in sorted(groups.items(), key=lambda item: item[0] != 'bp'):   # bp first: the baseline
     began = time.time()
-    compiled, states = {}, []
-    for program in programs:   # slices of equal size share one compilation
-      state = program.init()
-      if program.padded not in compiled:
-        compiled[program.padded] = program.run_chunk.lower(state, data).compile()
-      states.append(compiled[program.padded](state, data)[0])
+    programs, footprint = memory.compile_programs(programs, data, devices)   # slices of one size share one
+    states = [p.init() for p in programs]
+    states = [p.run_chunk(s, data)[0] for p, s in zip(programs, states)]
     jax.block_until_ready(states)
     compile_sec = time.time() - began
     began = time.time()
     for _ in range(flags.FLAGS.chunks):
       for i, program in enumerate(programs):
-        states[i], values = compiled[program.padded](states[i], data)
+        states[i], values = program.run_chunk(states[i], data)
     jax.block_until_ready((states, values))
     seconds = time.time() - began
     runs = sum(len(p.variants) for p in programs)
     examples = programs[0].experiment.examples_per_chunk * runs * flags.FLAGS.chunks
-    device_mb = max(_device_mb(c) for c in compiled.values())
+    device_mb = max(_device_mb(p.run_chunk) for p in programs)
     evaluate_sec = _evaluate_sec(programs, states, data)
     per_chunk = seconds / flags.FLAGS.chunks
     amortised = None if evaluate_sec is None else evaluate_sec / programs[0].diagnostics_every
@@ -258,12 +337,14 @@ def main(argv):
     total_examples, total_seconds, total_compile, total_runs = (
         total_examples + examples, total_seconds + seconds, total_compile + compile_sec, total_runs + runs)
     peak_mb = max(peak_mb, device_mb)
-    extra = {}
+    extra = dict(state_mb=round(footprint.state / 2**20, 1),
+                 **_work(programs[0].run_chunk,   # one device's program
+                       programs[0].experiment.examples_per_chunk * programs[0].padded // devices.count))
     if flags.FLAGS.interventions:
       bp_seconds_per_run = bp_seconds_per_run or seconds / runs
       extra['step_cost_vs_bp'] = round(seconds / runs / bp_seconds_per_run, 2)
-    print(_line(config, name, runs, max(compiled), examples, seconds, compile_sec, device_mb, evaluate_sec, share,
-                **extra), flush=True)
+    print(_line(config, name, runs, max(p.padded for p in programs), examples, seconds, compile_sec, device_mb,
+                evaluate_sec, share, **extra), flush=True)
   if len(groups) > 1:
     per_chunk = total_seconds / flags.FLAGS.chunks
     share = None if total_evaluate_sec is None else total_amortised / (per_chunk + total_amortised)

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import assert_resume_is_identical, ROOT, load_config
 from ddl import config as config_lib
+from ddl import platform_defaults
 from ddl import nets
 from ddl import run as run_lib
 from ddl.experiments import ContinualImageNet, PermutedInputs
@@ -75,7 +76,7 @@ def test_imagenet_resume_between_tasks_is_identical(tmp_path):
 
 
 def test_imagenet_class_orders_per_seed_and_from_a_file(tmp_path):
-  config = load_config('imagenet', 'smoke,bp')
+  config = platform_defaults.resolve(load_config('imagenet', 'smoke,bp'))
   group = config_lib.groups(config)[0]
   experiment = ContinualImageNet(group.config, group)
   keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(0), jnp.arange(3))

@@ -1,6 +1,7 @@
 """Robustness of the run loop for every experiment: NaN isolation, preemption (SIGTERM and SIGKILL),
 --fresh, device OOM, runs sharded over 8 host devices and over two processes."""
 import csv
+import dataclasses
 import os
 import random
 import re
@@ -129,17 +130,14 @@ def test_fresh_starts_over_a_workdir_of_another_config_and_wandb_gets_progress(t
 
 def test_device_out_of_memory_says_how_many_runs_fit(tmp_path, monkeypatch):
   config = load_config(SCR, 'smoke,bp')
-  real_programs = programs.build
+  real_programs = programs.fitted
 
   def oom_programs(*args):
-    programs = real_programs(*args)
     def oom(*unused):
       raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB.')
-    for p in programs:
-      p.run_chunk = oom
-    return programs
+    return [dataclasses.replace(p, run_chunk=oom) for p in real_programs(*args)]
 
-  monkeypatch.setattr(programs, 'build', oom_programs)
+  monkeypatch.setattr(programs, 'fitted', oom_programs)
   with pytest.raises(config_lib.ConfigError, match=r'out of memory with 3 runs per call \(3 per device on 1 '
                      r'device\(s\)\); at most 1 runs per device would fit: set --config.runs_per_call=1'):
     run_lib.run(config, str(tmp_path / 'w'))

@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, load_config, poisoned_scr
 from ddl import config as config_lib
 from ddl import experiments
+from ddl import platform_defaults
 from ddl import run as run_lib
 from ddl import writers
 from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
@@ -69,7 +70,7 @@ def test_resume_after_interruption_gives_identical_metrics(tmp_path):
 
 
 def test_variants_share_seeds_and_group_by_structure():
-  config = load_config(SCR, 'smoke')
+  config = platform_defaults.resolve(load_config(SCR, 'smoke'), 'cpu')
   groups = config_lib.groups(config)
   assert [g.variants for g in groups] == [['bp', 'l2'], ['cbp'], ['linear'], ['snp']]
   assert [g.perturbation for g in groups] == [False, False, False, True]

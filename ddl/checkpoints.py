@@ -27,15 +27,12 @@ def quiet():
 
 def saved_calls(workdir: str) -> Optional[List[int]]:
   """The call sizes recorded by the last checkpoint of `workdir`, None without one (read before the
-  programs are built: a resume keeps them)."""
+  programs are built: a resume keeps them). A damaged checkpoint is a ConfigError."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     return None
-  with quiet():
-    manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-    latest = manager.latest_step()
-    if latest is None:
-      return None
-    return manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta.get('calls')
+  reader = Checkpoints(workdir, calls=[])
+  latest = reader.latest()
+  return None if latest is None else reader.meta(latest).get('calls')
 
 
 @contextlib.contextmanager
@@ -73,9 +70,7 @@ class Checkpoints:
     """The programs' states at the checkpoint after `chunks` chunks, padded and sharded like the
     template `states` (fresh initial states), and what it recorded of metrics.csv (`MetricsCsv.cut`'s
     arguments). A checkpoint that cannot be read, or one written with other calls, is a ConfigError."""
-    meta = self._read(chunks, meta=ocp.args.JsonRestore()).meta
-    if not isinstance(meta, dict) or not isinstance(meta.get('csv_bytes'), int):
-      raise self._damaged(chunks, f'its meta data holds no csv_bytes: {str(meta)[:100]}')
+    meta = self.meta(chunks)
     if meta.get('calls', self.calls) != self.calls:
       raise config_lib.ConfigError(
           f'--workdir={self.workdir}: its checkpoint holds calls of {meta["calls"]} runs, this launch makes calls '
@@ -85,6 +80,14 @@ class Checkpoints:
         [devices.unpadded_target(s, len(p.variants)) for p, s in zip(programs, states)]))
     states = [devices.pad(devices.rewrap(tuple(s), t), p.padded) for p, s, t in zip(programs, restored.state, states)]
     return states, {'size': meta['csv_bytes'], 'crc32': meta.get('csv_crc32')}
+
+  def meta(self, chunks: int) -> Dict[str, Any]:
+    """The meta data of the checkpoint after `chunks` chunks (csv_bytes, csv_crc32, calls); a
+    ConfigError when it cannot be read or holds no csv_bytes."""
+    meta = self._read(chunks, meta=ocp.args.JsonRestore()).meta
+    if not isinstance(meta, dict) or not isinstance(meta.get('csv_bytes'), int):
+      raise self._damaged(chunks, f'its meta data holds no csv_bytes: {str(meta)[:100]}')
+    return meta
 
   def _read(self, chunks: int, **items):
     """Items of the checkpoint after `chunks` chunks. Orbax and TensorStore report a damaged or

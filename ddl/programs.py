@@ -122,9 +122,11 @@ def load_data(config, devices: Devices):
     raise config_lib.ConfigError(str(e)) from None
 
 
-def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = None) -> List[Program]:
-  """The launch's programs, compiled before any state is allocated (`memory.compile_programs`), with
-  the memory they need per device logged. Where it exceeds the device's free memory: with
+def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = None):
+  """(the launch's programs, a line on the memory they need per device to log): the programs
+  compiled before any state is allocated (`memory.compile_programs`). The caller logs the line
+  once the launch is known to go ahead (after a resume's checkpoint is read), so a refused launch
+  prints its error alone. Where it exceeds the device's free memory: with
   `runs_per_call` left AUTO (None) the runs are split into more, smaller calls until they fit;
   else (a set value, a split CPU, or a resume, whose calls must stay those of its checkpoint,
   `saved_calls`) one ConfigError line says which `runs_per_call` fits."""
@@ -134,9 +136,8 @@ def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = No
   while True:
     programs, footprint = memory.compile_programs(build(config, devices, size), data, devices)
     per_call = max(p.padded for p in programs)
-    logging.info('Memory, %d runs per call: %s.', per_call, footprint.describe())
     if footprint.fits:
-      return programs
+      return programs, f'Memory, {per_call} runs per call: {footprint.describe()}.'
     fit = footprint.runs_that_fit() * devices.count
     if fit < 1:
       raise config_lib.ConfigError(

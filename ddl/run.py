@@ -59,7 +59,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   devices = Devices(config)
   with workdir_lib.removed_if_refused(workdir, created):    # no data set, out of memory: no new workdir left
     data = programs_lib.load_data(config, devices)          # once, before any compilation
-    programs = programs_lib.fitted(config, devices, data, checkpoints_lib.saved_calls(workdir))
+    programs, memory_line = programs_lib.fitted(config, devices, data, checkpoints_lib.saved_calls(workdir))
     states = [programs_lib.call(p.init, p, devices) for p in programs]
   num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
   checkpoints = checkpoints_lib.Checkpoints(workdir, calls=[len(p.variants) for p in programs])
@@ -72,6 +72,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   elif lead:
     metrics_csv.create()
     workdir_lib.write_config(workdir, config)
+  logging.info(memory_line)
   _log_layout(programs, devices)
   alive = [np.asarray(devices.get(s[1]))[:len(p.variants)] for p, s in zip(programs, states)]
   wandb = writers.Wandb(config, workdir, lead=lead)

@@ -17,6 +17,7 @@ import pytest
 from ddl import config as config_lib
 from ddl import experiments
 from ddl import nets
+from ddl import platform_defaults
 from ddl.experiments import evaluation
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import idbd as idbd_lib
@@ -259,7 +260,7 @@ SUPERVISED = ('slowly_changing_regression', 'permuted_digits', 'permuted_mnist',
 @pytest.mark.parametrize('name', SUPERVISED)
 def test_every_supervised_config_takes_the_step_size_preset_and_growth(name):
   from conftest import load_config  # pylint: disable=g-import-not-at-top
-  config = load_config(name, 'smoke,step_sizes')
+  config = platform_defaults.resolve(load_config(name, 'smoke,step_sizes'))   # as a launch does
   assert {'idbd', 'autostep', 'metaoptimize'} <= set(config.variants)
   config_lib.validate(config, experiments.get(config.experiment))
   config.variants = {'grow': dict(growth=dict(initial_units=1))}

@@ -62,9 +62,7 @@ SGD_STEP_SIZES = (0.003, 0.01, 0.03, 0.1)
 GROW = dict(network=dict(hidden=20), growth=dict(initial_units=5, min_units=1))
 
 
-def name(prefix: str, value: float) -> str:
-  """A variant name without dots (config keys cannot hold them): sgd_0p01."""
-  return f'{prefix}_{value:g}'.replace('.', 'p')
+name = config_lib.variant_name
 
 
 def smoke(config):

@@ -50,9 +50,7 @@ LMS_STEP_SIZES = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09)  
 META_STEP_SIZES = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2)
 
 
-def name(prefix: str, value: float) -> str:
-  """A variant name without dots (config keys cannot hold them): lms_0p04, idbd_0p001."""
-  return f'{prefix}_{value:g}'.replace('.', 'p')
+name = config_lib.variant_name
 
 
 def smoke(config):

@@ -80,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def variant_name(prefix: str, value: float) -> str:
+  """A variant name for a swept value, without dots (config keys cannot hold them): sgd_0p01."""
+  return f'{prefix}_{value:g}'.replace('.', 'p')
+
+
 def config_module(name: str):
   """The module of configs/<name>.py (a config file built on another one, e.g. slippery Ant on Ant)."""
   import importlib.util  # pylint: disable=g-import-not-at-top

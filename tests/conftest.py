@@ -6,9 +6,14 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-# Runs of the same config in one test session compile the same programs: share them.
-jax.config.update('jax_compilation_cache_dir', os.path.join(tempfile.gettempdir(), 'ddl_test_jax_cache'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+# Runs of the same config in one test session compile the same programs: share them, also with the
+# launches that tests start as subprocesses (launch/main.py), which read the same settings from the
+# environment.
+CACHE = os.path.join(tempfile.gettempdir(), 'ddl_test_jax_cache')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,6 +16,7 @@ from ddl import config as config_lib
 from ddl import metrics
 from ddl import nets
 from ddl.learners import topology
+from ddl import plotting
 from ddl import run as run_lib
 from ddl.experiments import ClassIncremental
 from ddl.experiments import class_incremental as ci
@@ -28,6 +29,7 @@ def _rows(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow   # test_resume_between_epochs_is_identical runs the experiment; SCR's test the launch
 def test_smoke_through_main(tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'main.py'),
                          f'--config={os.path.join(ROOT, "configs", "cifar100.py")}:smoke',
@@ -49,6 +51,14 @@ def test_resume_between_epochs_is_identical(tmp_path):
   config = load_config('cifar100', 'smoke,retrained,cbp')
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)
   assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=3)
+  rows = _rows(tmp_path / 'whole')
+  steps = lambda v, m: sorted({int(r['step']) for r in rows if r['variant'] == v and r['metric'] == m})
+  assert steps('retrained', 'test_accuracy') == list(range(6))   # 3 increments x 2 epochs
+  assert steps('cbp', 'dormant_fraction') == [0, 2, 4]            # at increment boundaries
+  assert all(0 <= float(r['value']) <= 1 for r in rows if r['metric'] in ('test_accuracy', 'val_accuracy'))
+  assert sum(float(r['value']) for r in rows if r['variant'] == 'cbp' and r['metric'] == 'replacements') > 0
+  written = plotting.plot_workdir(str(tmp_path / 'whole'))
+  assert any(p.endswith('test_accuracy_minus_retrained.png') for p in written)
 
 
 def test_augmentation_keeps_shapes_and_values_and_differs_across_seeds():

@@ -29,6 +29,7 @@ def _metrics(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow   # the resume test runs the experiment (with CBP and S&P); SCR's test the launch
 def test_imagenet_smoke_through_main(tmp_path):
   proc = _main('imagenet.py:smoke', tmp_path / 'w')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,6 +46,7 @@ def test_imagenet_smoke_through_main(tmp_path):
   assert os.path.exists(tmp_path / 'w' / 'figures' / 'test_accuracy.png')
 
 
+@pytest.mark.slow   # the notebook and intervention tests run permuted digits; SCR's test the launch
 def test_permuted_mnist_and_digits_smoke_through_main(tmp_path):
   for arg, variants in (('permuted_mnist.py:smoke,bp,adam,cbp', {'bp', 'adam', 'cbp'}),
                         ('permuted_digits.py:smoke,bp,cbp', {'bp', 'cbp'})):
@@ -73,6 +75,11 @@ def test_imagenet_resume_between_tasks_is_identical(tmp_path):
   config = load_config('imagenet', 'smoke,snp,cbp')
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)
   assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1)
+  rows = _metrics(tmp_path / 'whole')
+  tasks = lambda v, m: sorted({int(r['step']) for r in rows if r['variant'] == v and r['metric'] == m})
+  assert tasks('cbp', 'test_accuracy') == [0, 1, 2, 3]
+  assert tasks('cbp', 'dormant_fraction') == [0, 2, 3]       # diagnostics every 2 tasks and after the last
+  assert sum(float(r['value']) for r in rows if r['variant'] == 'cbp' and r['metric'] == 'replacements') > 0
 
 
 def test_imagenet_class_orders_per_seed_and_from_a_file(tmp_path):

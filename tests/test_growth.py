@@ -3,13 +3,13 @@ unchanged; fringe units have zero gradient from the loss and zero effect on the 
 own loss reaches nothing else; the backbone stays within its bounds; the tester's utilities follow
 their equations (numpy); the cost per step grows linearly with the maximum width; bad settings
 stop the launch with one line."""
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from conftest import load_config
 
 from ddl import config as config_lib
 from ddl import experiments
@@ -17,7 +17,6 @@ from ddl import nets
 from ddl.learners import growth as growth_lib
 from ddl.learners import learner as learner_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IN = 6
 
 
@@ -158,10 +157,7 @@ def test_step_cost_is_linear_in_the_maximum_width():
 
 
 def scr_config(arg='smoke'):
-  spec = importlib.util.spec_from_file_location('scr', os.path.join(ROOT, 'configs', 'slowly_changing_regression.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config('slowly_changing_regression', arg)
 
 
 @pytest.mark.parametrize('change,match', [

@@ -9,14 +9,14 @@ y = w.x (+ b), δ = y* − y, per example:
 (x² of a bias is 1), and the pieces around it: the learner's curvature and 'half_mse', vmap over
 seeds and meta step sizes, config validation, and the tracking experiment's smoke run.
 """
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from conftest import load_config
 
 from ddl import config as config_lib
 from ddl import experiments
@@ -26,7 +26,6 @@ from ddl.learners import idbd as idbd_lib
 from ddl.learners import learner as learner_lib
 
 N_IN, N_STEPS = 6, 8
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def stream(seed=0, n_steps=N_STEPS, n_in=N_IN):
@@ -217,10 +216,7 @@ def test_vmap_over_seeds_and_meta_step_sizes(name):
 
 
 def tracking_config(arg='smoke'):
-  spec = importlib.util.spec_from_file_location('idbd_tracking', os.path.join(ROOT, 'configs', 'idbd_tracking.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config('idbd_tracking', arg)
 
 
 @pytest.mark.parametrize('key,value,match', [

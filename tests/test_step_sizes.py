@@ -271,20 +271,21 @@ def test_every_supervised_config_takes_the_step_size_preset_and_growth(name):
     config_lib.validate(config, experiments.get(config.experiment))
 
 
-def test_permuted_digits_runs_network_idbd_and_growth(tmp_path):
+def test_permuted_digits_runs_growth_with_autostep(tmp_path):
   from conftest import load_config  # pylint: disable=g-import-not-at-top
   from ddl import run as run_lib  # pylint: disable=g-import-not-at-top
   import csv  # pylint: disable=g-import-not-at-top
-  config = load_config('permuted_digits', 'smoke,step_sizes,idbd')
-  config.variants.grow_autostep = dict(growth=dict(initial_units=10), optimizer=dict(name='autostep'),
-                                       meta_step_size=0.01, initial_step_size=0.01)
+  config = load_config('permuted_digits', 'smoke,bp')
+  config.variants = {'grow_autostep': dict(growth=dict(initial_units=10), optimizer=dict(name='autostep'),
+                                           meta_step_size=0.01, initial_step_size=0.01)}
   config.num_seeds = 2
   run_lib.run(config, str(tmp_path), figures=False)
   with open(tmp_path / 'metrics.csv') as f:
     rows = [r for r in csv.DictReader(f)]
   values = {(r['variant'], r['metric']): float(r['value']) for r in rows}
   assert 0 < values[("grow_autostep", "backbone_units")] <= config.network.hidden
-  assert values[('idbd', 'step_size_output')] != pytest.approx(config.hparams.learning_rate)
+  assert values[('grow_autostep', 'step_size_output')] != pytest.approx(0.01)
+  assert ('grow_autostep', 'step_size_spread_fringe_output') in values
   assert all(np.isfinite(v) for v in values.values())
 
 

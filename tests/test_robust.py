@@ -135,7 +135,8 @@ def test_device_out_of_memory_says_how_many_runs_fit(tmp_path, monkeypatch):
   def oom_programs(*args):
     def oom(*unused):
       raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.0GiB.')
-    return [dataclasses.replace(p, run_chunk=oom) for p in real_programs(*args)]
+    fitted, memory_line = real_programs(*args)
+    return [dataclasses.replace(p, run_chunk=oom) for p in fitted], memory_line
 
   monkeypatch.setattr(programs, 'fitted', oom_programs)
   with pytest.raises(config_lib.ConfigError, match=r'out of memory with 3 runs per call \(3 per device on 1 '

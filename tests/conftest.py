@@ -17,6 +17,16 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Modules whose end-to-end runs take a minute or more on a 2-core CPU (compiling a ResNet, Brax, or
+# many programs): run first, so that the short tests fill the other processes' time around them.
+LONG_FIRST = ('test_cifar100', 'test_rl', 'test_stream_ac', 'test_robust', 'test_dynamic_scr', 'test_run',
+              'test_experiments', 'test_platform', 'test_interventions')
+
+
+def pytest_collection_modifyitems(items):
+  rank = lambda item: LONG_FIRST.index(item.module.__name__) if item.module.__name__ in LONG_FIRST else len(LONG_FIRST)
+  items.sort(key=rank)
+
 
 def load_config(name: str, arg: str = ''):
   """get_config(arg) of configs/<name>.py."""

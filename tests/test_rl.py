@@ -6,7 +6,6 @@ import functools
 import os
 import subprocess
 import sys
-import tempfile
 from typing import NamedTuple
 
 import jax
@@ -168,19 +167,11 @@ def test_ppo_learns_a_trivial_task():
   assert first < -8 and last > first + 5, (first, last)   # random policy: about -13 per episode
 
 
-def _env_with_cache():
-  """The subprocess shares the test session's persistent compilation cache (see conftest)."""
-  env = dict(os.environ)
-  env['JAX_COMPILATION_CACHE_DIR'] = os.path.join(tempfile.gettempdir(), 'ddl_test_jax_cache')
-  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
-  return env
-
-
 def test_slippery_ant_smoke_through_main_and_exact_resume(tmp_path):
   arg = 'slippery_ant.py:smoke,std,cbp'
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'launch', 'main.py'), f'--config={os.path.join(ROOT, "configs", arg)}',
-       f'--workdir={tmp_path / "whole"}'], capture_output=True, text=True, timeout=900, env=_env_with_cache())
+       f'--workdir={tmp_path / "whole"}'], capture_output=True, text=True, timeout=900)   # conftest's cache settings are in the environment
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / 'whole' / 'metrics.csv') as f:
     rows = list(csv.DictReader(f))

@@ -48,7 +48,7 @@ from ddl.learners import cbp as cbp_lib
 
 
 def smoke(config):
-  """Mock data (6 classes), 3 increments of 2 classes and 2 epochs each, a ResNet-18 of width 4,
+  """Mock data (6 classes), 3 increments of 2 classes and 2 epochs each, a ResNet-10 of width 4,
   2 seeds; base, snp and cbp share one program (3 programs in all)."""
   config.num_seeds = 2
   config.classes_per_increment = 2
@@ -64,6 +64,7 @@ def smoke(config):
   config.data.train_per_class = 15
   config.data.test_per_class = 5
   config.network.width = 4
+  config.network.blocks_per_stage = 1   # a ResNet-10: the same layers and joins, half of them to compile
   config.network.conv = 'lax'     # compiles in half the time of 'patches' (same results)
   config.variants.cbp.replacement_rate = 1e-2
   config.variants.cbp.maturity_threshold = 2.0
@@ -88,7 +89,8 @@ def get_config(arg: str = ''):
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', download=False, num_classes=100,
                      val_per_class=50, train_per_class=450, test_per_class=100, augment_test=True,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
-  config.network = dict(width=64, conv=platform_defaults.auto(str), layer_norm='')   # conv: per platform
+  # conv: per platform; blocks_per_stage 2: ResNet-18 (1: a ResNet-10, the smoke's)
+  config.network = dict(width=64, conv=platform_defaults.auto(str), layer_norm='', blocks_per_stage=2)
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.cbp.update(cbp_lib.PRESETS['resgnt'])    # the original's ResGnT

@@ -430,11 +430,15 @@ class ResNet18(nn.Module):
   block's output is replaced by the pooled (batch, 8w) vector.
 
   norm: 'batch' (the paper) or 'layer' (the `layer_norm` option: Flax LayerNorm over channels in
-  place of every BatchNorm, same names, no running statistics)."""
+  place of every BatchNorm, same names, no running statistics).
+
+  blocks_per_stage: 2 is ResNet-18 (the paper); 1 (a ResNet-10, what the `:smoke` config uses) has
+  the same kinds of layers and joins, half of them to compile."""
   outputs: int = 100
   width: int = 64
   conv: str = 'patches'
   norm: str = 'batch'
+  blocks_per_stage: int = 2
 
   def _conv(self, features, size, strides, name):
     return Conv(features, (size, size), self.conv, he_normal(), nn.initializers.zeros, strides=strides,
@@ -467,4 +471,4 @@ class ResNet18(nn.Module):
     return out, features
 
   def blocks(self):
-    return [(self.width * m, 2 if (m > 1 and b == 0) else 1) for m in (1, 2, 4, 8) for b in range(2)]
+    return [(self.width * m, 2 if (m > 1 and b == 0) else 1) for m in (1, 2, 4, 8) for b in range(self.blocks_per_stage)]

@@ -122,9 +122,13 @@ def load_data(config, devices: Devices):
     raise config_lib.ConfigError(str(e)) from None
 
 
-def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = None):
+def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = None,
+           built: Optional[Dict[Any, List[Program]]] = None):
   """(the launch's programs, a line on the memory they need per device to log): the programs
-  compiled before any state is allocated (`memory.compile_programs`). The caller logs the line
+  compiled before any state is allocated (`memory.compile_programs`). `built`: a dict that keeps
+  the built programs by config and call size across launches in one process (a relaunch of the
+  same config then neither traces nor compiles again; the config must describe the programs
+  fully: files it names are read again only when building). The caller logs the line
   once the launch is known to go ahead (after a resume's checkpoint is read), so a refused launch
   prints its error alone. Where it exceeds the device's free memory: with
   `runs_per_call` left AUTO (None) the runs are split into more, smaller calls until they fit;
@@ -134,7 +138,14 @@ def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = No
   size = max(saved_calls) if resumed else None
   may_split = config.runs_per_call is None and not split_cpu(config, devices) and not resumed
   while True:
-    programs, footprint = memory.compile_programs(build(config, devices, size), data, devices)
+    if built is None:
+      programs = build(config, devices, size)
+    else:
+      runs = [len(g.variants) * config.num_seeds for g in config_lib.groups(config)]
+      slices = tuple(min(calls_size(config, devices, r, size), r) for r in runs)   # what `build` makes of `size`
+      key = (config.to_json_best_effort(sort_keys=True), tuple(d.id for d in devices.mesh.devices.flat), slices)
+      programs = built[key] = built.get(key) or build(config, devices, size)
+    programs, footprint = memory.compile_programs(programs, data, devices)
     per_call = max(p.padded for p in programs)
     if footprint.fits:
       return programs, f'Memory, {per_call} runs per call: {footprint.describe()}.'

@@ -43,12 +43,14 @@ from ddl.writers import METRICS_HEADER  # pylint: disable=unused-import
 
 
 def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figures: bool = True,
-        fresh: bool = False) -> Dict[str, Any]:
+        fresh: bool = False, built: Optional[Dict[Any, Any]] = None) -> Dict[str, Any]:
   """Runs (or resumes) an experiment into `workdir`. `stop_after_chunks` ends the launch early
   after that many chunks of this launch (with a checkpoint), as an interruption would; `fresh`
-  deletes a previous run's outputs first. SIGTERM/SIGINT end the launch after the current chunk
-  with a checkpoint (raises Interrupted). Returns a summary: chunks done, seconds (and those of the
-  evaluator), examples per second, non-finite runs."""
+  deletes a previous run's outputs first; `built`: a dict in which launches of one process share
+  their built programs (`ddl.programs.fitted`: a relaunch of the same config compiles nothing).
+  SIGTERM/SIGINT end the launch after the current chunk with a checkpoint (raises Interrupted).
+  Returns a summary: chunks done, seconds (and those of the evaluator), examples per second,
+  non-finite runs."""
   devices_lib.start(config)                  # before anything touches the backend
   config = platform_defaults.resolve(config)   # the platform's choice for each setting left AUTO
   config_lib.validate(config, experiments.get(config.experiment))
@@ -59,7 +61,7 @@ def run(config, workdir: str, *, stop_after_chunks: Optional[int] = None, figure
   devices = Devices(config)
   with workdir_lib.removed_if_refused(workdir, created):    # no data set, out of memory: no new workdir left
     data = programs_lib.load_data(config, devices)          # once, before any compilation
-    programs, memory_line = programs_lib.fitted(config, devices, data, checkpoints_lib.saved_calls(workdir))
+    programs, memory_line = programs_lib.fitted(config, devices, data, checkpoints_lib.saved_calls(workdir), built)
     states = [programs_lib.call(p.init, p, devices) for p in programs]
   num_chunks = max(p.experiment.num_chunks for p in programs)   # groups may stop earlier
   checkpoints = checkpoints_lib.Checkpoints(workdir, calls=[len(p.variants) for p in programs])

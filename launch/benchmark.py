@@ -258,10 +258,11 @@ def _read_metrics_line(rows: int) -> str:
                          peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)))
 
 
-def _env_alone(config, examples_per_sec):
-  """The experiment's Ant env stepped alone: `seeds` vmapped copies, uniform random actions in
-  [-1, 1], fresh starts every env.refill_every steps; a JSON line with its steps/s (all copies) and
-  the ratio of `examples_per_sec` (the learning run's) to it."""
+def _env_alone(config, devices, examples_per_sec):
+  """The experiment's Ant env stepped alone: `seeds` vmapped copies sharded over the learning run's
+  devices (so both use the same cores), uniform random actions in [-1, 1], fresh starts every
+  env.refill_every steps; a JSON line with its steps/s (all copies) and the ratio of
+  `examples_per_sec` (the learning run's) to it."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top
@@ -278,10 +279,10 @@ def _env_alone(config, examples_per_sec):
       return jax.lax.scan(one, state, jnp.arange(block))[0], None
     return jax.lax.scan(one_block, state, jnp.arange(config.steps_per_chunk // block))[0]
 
-  keys = jax.random.split(jax.random.PRNGKey(0), seeds)
-  chunk = jax.jit(jax.vmap(run))
+  keys = jax.device_put(jax.random.split(jax.random.PRNGKey(0), seeds), devices.runs)
+  chunk = jax.jit(jax.vmap(run), out_shardings=devices.runs)
   began = time.time()
-  state = jax.block_until_ready(chunk(jax.vmap(env.reset, (0, None))(keys, schedule), keys))
+  state = jax.block_until_ready(chunk(jax.jit(jax.vmap(env.reset, (0, None)), out_shardings=devices.runs)(keys, schedule), keys))
   compile_sec = time.time() - began
   began = time.time()
   for _ in range(flags.FLAGS.chunks):
@@ -351,7 +352,7 @@ def main(argv):
     print(_line(config, 'all', total_runs, None, total_examples, total_seconds, total_compile, peak_mb,
                 total_evaluate_sec, share), flush=True)
   if flags.FLAGS.env_alone:
-    _env_alone(config, total_examples / total_seconds)   # all groups: the harmonic mean of their rates
+    _env_alone(config, devices, total_examples / total_seconds)   # all groups: the harmonic mean of their rates
 
 
 if __name__ == '__main__':

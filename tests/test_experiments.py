@@ -73,8 +73,9 @@ def test_digits_are_learned_within_a_task():
 
 def test_imagenet_resume_between_tasks_is_identical(tmp_path):
   config = load_config('imagenet', 'smoke,snp,cbp')
-  run_lib.run(config, str(tmp_path / 'whole'), figures=False)
-  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1)
+  built = {}   # the programs, shared by the three launches
+  run_lib.run(config, str(tmp_path / 'whole'), figures=False, built=built)
+  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1, built=built)
   rows = _metrics(tmp_path / 'whole')
   tasks = lambda v, m: sorted({int(r['step']) for r in rows if r['variant'] == v and r['metric'] == m})
   assert tasks('cbp', 'test_accuracy') == [0, 1, 2, 3]
@@ -101,12 +102,12 @@ def test_imagenet_class_orders_per_seed_and_from_a_file(tmp_path):
 
 def test_conv_net_has_the_paper_size_and_both_convolutions_agree():
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 32, 32, 3))
-  params = nets.ConvNet(conv='patches').init(jax.random.PRNGKey(1), x)['params']
-  assert sum(p.size for p in jax.tree.leaves(params)) == 177_218
-  out_p, feats = nets.ConvNet(conv='patches').apply({'params': params}, x)
-  out_l, _ = nets.ConvNet(conv='lax').apply({'params': params}, x)
+  params = jax.jit(nets.ConvNet(conv='patches').init)(jax.random.PRNGKey(1), x)['params']   # jitted: compiles faster
+  assert sum(p.size for p in jax.tree.leaves(params)) == 177_218                            # than op by op
+  out_p, feats = jax.jit(nets.ConvNet(conv='patches').apply)({'params': params}, x)
+  out_l, _ = jax.jit(nets.ConvNet(conv='lax').apply)({'params': params}, x)
   np.testing.assert_allclose(out_p, out_l, rtol=1e-5, atol=1e-5)
-  grad = lambda conv: jax.grad(lambda p: nets.ConvNet(conv=conv).apply({'params': p}, x)[0].sum())(params)
+  grad = lambda conv: jax.jit(jax.grad(lambda p: nets.ConvNet(conv=conv).apply({'params': p}, x)[0].sum()))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad('patches'), grad('lax'))
   assert feats['conv_2'].shape == (3, 2, 2, 128)
   bound = 1 / np.sqrt(3 * 5 * 5)                   # PyTorch default init of conv_0

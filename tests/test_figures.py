@@ -1,5 +1,6 @@
 """launch/plot.py redraws figures from metrics.csv; every notebook runs top to bottom on the
 metrics.csv of its experiment's smoke run (nbclient)."""
+import json
 import os
 import shutil
 import subprocess
@@ -119,6 +120,27 @@ def test_plot_redraws_workdirs_alone_and_together(tmp_path, monkeypatch):
   proc = subprocess.run([sys.executable, plot, b], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stderr.startswith('error: ') and proc.stderr.count('\n') == 1, proc.stderr
   assert 'metrics.csv, line 25: ' in proc.stderr and not os.path.exists(os.path.join(b, 'figures'))
+
+
+def test_baseline_figure_is_each_variants_bins_minus_the_baselines_paired_by_seed(tmp_path, monkeypatch):
+  """CIFAR's `figure_baseline='retrained'`: <metric>_minus_retrained.png from max-binned curves,
+  differences taken per seed (seed 1 of the baseline is missing: only seed 0 pairs)."""
+  workdir = str(tmp_path)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(dict(figure_bin=2, figure_reduce='max', figure_baseline='retrained',
+                   figure_baseline_metrics=['test_accuracy']), f)
+  rows = {('base', 0): [0.1, 0.5, 0.2, 0.3], ('base', 1): [0.9, 0.9, 0.9, 0.9], ('retrained', 0): [0.2, 0.3, 0.6, 0.4]}
+  with open(os.path.join(workdir, 'metrics.csv'), 'w') as f:
+    f.write('variant,seed,step,metric,value\n')
+    for (variant, seed), values in rows.items():
+      f.writelines(f'{variant},{seed},{t},test_accuracy,{v}\n' for t, v in enumerate(values))
+  curves = {}
+  monkeypatch.setattr(plotting, 'draw', lambda ax, data, metric, *args, **kwargs: curves.update({metric: data}))
+  written = plotting.plot_workdir(workdir)
+  assert sorted(os.path.basename(p) for p in written) == ['test_accuracy.png', 'test_accuracy_minus_retrained.png']
+  steps, diff = curves['test_accuracy_minus_retrained'][('base', 'test_accuracy_minus_retrained')]
+  np.testing.assert_array_equal(steps, [0, 2])
+  np.testing.assert_allclose(diff, [[0.5 - 0.3, 0.3 - 0.6]])   # bins' maxima, seed 0 only
 
 
 def test_stopped_runs_count_until_they_stop():

@@ -111,10 +111,11 @@ class ClassIncremental:
 
   @staticmethod
   def make_network(config):
-    """ResNet-18; `network.layer_norm` puts layer norm in place of batch norm."""
+    """ResNet-18 (`network.blocks_per_stage` 1: a ResNet-10); `network.layer_norm` puts layer norm
+    in place of batch norm."""
     n = config.network
     return nets.ResNet18(outputs=config.data.num_classes, width=n.width, conv=n.conv,
-                         norm='layer' if n.layer_norm else 'batch')
+                         norm='layer' if n.layer_norm else 'batch', blocks_per_stage=n.blocks_per_stage)
 
   @staticmethod
   def checks(config):
@@ -126,6 +127,7 @@ class ClassIncremental:
         (config.increment_reset in RESETS, f'increment_reset must be one of {RESETS}'),
         (config.network.conv in ('patches', 'lax'), "network.conv must be 'patches' or 'lax'"),
         (config.network.width > 0, 'network.width must be > 0'),
+        (config.network.blocks_per_stage in (1, 2), 'network.blocks_per_stage must be 2 (ResNet-18) or 1 (ResNet-10)'),
         (data.source == 'mock' or data.num_classes == 100, 'data.num_classes must be 100 for the real data set'),
         (data.source == 'mock' or (data.val_per_class + data.train_per_class <= 500 and data.test_per_class <= 100),
          'data: val_per_class + train_per_class must be <= 500 and test_per_class <= 100 (CIFAR-100 per class)'),

@@ -28,13 +28,14 @@ from ddl import config as config_lib
 
 
 def smoke(config):
-  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; spring
-  physics (fastest to compile); std, ns, l2, cbp and cbpi share a program, redo has its own."""
+  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; Brax's
+  own Ant (env.model=brax) on spring physics (the fastest to compile on a CPU); std, ns, l2, cbp and cbpi share a program, redo has its own."""
   config.num_seeds = 2
   config.total_steps = 3 * 2 * 256
   config.updates_per_chunk = 2
   config.probe_steps = 200
   config.checkpoint_every = 2
+  config.env.model = 'brax'
   config.env.backend = 'spring'
   config.env.episode_length = 200       # several episodes per seed in the few steps
   config.network.hidden = (16, 16)
@@ -57,8 +58,9 @@ def get_config(arg: str = ''):
   config.probe_steps = 1000               # dormant units and stable rank over the last 1000 acting steps
   config.figure_bin = 1
   config.figure_band = 'bootstrap95'
-  # starts: initial states drawn per rollout and used in turn at episode ends (see ddl/rl/env.py)
-  config.env = dict(backend='mjx', num_envs=1, episode_length=1000, starts=8,
+  # model: gymnasium's ant.xml (the paper's Ant) or Brax's; starts: model brax's initial states drawn
+  # per rollout and used in turn at episode ends (see ddl/rl/env.py)
+  config.env = dict(model='gymnasium', backend='mjx', num_envs=1, episode_length=1000, starts=8,
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network = dict(hidden=(256, 256), weight_init='lecun', layer_norm='')

@@ -29,13 +29,14 @@ from ddl import config as config_lib
 
 
 def smoke(config):
-  """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, spring physics; stream and
-  cbp in one program (compilation dominates the smoke)."""
+  """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, Brax's own Ant
+  (env.model=brax) on spring physics (the fastest to compile on a CPU); stream and cbp in one program (compilation dominates the smoke)."""
   config.num_seeds = 2
   config.total_steps = 3 * 1000
   config.steps_per_chunk = 1000
   config.probe_steps = 200
   config.checkpoint_every = 2
+  config.env.model = 'brax'
   config.env.backend = 'spring'
   config.env.episode_length = 200
   config.env.refill_every = 500
@@ -53,9 +54,9 @@ def get_config(arg: str = ''):
   config.probe_steps = 1000               # dormant units and stable rank over the last 1000 observations
   config.figure_bin = 1
   config.figure_band = 'bootstrap95'
-  # one env per seed; starts: initial states drawn every refill_every steps and used in turn at
-  # episode ends (see ddl/rl/env.py)
-  config.env = dict(backend='mjx', episode_length=1000, starts=8, refill_every=1000,
+  # one env per seed; model: gymnasium's ant.xml (the paper's Ant) or Brax's; starts: model brax's
+  # initial states drawn every refill_every steps and used in turn at episode ends (see ddl/rl/env.py)
+  config.env = dict(model='gymnasium', backend='mjx', episode_length=1000, starts=8, refill_every=1000,
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network = dict(hidden=(128, 128), activation='leaky_relu', weight_init='sparse', layer_norm='plain')

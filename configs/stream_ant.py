@@ -1,4 +1,4 @@
-"""Stream AC(lambda) with ObGD on stationary Brax Ant (Elsayed, Vasan & Mahmood 2024, "Streaming deep
+"""Stream AC(lambda) with ObGD on stationary Ant (Elsayed, Vasan & Mahmood 2024, "Streaming deep
 reinforcement learning finally works"; beyond_reference.md (b)), beside PPO (configs/ant.py).
 
 Reproduces the official `stream_ac_continuous.py` of `mohmdelsayed/streaming-drl` on the Ant of
@@ -30,7 +30,8 @@ from ddl import config as config_lib
 
 def smoke(config):
   """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, Brax's own Ant
-  (env.model=brax) on spring physics (the fastest to compile on a CPU); stream and cbp in one program (compilation dominates the smoke)."""
+  (env.model=brax) on spring physics, the fastest to compile on a CPU (the paper's Ant needs mjx);
+  stream and cbp in one program (compilation dominates the smoke)."""
   config.num_seeds = 2
   config.total_steps = 3 * 1000
   config.steps_per_chunk = 1000

@@ -8,6 +8,7 @@ chunk (the figures' bins), weight change per update, current friction. The evalu
 `probe_steps` observations of the last rollout, and mean |W| per layer.
 """
 import functools
+import importlib.util
 import pickle
 from typing import Dict, Tuple
 
@@ -46,6 +47,9 @@ def env_checks(config):
       (env.model in env_lib.MODELS, f'env.model={env.model!r} is not known; use one of {env_lib.MODELS}'),
       (env.model != 'gymnasium' or env.backend == 'mjx',
        f"env.model='gymnasium' runs on MJX only, not env.backend={env.backend!r}; set env.backend=mjx (or env.model=brax)"),
+      (env.model != 'gymnasium' or importlib.util.find_spec('gymnasium') is not None,
+       "env.model='gymnasium' reads gymnasium's ant.xml, but gymnasium is not installed: pip install gymnasium "
+       '(or set env.model=brax)'),
       (env.friction.kind in FRICTIONS, f'env.friction.kind must be one of {FRICTIONS}'),
       (env.friction.kind != 'file' or bool(env.friction.file), 'env.friction.file is needed with kind=file'),
       (0 < env.friction.low <= env.friction.high, 'env.friction.low, high must satisfy 0 < low <= high'),

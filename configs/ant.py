@@ -15,7 +15,15 @@ ant.xml (every body geom touches the floor, RK4, Newton solver), frame skip 5, A
 termination, reset noise drawn per episode, simulated by MJX in float32 (the original: MuJoCo 2.1
 in float64; see ddl/rl/env.py and the README). env.model=brax keeps Brax's own Ant (only the feet
 touch the floor, one solver iteration) on any backend; the smoke uses it on 'spring'.
-Expected run time: see EXPECTED below (launch/benchmark.py --workload=ant).
+Expected run time (2026-11-30, 2-core CPU shared with other jobs, load ~3): the paper's Ant is far
+costlier than Brax's (5 RK4 steps = 20 MJX forward passes, 13 geoms against the floor, up to 100
+Newton iterations): the env alone ran at 82 steps/s for 30 vmapped copies (compile 2.3 min; Brax's
+Ant on mjx right after: 4 756), so launch/benchmark.py --workload=ant --seeds=30 (a chunk: 2 x
+2048 steps x 30 seeds) gave no line within 11 min, and 30 seeds x 50 M steps is a GPU job (not
+measured on a GPU). Earlier figures for
+env.model=brax on mjx (quiet machine): 1 seed 4 060 env steps/s including learning; 30 vmapped
+seeds 6 860 (std) and 6 680 (cbp) steps/s in total (under load: 1 320-3 220); the 160 minibatch
+steps of each update take about half the time, acting a third.
 Compile: 1-2 min per program on this CPU. Smoke: ~1 min (about 30 s with a warm compilation
 cache).
 """

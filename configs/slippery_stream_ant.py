@@ -13,9 +13,9 @@ steps, returns per chunk of 100 k steps (PPO's bins: 100 352), the current frict
   python launch/main.py --config=configs/slippery_stream_ant.py:stream,cbp --config.env.friction.kind=file \\
       --config.env.friction.file=frictions.pkl
 
-Expected run time: 20 M steps per run at the throughput of launch/benchmark.py --workload=stream_ant
-(see configs/stream_ant.py: ~2 400 steps/s for 30 seeds) is ~3 days per 30-seed variant on this 2-core
-CPU: a GPU job (not measured on a GPU). Smoke: ~1-2 min.
+Expected run time: a GPU job (not measured on a GPU): the paper's Ant alone runs at ~80 steps/s for
+30 copies on this 2-core CPU (configs/ant.py); with env.model=brax (~2 400 steps/s for 30 seeds,
+configs/stream_ant.py) 20 M steps are ~3 days per 30-seed variant. Smoke: ~1-2 min.
 """
 from ddl import config as config_lib
 

@@ -17,9 +17,11 @@ of 250 k steps as PPO's.
   python launch/main.py --config=configs/stream_ant.py:smoke       # 2 seeds, 3 x 1000 steps, ~1-2 min
   python launch/main.py --config=configs/stream_ant.py:stream --config.num_seeds=5
 
-Physics backend 'mjx' as configs/ant.py ('spring' in the smoke). Expected run time
-(launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream --env_alone, mjx, 2-core CPU
-shared with other jobs, load ~6): 2 385 environment steps/s including learning, 30 seeds in total
+Physics as configs/ant.py: the paper's Ant (env.model=gymnasium on mjx; Brax's Ant on 'spring' in
+the smoke). Its env alone ran at 82 steps/s for 30 copies on this CPU (see configs/ant.py), so the
+experiment is a GPU job. Earlier figures for env.model=brax on mjx (launch/benchmark.py
+--workload=stream_ant --seeds=30 --variant=stream --env_alone, 2-core CPU shared with other jobs,
+load ~6): 2 385 environment steps/s including learning, 30 seeds in total
 (the Ant env alone at 30 copies, random actions, measured right after under the same load: 1 290
 steps/s, so learning is not the bottleneck; both figures are noisy), i.e. ~7 days for 30 seeds x 50 M
 steps of one variant on this CPU: a GPU job (not measured on a GPU). Compile ~5 min under that load.

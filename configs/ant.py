@@ -1,4 +1,4 @@
-"""PPO on stationary Brax Ant (Dohare et al. 2024, Fig. 4 and ED Fig. 5; lop_reference.md §5.5, §6.5).
+"""PPO on stationary Ant (Dohare et al. 2024, Fig. 4 and ED Fig. 5; lop_reference.md §5.5, §6.5).
 
 Reproduces: standard PPO (Adam 0.9/0.999) peaks and then collapses while its policy's dormant
 fraction rises and stable rank falls; "proper Adam" (0.99/0.99) fails later; L2 and CBP (+L2) keep
@@ -10,17 +10,20 @@ chunk of 122 updates (249 856 steps, the original's 250 k bins), with 95 % boots
   python launch/main.py --config=configs/ant.py:smoke       # tiny nets, a few thousand steps, ~1 min
   python launch/main.py --config=configs/ant.py:std,cbp --config.num_seeds=5 --config.env.backend=spring
 
-Physics backend (`env.backend`): 'mjx' by default: it is MuJoCo itself (the original used MuJoCo
-2.1), so contacts and friction behave as there; on this 2-core CPU it ran at about 7 200 random-action
-steps/s with 30 environments, close to 'spring' (about 8 100, an impulse approximation with a
-different contact model) and 3x 'generalized'/'positional' (about 2 300); compile 40 s vs 24 s
-(spring). Brax's ant.xml lets only the feet touch the floor (gym's lets every geom collide).
-Expected run time (launch/benchmark.py --workload=ant, mjx, full networks, 2-core CPU, quiet
-machine): 1 seed 4 060 env steps/s including learning; 30 vmapped seeds 6 860 (std) and 6 680
-(cbp) steps/s in total, 11.8x and 11.5x the original's ~580 steps/s per core (under load from
-other jobs: 1 320-3 220). The 160 minibatch steps of each update take about half the time, acting
-a third. So 30 seeds x 50 M steps of one variant is ~61 h here and the 180-run grid a GPU job (not
-measured on a GPU; the 30-seed 20 M-step slippery Ant goal of 2 h needs ~83 000 steps/s).
+Physics (`env.model`, `env.backend`): 'gymnasium' on 'mjx' by default, the paper's Ant: gym's
+ant.xml (every body geom touches the floor, RK4, Newton solver), frame skip 5, Ant-v4's reward and
+termination, reset noise drawn per episode, simulated by MJX in float32 (the original: MuJoCo 2.1
+in float64; see ddl/rl/env.py and the README). env.model=brax keeps Brax's own Ant (only the feet
+touch the floor, one solver iteration) on any backend; the smoke uses it on 'spring'.
+Expected run time (2026-11-30, 2-core CPU shared with other jobs, load ~3): the paper's Ant is far
+costlier than Brax's (5 RK4 steps = 20 MJX forward passes, 13 geoms against the floor, up to 100
+Newton iterations): the env alone ran at 82 steps/s for 30 vmapped copies (compile 2.3 min; Brax's
+Ant on mjx right after: 4 756), so launch/benchmark.py --workload=ant --seeds=30 (a chunk: 2 x
+2048 steps x 30 seeds) gave no line within 11 min, and 30 seeds x 50 M steps is a GPU job (not
+measured on a GPU). Earlier figures for
+env.model=brax on mjx (quiet machine): 1 seed 4 060 env steps/s including learning; 30 vmapped
+seeds 6 860 (std) and 6 680 (cbp) steps/s in total (under load: 1 320-3 220); the 160 minibatch
+steps of each update take about half the time, acting a third.
 Compile: 1-2 min per program on this CPU. Smoke: ~1 min (about 30 s with a warm compilation
 cache).
 """
@@ -28,13 +31,15 @@ from ddl import config as config_lib
 
 
 def smoke(config):
-  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; spring
-  physics (fastest to compile); std, ns, l2, cbp and cbpi share a program, redo has its own."""
+  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; Brax's
+  own Ant (env.model=brax) on spring physics, the fastest to compile on a CPU (the paper's Ant needs
+  mjx); std, ns, l2, cbp and cbpi share a program, redo has its own."""
   config.num_seeds = 2
   config.total_steps = 3 * 2 * 256
   config.updates_per_chunk = 2
   config.probe_steps = 200
   config.checkpoint_every = 2
+  config.env.model = 'brax'
   config.env.backend = 'spring'
   config.env.episode_length = 200       # several episodes per seed in the few steps
   config.network.hidden = (16, 16)
@@ -57,8 +62,9 @@ def get_config(arg: str = ''):
   config.probe_steps = 1000               # dormant units and stable rank over the last 1000 acting steps
   config.figure_bin = 1
   config.figure_band = 'bootstrap95'
-  # starts: initial states drawn per rollout and used in turn at episode ends (see ddl/rl/env.py)
-  config.env = dict(backend='mjx', num_envs=1, episode_length=1000, starts=8,
+  # model: gymnasium's ant.xml (the paper's Ant) or Brax's; starts: model brax's initial states drawn
+  # per rollout and used in turn at episode ends (see ddl/rl/env.py)
+  config.env = dict(model='gymnasium', backend='mjx', num_envs=1, episode_length=1000, starts=8,
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network = dict(hidden=(256, 256), weight_init='lecun', layer_norm='')

@@ -1,4 +1,4 @@
-"""PPO on slippery Brax Ant (Dohare et al. 2024, Fig. 3; lop_reference.md §5.5, §6.5).
+"""PPO on slippery Ant (Dohare et al. 2024, Fig. 3; lop_reference.md §5.5, §6.5).
 
 Reproduces: the ground's sliding friction changes (log-uniform in [0.02, 2], a schedule drawn per
 seed, or the original's (seeds x 50) file via env.friction.kind=file) at the first episode end
@@ -12,9 +12,11 @@ bootstrap bands, and the current friction per chunk.
   python launch/main.py --config=configs/slippery_ant.py:std,l2,cbp --config.env.friction.kind=file \\
       --config.env.friction.file=frictions.pkl
 
-Settings as configs/ant.py (physics backend mjx, see there). Expected run time: 20 M steps per run
-at the throughput measured there (30 seeds: ~6 800 steps/s on a quiet 2-core CPU) is ~25 h per
-30-seed variant on this CPU, so the grid is a GPU job (not measured on a GPU). Smoke: ~1 min.
+Settings as configs/ant.py (the paper's Ant: gymnasium's ant.xml on mjx, env.model=gymnasium; the
+friction is set on the floor and every body geom, see ddl/rl/env.py). Expected run time: a GPU job
+(not measured on a GPU): the paper's Ant alone runs at ~80 steps/s for 30 copies on this 2-core CPU
+(configs/ant.py); with env.model=brax (~6 800 steps/s including learning, quiet machine) 20 M steps
+are ~25 h per 30-seed variant. Smoke: ~1 min.
 """
 from ddl import config as config_lib
 
@@ -32,5 +34,6 @@ def get_config(arg: str = ''):
 
 
 def smoke(config):
-  """configs/ant.py's smoke, with the friction changing every 512 steps (every seed sees >= 2)."""
+  """configs/ant.py's smoke (Brax's Ant on spring), with the friction changing every 512 steps (every
+  seed sees >= 2)."""
   config.env.friction.change_every = 512

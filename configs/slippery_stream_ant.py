@@ -1,21 +1,21 @@
-"""Stream AC(lambda) with ObGD on slippery Brax Ant (Elsayed et al. 2024's agent on Dohare et al.
+"""Stream AC(lambda) with ObGD on slippery Ant (Elsayed et al. 2024's agent on Dohare et al.
 2024's changing-friction Ant), beside PPO (configs/slippery_ant.py).
 
 Reproduces: nothing published; it asks whether stream AC, which learns online from one stream with
 no replay, keeps adapting when the ground's sliding friction changes (log-uniform in [0.02, 2], a
 schedule drawn per seed or the original's (seeds x 50) file via env.friction.kind=file) at the
 first episode end after every 2 M steps, and whether CBP on both networks helps. Settings as
-configs/stream_ant.py; 30 seeds x {stream, cbp}, 20 M steps, returns per chunk of 100 k steps (PPO's
-bins: 100 352), the current friction per chunk.
+configs/stream_ant.py (the paper's Ant: gymnasium's ant.xml on mjx); 30 seeds x {stream, cbp}, 20 M
+steps, returns per chunk of 100 k steps (PPO's bins: 100 352), the current friction per chunk.
 
   python launch/main.py --config=configs/slippery_stream_ant.py
   python launch/main.py --config=configs/slippery_stream_ant.py:smoke  # ~1-2 min; friction changes every 1000 steps
   python launch/main.py --config=configs/slippery_stream_ant.py:stream,cbp --config.env.friction.kind=file \\
       --config.env.friction.file=frictions.pkl
 
-Expected run time: 20 M steps per run at the throughput of launch/benchmark.py --workload=stream_ant
-(see configs/stream_ant.py: ~2 400 steps/s for 30 seeds) is ~3 days per 30-seed variant on this 2-core
-CPU: a GPU job (not measured on a GPU). Smoke: ~1-2 min.
+Expected run time: a GPU job (not measured on a GPU): the paper's Ant alone runs at ~80 steps/s for
+30 copies on this 2-core CPU (configs/ant.py); with env.model=brax (~2 400 steps/s for 30 seeds,
+configs/stream_ant.py) 20 M steps are ~3 days per 30-seed variant. Smoke: ~1-2 min.
 """
 from ddl import config as config_lib
 
@@ -33,5 +33,6 @@ def get_config(arg: str = ''):
 
 
 def smoke(config):
-  """configs/stream_ant.py's smoke, with the friction changing every 1000 steps (every seed sees >= 2)."""
+  """configs/stream_ant.py's smoke (Brax's Ant on spring), with the friction changing every 1000 steps
+  (every seed sees >= 2)."""
   config.env.friction.change_every = 1000

@@ -1,4 +1,4 @@
-"""Stream AC(lambda) with ObGD on stationary Brax Ant (Elsayed, Vasan & Mahmood 2024, "Streaming deep
+"""Stream AC(lambda) with ObGD on stationary Ant (Elsayed, Vasan & Mahmood 2024, "Streaming deep
 reinforcement learning finally works"; beyond_reference.md (b)), beside PPO (configs/ant.py).
 
 Reproduces the official `stream_ac_continuous.py` of `mohmdelsayed/streaming-drl` on the Ant of
@@ -17,9 +17,11 @@ of 250 k steps as PPO's.
   python launch/main.py --config=configs/stream_ant.py:smoke       # 2 seeds, 3 x 1000 steps, ~1-2 min
   python launch/main.py --config=configs/stream_ant.py:stream --config.num_seeds=5
 
-Physics backend 'mjx' as configs/ant.py ('spring' in the smoke). Expected run time
-(launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream --env_alone, mjx, 2-core CPU
-shared with other jobs, load ~6): 2 385 environment steps/s including learning, 30 seeds in total
+Physics as configs/ant.py: the paper's Ant (env.model=gymnasium on mjx; Brax's Ant on 'spring' in
+the smoke). Its env alone ran at 82 steps/s for 30 copies on this CPU (see configs/ant.py), so the
+experiment is a GPU job. Earlier figures for env.model=brax on mjx (launch/benchmark.py
+--workload=stream_ant --seeds=30 --variant=stream --env_alone, 2-core CPU shared with other jobs,
+load ~6): 2 385 environment steps/s including learning, 30 seeds in total
 (the Ant env alone at 30 copies, random actions, measured right after under the same load: 1 290
 steps/s, so learning is not the bottleneck; both figures are noisy), i.e. ~7 days for 30 seeds x 50 M
 steps of one variant on this CPU: a GPU job (not measured on a GPU). Compile ~5 min under that load.
@@ -29,13 +31,15 @@ from ddl import config as config_lib
 
 
 def smoke(config):
-  """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, spring physics; stream and
-  cbp in one program (compilation dominates the smoke)."""
+  """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, Brax's own Ant
+  (env.model=brax) on spring physics, the fastest to compile on a CPU (the paper's Ant needs mjx);
+  stream and cbp in one program (compilation dominates the smoke)."""
   config.num_seeds = 2
   config.total_steps = 3 * 1000
   config.steps_per_chunk = 1000
   config.probe_steps = 200
   config.checkpoint_every = 2
+  config.env.model = 'brax'
   config.env.backend = 'spring'
   config.env.episode_length = 200
   config.env.refill_every = 500
@@ -53,9 +57,9 @@ def get_config(arg: str = ''):
   config.probe_steps = 1000               # dormant units and stable rank over the last 1000 observations
   config.figure_bin = 1
   config.figure_band = 'bootstrap95'
-  # one env per seed; starts: initial states drawn every refill_every steps and used in turn at
-  # episode ends (see ddl/rl/env.py)
-  config.env = dict(backend='mjx', episode_length=1000, starts=8, refill_every=1000,
+  # one env per seed; model: gymnasium's ant.xml (the paper's Ant) or Brax's; starts: model brax's
+  # initial states drawn every refill_every steps and used in turn at episode ends (see ddl/rl/env.py)
+  config.env = dict(model='gymnasium', backend='mjx', episode_length=1000, starts=8, refill_every=1000,
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network = dict(hidden=(128, 128), activation='leaky_relu', weight_init='sparse', layer_norm='plain')

@@ -260,22 +260,23 @@ def _read_metrics_line(rows: int) -> str:
 
 def _env_alone(config, devices, examples_per_sec):
   """The experiment's Ant env stepped alone: `seeds` vmapped copies sharded over the learning run's
-  devices (so both use the same cores), uniform random actions in [-1, 1], fresh starts every
-  env.refill_every steps; a JSON line with its steps/s (all copies) and the ratio of
-  `examples_per_sec` (the learning run's) to it."""
+  devices (so both use the same cores), uniform random actions in [-1, 1], starts as the
+  experiment's (refills every env.refill_every steps for model brax); a JSON line with its steps/s
+  (all copies) and the ratio of `examples_per_sec` (the learning run's) to it."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top
   e, seeds, block = config.env, config.num_seeds, config.env.refill_every
-  env = env_lib.FrictionAnt(e.backend, e.episode_length, e.friction.change_every, e.starts)
+  env = env_lib.FrictionAnt(e.backend, e.episode_length, e.friction.change_every, e.starts, e.model)
   schedule = jnp.full((1,), e.friction.value, jnp.float32)
 
   def run(state, key):
     def one_block(state, b):
       state = env.refill(state, jax.random.fold_in(key, -1 - b), schedule)
       def one(state, t):
-        action = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, b), t), (env.action_size,), minval=-1)
-        return env.step(state, action, key, b * block + t + 1, schedule)[0], None
+        action_key, reset_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, b), t))
+        action = jax.random.uniform(action_key, (env.action_size,), minval=-1)
+        return env.step(state, action, reset_key, b * block + t + 1, schedule)[0], None
       return jax.lax.scan(one, state, jnp.arange(block))[0], None
     return jax.lax.scan(one_block, state, jnp.arange(config.steps_per_chunk // block))[0]
 

@@ -161,6 +161,9 @@ CASES = [
     Case('friction_file_missing',
          (SMOKE['slippery_ant'], '--config.env.friction.kind=file', '--config.env.friction.file={tmp}/none.npy'),
          ('env.friction.file', 'none.npy')),
+    Case('unknown_env_model', (SMOKE['slippery_ant'], '--config.env.model=mujoco'), ("env.model='mujoco'", 'gymnasium')),
+    Case('gymnasium_model_off_mjx', (SMOKE['slippery_ant'], '--config.env.model=gymnasium'),
+         ("env.backend='spring'", 'set env.backend=mjx')),
 ]
 
 

@@ -8,6 +8,7 @@ chunk (the figures' bins), weight change per update, current friction. The evalu
 `probe_steps` observations of the last rollout, and mean |W| per layer.
 """
 import functools
+import importlib.util
 import pickle
 from typing import Dict, Tuple
 
@@ -43,6 +44,12 @@ def env_checks(config):
   env = config.env
   return [
       (env.backend in env_lib.BACKENDS, f'env.backend must be one of {env_lib.BACKENDS}'),
+      (env.model in env_lib.MODELS, f'env.model={env.model!r} is not known; use one of {env_lib.MODELS}'),
+      (env.model != 'gymnasium' or env.backend == 'mjx',
+       f"env.model='gymnasium' runs on MJX only, not env.backend={env.backend!r}; set env.backend=mjx (or env.model=brax)"),
+      (env.model != 'gymnasium' or importlib.util.find_spec('gymnasium') is not None,
+       "env.model='gymnasium' reads gymnasium's ant.xml, but gymnasium is not installed: pip install gymnasium "
+       '(or set env.model=brax)'),
       (env.friction.kind in FRICTIONS, f'env.friction.kind must be one of {FRICTIONS}'),
       (env.friction.kind != 'file' or bool(env.friction.file), 'env.friction.file is needed with kind=file'),
       (0 < env.friction.low <= env.friction.high, 'env.friction.low, high must satisfy 0 < low <= high'),
@@ -87,7 +94,8 @@ class PPO:
   def __init__(self, config, group):
     self.config = config
     env = config.env
-    self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts)
+    self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts,
+                                     env.model)
     self.network = self.make_network(config, self.env.action_size)
     objective = functools.partial(ppo.ppo_loss, clip=config.ppo.clip, value_coef=config.ppo.value_coef)
     self.steps_per_update = config.ppo.rollout_steps

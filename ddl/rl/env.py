@@ -1,28 +1,99 @@
-"""Ant (Brax) whose ground friction is part of the environment state (lop_reference.md §5.5).
+"""Ant whose ground friction is part of the environment state (lop_reference.md §5.5).
 
-The sliding friction of every geom (contacts use the larger of the two geoms') is written into
-the system inside the jitted step from the state, so one compiled program serves every friction
-and a friction change is just a new value in the state. Each environment auto-resets on
-termination or at the time limit; at the first episode end after `change_every` global steps
-since the last change it moves to the next friction of its schedule (the original's SlipperyAnt
-rule). A stationary Ant is the same environment with a constant schedule.
+Two models (`model`):
+* 'gymnasium' (the paper's Ant): gymnasium's ant.xml (the model file of gym's Ant-v3 and
+  gymnasium's Ant-v4, loaded from the installed gymnasium package) simulated by MJX through Brax's
+  'mjx' pipeline with the model's own contacts, solver options and RK4 integrator (timestep 0.01,
+  frame skip 5: dt 0.05). Reward and termination are gymnasium's Ant-v4 with
+  use_contact_forces=False: forward velocity (the torso's x over dt, read from MuJoCo's xpos as
+  gymnasium does) + 1 - 0.5 |a|^2 on the raw action (controls are clamped to the ctrlrange [-1, 1]
+  by the simulator); no contact cost, as in Ant-v3 on MuJoCo >= 2, whose cfrc_ext is never filled
+  (openai/gym #1541), so that its contact cost and last 84 observations were zero. Terminated when
+  qpos or qvel is not finite or the torso's z leaves [0.2, 1]. Observation qpos[2:], qvel (27-d).
+  Episodes start at the model's qpos0 + U(-0.1, 0.1) and qvel 0.1 N(0, 1), drawn fresh at every
+  episode end inside the step (one MJX forward pass, ~5 % of a step's 5 RK4 steps = 20 forward
+  passes), so `refill` is a no-op. Collisions in ant.xml: the floor has contype = conaffinity = 1,
+  every body geom (torso sphere, 12 leg capsules) contype 1 and conaffinity 0, so each body geom
+  touches the floor and nothing else; MuJoCo takes a pair's friction as the larger of the two
+  geoms', and the sliding friction is set on all of them (as the original's SlipperyAnt rewrote the
+  default geom class, which the floor inherits), so it is the contact friction.
+* 'brax' (any backend): Brax's own Ant (its ant.xml: only the feet collide with the floor, Brax's
+  solver settings, its own initial pose), Brax's reward and termination (the same terms); its reset
+  noise is drawn `starts` at a time by `refill` (PPO calls it once per rollout) and used in turn at
+  episode ends: drawing one in every step, as a select needs under `vmap`, cost 3x the physics with
+  Brax's cheap settings. With more episode ends than `starts` between refills they repeat.
 
-Initial states (Brax's reset noise) are drawn `starts` at a time by `refill` (PPO calls it once per
-rollout) and used in turn at episode ends: drawing one in every step, as a select needs under
-`vmap`, cost 3x the physics. With more episode ends than `starts` between refills they repeat.
-
-The observation is Brax's 27-d Ant observation (no contact forces, which are zero in the
-original's MuJoCo 2 setup), the reward forward velocity + 1 - 0.5 |a|^2 on the raw action.
+The sliding friction of every geom is written into the system inside the jitted step from the
+state, so one compiled program serves every friction and a friction change is just a new value in
+the state. Each environment auto-resets on termination or at the time limit; at the first episode
+end after `change_every` global steps since the last change it moves to the next friction of its
+schedule (the original's SlipperyAnt rule). A stationary Ant is the same environment with a
+constant schedule.
 """
 import copy
+import os
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 BACKENDS = ('spring', 'positional', 'generalized', 'mjx')
+MODELS = ('gymnasium', 'brax')
+
+
+def gymnasium_ant_xml() -> str:
+  """The path of gymnasium's ant.xml (the model of gym's Ant-v3, gymnasium's Ant-v4/v5)."""
+  try:
+    import gymnasium.envs.mujoco  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError("env.model='gymnasium' loads gymnasium's ant.xml, but gymnasium is not installed: "
+                      'pip install gymnasium (or set env.model=brax).') from None
+  return os.path.join(os.path.dirname(gymnasium.envs.mujoco.__file__), 'assets', 'ant.xml')
+
+
+def _gymnasium_ant():
+  """gymnasium's Ant-v4 (use_contact_forces=False) as a Brax PipelineEnv on the 'mjx' pipeline."""
+  import mujoco  # pylint: disable=g-import-not-at-top
+  from brax.envs import base  # pylint: disable=g-import-not-at-top
+  from brax.io import mjcf  # pylint: disable=g-import-not-at-top
+
+  class GymnasiumAnt(base.PipelineEnv):
+    """reset(key) and step(state, action) as gymnasium's AntEnv (see the module docstring)."""
+
+    def __init__(self):
+      mj_model = mujoco.MjModel.from_xml_path(gymnasium_ant_xml())
+      # gymnasium's init_qpos is the model's qpos0 (torso at z 0.75, joints at 0), not the xml's
+      # custom init_qpos (which Brax's System.init_q takes); numpy, so that it takes jax's dtype.
+      self.init_qpos = mj_model.qpos0.copy()
+      self.init_qvel = np.zeros(mj_model.nv)
+      self.torso = mj_model.body('torso').id
+      super().__init__(mjcf.load_model(mj_model), backend='mjx', n_frames=5)
+
+    def reset(self, rng: chex.PRNGKey):
+      qpos_key, qvel_key = jax.random.split(rng)
+      qpos = jnp.asarray(self.init_qpos) + jax.random.uniform(qpos_key, self.init_qpos.shape, minval=-0.1, maxval=0.1)
+      qvel = jnp.asarray(self.init_qvel) + 0.1 * jax.random.normal(qvel_key, self.init_qvel.shape)
+      pipeline_state = self.pipeline_init(qpos, qvel)   # MJX normalises the torso's quaternion in qpos
+      zero = jnp.zeros((), qpos.dtype)
+      # MuJoCo C leaves qpos as set, so gymnasium's first observation has the noisy, unnormalised
+      # quaternion (the physics is the same: both normalise it in kinematics and integration)
+      return base.State(pipeline_state, jnp.concatenate([qpos[2:], qvel]), zero, zero)
+
+    def step(self, state, action: jax.Array):
+      before = state.pipeline_state
+      after = self.pipeline_step(before, action)
+      # xpos is from the forward pass that begins MuJoCo's last step (as after gymnasium's mj_step)
+      x_velocity = (after.xpos[self.torso, 0] - before.xpos[self.torso, 0]) / self.dt
+      reward = x_velocity + 1.0 - 0.5 * jnp.sum(jnp.square(action))
+      z = after.qpos[2]
+      healthy = jnp.isfinite(after.qpos).all() & jnp.isfinite(after.qvel).all() & (z >= 0.2) & (z <= 1.0)
+      return state.replace(pipeline_state=after, obs=jnp.concatenate([after.qpos[2:], after.qvel]), reward=reward,
+                           done=1.0 - healthy.astype(reward.dtype))
+
+  return GymnasiumAnt()
 
 
 @struct.dataclass
@@ -32,7 +103,7 @@ class EnvState:
   last_change: jax.Array       # global step of the last friction change, int32
   episode_step: jax.Array      # steps of the current episode, int32
   episode_return: jax.Array    # return of the current episode so far
-  starts: object               # (starts,) brax states: initial states for the next episodes
+  starts: object               # model 'brax': (starts,) brax states, initial states for the next episodes; else None
   start_count: jax.Array       # starts used since the last refill, int32
 
 
@@ -47,11 +118,20 @@ class FrictionAnt:
   """Pure functions over EnvState; the brax environment object holds only static structure."""
 
   def __init__(self, backend: str = 'spring', episode_length: int = 1000, change_every: int = 2_000_000,
-               starts: int = 8):
+               starts: int = 8, model: str = 'brax'):
     if backend not in BACKENDS:
       raise ValueError(f'env.backend={backend!r} is not known; use one of {BACKENDS}.')
-    from brax import envs  # pylint: disable=g-import-not-at-top
-    self.env = envs.get_environment('ant', backend=backend)
+    if model not in MODELS:
+      raise ValueError(f'env.model={model!r} is not known; use one of {MODELS}.')
+    if model == 'gymnasium' and backend != 'mjx':
+      raise ValueError(f"env.model='gymnasium' runs on MJX only, not env.backend={backend!r}; set env.backend=mjx "
+                       '(or env.model=brax).')
+    if model == 'gymnasium':
+      self.env = _gymnasium_ant()
+    else:
+      from brax import envs  # pylint: disable=g-import-not-at-top
+      self.env = envs.get_environment('ant', backend=backend)
+    self.model = model
     self.episode_length = episode_length
     self.change_every = change_every
     self.starts = starts
@@ -70,12 +150,14 @@ class FrictionAnt:
     first_key, starts_key = jax.random.split(key)
     env = self._env(schedule[0])
     zero = jnp.zeros((), jnp.int32)
+    starts = None if self.model == 'gymnasium' else jax.vmap(env.reset)(jax.random.split(starts_key, self.starts))
     return EnvState(brax_state=env.reset(first_key), friction_index=zero, last_change=zero, episode_step=zero,
-                    episode_return=jnp.zeros(()), starts=jax.vmap(env.reset)(jax.random.split(starts_key, self.starts)),
-                    start_count=zero)
+                    episode_return=jnp.zeros(()), starts=starts, start_count=zero)
 
   def refill(self, state: EnvState, key: chex.PRNGKey, schedule: jax.Array) -> EnvState:
-    """Fresh initial states for the coming episodes."""
+    """Fresh initial states for the coming episodes (model 'brax'; 'gymnasium' draws them in `step`)."""
+    if self.model == 'gymnasium':
+      return state
     env = self._env(self.friction(state, schedule))
     return state.replace(starts=jax.vmap(env.reset)(jax.random.split(key, self.starts)),
                          start_count=jnp.zeros((), jnp.int32))
@@ -85,10 +167,10 @@ class FrictionAnt:
 
   def step(self, state: EnvState, action: jax.Array, key: chex.PRNGKey, global_step: jax.Array,
            schedule: jax.Array):
-    """One step; `global_step` counts the seed's steps including this one; `key` is unused (initial
-    states come from `starts`). Returns (state, Step)."""
-    del key
-    brax_state = self._env(self.friction(state, schedule)).step(state.brax_state, action)
+    """One step; `global_step` counts the seed's steps including this one; `key` draws the next
+    episode's initial state (model 'gymnasium'; 'brax' takes it from `starts`). Returns (state, Step)."""
+    env = self._env(self.friction(state, schedule))
+    brax_state = env.step(state.brax_state, action)
     episode_step = state.episode_step + 1
     episode_return = state.episode_return + brax_state.reward
     terminated = brax_state.done > 0
@@ -96,7 +178,10 @@ class FrictionAnt:
     change = done & (global_step - state.last_change > self.change_every)
     friction_index = jnp.minimum(state.friction_index + change, schedule.shape[0] - 1)
     last_change = jnp.where(change, global_step, state.last_change)
-    start = jax.tree.map(lambda x: x[state.start_count % self.starts], state.starts)
+    if self.model == 'gymnasium':
+      start = env.reset(key)
+    else:
+      start = jax.tree.map(lambda x: x[state.start_count % self.starts], state.starts)
     zero = jnp.zeros((), jnp.int32)
     reward = brax_state.reward
     state = state.replace(

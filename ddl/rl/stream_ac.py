@@ -128,7 +128,9 @@ def step(learner, learner_state, agent: AgentState, env, env_state, key, global_
   s = agent.obs[None]
   mean, std = network.policy(params, s)
   action = mean + std * jax.random.normal(act_key, mean.shape)
-  env_state, out = env.step(env_state, jnp.clip(action[0], -1.0, 1.0), key, global_step, schedule)
+  # the env's key (its next episode's initial state) is neither act_key nor learn_key
+  env_state, out = env.step(env_state, jnp.clip(action[0], -1.0, 1.0), jax.random.fold_in(key, 2), global_step,
+                            schedule)
   obs_stats, next_obs = normalise_observation(agent.obs_stats, env.observation(env_state))
   next_obs = jnp.concatenate([next_obs, time_feature(env_state.episode_step, time_limit)[None]])
   gamma = learner_state.hparams['discount']

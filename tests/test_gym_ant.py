@@ -1,0 +1,170 @@
+"""The paper's Ant (env.model=gymnasium: gymnasium's ant.xml through Brax's MJX pipeline) against
+MuJoCo's own C simulator under gymnasium's Ant-v4, its per-episode reset noise, its friction in
+the state (one program for every friction), and the experiments' wiring.
+
+One jitted `FrictionAnt.step` serves every test here (compiled once, float64). The cross-check sets
+both simulators' friction cones to elliptic: MJX 3.17 orients a plane-capsule contact's tangent
+frame by a fixed axis where the capsule is steeper than 60 degrees (MuJoCo C follows the capsule's
+projected axis), so with ant.xml's pyramidal cones the friction pyramids differ and the two
+trajectories part at the first such contact (measured: observations apart by > 1 within 10 steps
+at every friction). Elliptic cones make friction isotropic about the normal, so the frame drops out
+and every other piece (model file, solver, RK4, frame skip, reward, termination, observation,
+friction, the auto-reset) is compared exactly. float64, because in float32 (what the experiments
+run) contacts amplify the rounding: over the same 20-step windows the observations part by up to
+3e-3, 0.2 and 2.5 at frictions 2, 0.3 and 1 (measured; too loose to tell a wrong model apart)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+gymnasium = pytest.importorskip('gymnasium')
+mujoco = pytest.importorskip('mujoco')
+
+from conftest import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+STEPS, SYNC = 200, 20
+# float64 MJX vs MuJoCo C, elliptic cones: both solve each step's constraints to the model's
+# tolerance (1e-8) with different Newton line searches, and contacts make the motion chaotic: the
+# difference grows from ~1e-12 to ~1e-5 over 20-40 steps, to O(1) and a different termination
+# after ~70 (measured). So gymnasium restarts from our state every SYNC steps and at every episode
+# end. Measured maxima over the 200 steps (frictions 1, 0.3, 2): observations 2.2e-4, 5.9e-5,
+# 2.3e-5; rewards 3.3e-5, 8.6e-6, 6.0e-6; the tolerances leave a factor ~10 for other CPUs' rounding.
+# A wrong model is off by far more within one window (frame skip 4: positions and velocities by
+# ~1e-1; no control cost: rewards by 0.5 |a|^2 ~ 1.3; Brax's Ant: other contacts and solver settings).
+OBS_TOL, REWARD_TOL = 2e-3, 1e-3
+
+
+@pytest.fixture(scope='module')
+def sim():
+  """(FrictionAnt built in float64 with elliptic cones, its step and its reset jitted once; an eager
+  reset would run MJX's forward pass op by op, ~1 min)."""
+  from mujoco import mjx  # pylint: disable=g-import-not-at-top
+  with jax.enable_x64(True):
+    ant = env_lib.FrictionAnt('mjx', episode_length=1000, change_every=10**9, model='gymnasium')
+    ant.env.sys = ant.env.sys.tree_replace({'opt.cone': mjx.ConeType.ELLIPTIC})
+  return ant, jax.jit(ant.step), jax.jit(ant.reset)
+
+
+def _start(sim, key, schedule, **replace):
+  """A reset state (with `replace`d fields), committed to the device as the jitted step's outputs
+  are (one cache entry for both)."""
+  return jax.device_put(sim[2](key, schedule).replace(**replace), jax.devices()[0])
+
+
+def _qpos_qvel(state):
+  """qpos, qvel as gymnasium holds them: x, y and the observation (an episode's first keeps the
+  unnormalised quaternion, as MuJoCo C does)."""
+  obs = np.asarray(state.brax_state.obs, np.float64)
+  return np.concatenate([np.asarray(state.brax_state.pipeline_state.qpos[:2], np.float64), obs[:13]]), obs[13:]
+
+
+def _sync(gym, state):
+  """gymnasium's Ant at our state: qpos, qvel, and the torso position its next reward starts from
+  (MuJoCo's xpos after a step is from the forward pass that began its last step) and the solver's
+  warm start."""
+  gym.unwrapped.set_state(*_qpos_qvel(state))
+  physics = state.brax_state.pipeline_state
+  gym.unwrapped.data.xpos[:] = np.asarray(physics.xpos)
+  gym.unwrapped.data.qacc_warmstart[:] = np.asarray(physics.qacc_warmstart)
+
+
+@pytest.mark.parametrize('friction', [1.0, 0.3, 2.0])
+def test_matches_mujoco_c_under_gymnasium_ant_v4(sim, friction):
+  """The same start and 200 uniform actions: observations, rewards and terminations agree
+  (gymnasium restarts at our state every SYNC steps and at our env's fresh start after each end)."""
+  ant, step, _ = sim
+  actions = np.random.default_rng(0).uniform(-1, 1, (STEPS, ant.action_size))
+  gym = gymnasium.make('Ant-v4', use_contact_forces=False)
+  gym.reset(seed=0)
+  gym.unwrapped.model.opt.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
+  gym.unwrapped.model.geom_friction[:, 0] = friction
+  with jax.enable_x64(True):
+    schedule = jnp.array([friction])
+    state = _start(sim, jax.random.PRNGKey(0), schedule)
+    _sync(gym, state)
+    obs_dev, reward_dev, episodes = 0.0, 0.0, 0
+    for t, action in enumerate(actions):
+      if t % SYNC == 0:
+        _sync(gym, state)
+      state, out = step(state, action, jax.random.PRNGKey(t), jnp.int32(t + 1), schedule)
+      obs, reward, terminated, truncated, _ = gym.step(action)
+      assert bool(out.terminated) == terminated and bool(out.done) == terminated and not truncated, t
+      reward_dev = max(reward_dev, abs(float(out.reward) - reward))
+      if terminated:   # our env is at the next episode's start: gymnasium restarts there
+        episodes += 1
+        _sync(gym, state)
+      else:
+        obs_dev = max(obs_dev, float(np.abs(np.asarray(ant.observation(state)) - obs).max()))
+  print(f'friction {friction}: max |obs| deviation {obs_dev:.1e}, |reward| {reward_dev:.1e}, {episodes} episodes ended')
+  assert episodes >= 2   # terminations and restarts were compared, not only one episode
+  assert obs_dev < OBS_TOL and reward_dev < REWARD_TOL
+
+
+def test_reset_noise_is_fresh_per_episode_and_as_gymnasium(sim):
+  """Ending episodes with 300 keys: starts differ, qpos = qpos0 + U(-0.1, 0.1), qvel = 0.1 N(0, 1)."""
+  ant, step, _ = sim
+  n = 300
+  with jax.enable_x64(True):
+    schedule = jnp.array([1.0])
+    last = _start(sim, jax.random.PRNGKey(0), schedule, episode_step=jnp.int32(ant.episode_length - 1))
+    qpos, qvel = [], []
+    for i in range(n):
+      state, out = step(last, np.zeros(ant.action_size), jax.random.PRNGKey(i), jnp.int32(1), schedule)
+      assert bool(out.done) and int(state.episode_step) == 0
+      q, v = _qpos_qvel(state)
+      qpos.append(q)
+      qvel.append(v)
+    again, _ = step(last, np.zeros(ant.action_size), jax.random.PRNGKey(0), jnp.int32(1), schedule)
+  np.testing.assert_array_equal(_qpos_qvel(again)[0], qpos[0])   # a key decides the start
+  noise = np.array(qpos) - ant.env.init_qpos
+  qvel = np.array(qvel)
+  assert np.unique(noise[:, 0]).size == n and np.abs(noise).max() <= 0.1
+  assert np.allclose(ant.env.init_qpos, [0, 0, 0.75, 1, 0, 0, 0] + [0] * 8)   # the model's qpos0, not the xml's init_qpos
+  # uniform(-0.1, 0.1): mean 0 (s.e. 0.0033 over 300), std 0.0577; normal: mean 0 (s.e. 0.0058), std 0.1
+  assert np.abs(noise.mean(0)).max() < 0.02 and np.allclose(noise.std(0), 0.2 / np.sqrt(12), rtol=0.2)
+  assert np.abs(qvel.mean(0)).max() < 0.035 and np.allclose(qvel.std(0), 0.1, rtol=0.2)
+
+
+def test_friction_changes_the_physics_without_recompiling(sim):
+  """The same start and actions at friction 0.3 and 2.0 (once on the floor) part, through one program."""
+  ant, step, _ = sim
+  actions = np.random.default_rng(1).uniform(-1, 1, (12, ant.action_size))
+  ends = []
+  with jax.enable_x64(True):
+    for friction in (0.3, 2.0):
+      schedule = jnp.array([friction])
+      state = _start(sim, jax.random.PRNGKey(3), schedule)
+      for t, action in enumerate(actions):
+        state, out = step(state, action, jax.random.PRNGKey(t), jnp.int32(t + 1), schedule)
+        assert not bool(out.done)
+      ends.append(_qpos_qvel(state)[0])
+  assert np.abs(ends[0] - ends[1]).max() > 1e-2
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_model_and_backend_are_checked():
+  with pytest.raises(ValueError, match=r"env.model='mujoco' is not known"):
+    env_lib.FrictionAnt('mjx', model='mujoco')
+  with pytest.raises(ValueError, match=r"runs on MJX only, not env.backend='spring'; set env.backend=mjx"):
+    env_lib.FrictionAnt('spring', model='gymnasium')
+
+
+@pytest.mark.parametrize('name', ['ant', 'stream_ant'])
+def test_experiments_trace_a_chunk_with_the_gymnasium_model(name):
+  """PPO and stream AC (tiny smoke configs, model gymnasium): init and one chunk trace (not compiled)."""
+  config = load_config(name, 'smoke')
+  assert load_config(name).env.model == 'gymnasium' and config.env.model == 'brax'
+  config.env.model, config.env.backend = 'gymnasium', 'mjx'
+  experiment_cls = experiments.get(config.experiment)
+  config_lib.validate(config, experiment_cls)
+  group = config_lib.groups(config)[0]
+  experiment = experiment_cls(group.config, group)
+  assert experiment.env.model == 'gymnasium'
+  hparams = {k: jnp.float32(v) for k, v in group.hparams[0].items()}
+  state = jax.eval_shape(experiment.init, jax.random.PRNGKey(0), hparams, jnp.int32(0))
+  assert state.env.starts is None
+  _, values = jax.eval_shape(experiment.run_chunk, state, None)
+  assert values['episode_return'].shape == () and values['friction'].dtype == jnp.float32

@@ -147,11 +147,16 @@ class FrictionAnt:
     return env
 
   def reset(self, key: chex.PRNGKey, schedule: jax.Array) -> EnvState:
-    first_key, starts_key = jax.random.split(key)
+    """The first episode's state (model 'brax': and `starts` more, drawn in one vmapped reset: one
+    copy of the reset in the program, which compiles in half the time of two)."""
     env = self._env(schedule[0])
     zero = jnp.zeros((), jnp.int32)
-    starts = None if self.model == 'gymnasium' else jax.vmap(env.reset)(jax.random.split(starts_key, self.starts))
-    return EnvState(brax_state=env.reset(first_key), friction_index=zero, last_change=zero, episode_step=zero,
+    if self.model == 'gymnasium':
+      first, starts = env.reset(key), None
+    else:
+      drawn = jax.vmap(env.reset)(jax.random.split(key, self.starts + 1))
+      first, starts = jax.tree.map(lambda x: x[0], drawn), jax.tree.map(lambda x: x[1:], drawn)
+    return EnvState(brax_state=first, friction_index=zero, last_change=zero, episode_step=zero,
                     episode_return=jnp.zeros(()), starts=starts, start_count=zero)
 
   def refill(self, state: EnvState, key: chex.PRNGKey, schedule: jax.Array) -> EnvState:

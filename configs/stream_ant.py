@@ -18,13 +18,15 @@ of 250 k steps as PPO's.
   python launch/main.py --config=configs/stream_ant.py:stream --config.num_seeds=5
 
 Physics as configs/ant.py: the paper's Ant (env.model=gymnasium on mjx; Brax's Ant on 'spring' in
-the smoke). Its env alone ran at 82 steps/s for 30 copies on this CPU (see configs/ant.py), so the
-experiment is a GPU job. Earlier figures for env.model=brax on mjx (launch/benchmark.py
---workload=stream_ant --seeds=30 --variant=stream --env_alone, 2-core CPU shared with other jobs,
-load ~6): 2 385 environment steps/s including learning, 30 seeds in total
-(the Ant env alone at 30 copies, random actions, measured right after under the same load: 1 290
-steps/s, so learning is not the bottleneck; both figures are noisy), i.e. ~7 days for 30 seeds x 50 M
-steps of one variant on this CPU: a GPU job (not measured on a GPU). Compile ~5 min under that load.
+the smoke). Throughput (launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream
+--env_alone, 2026-11-30, this 2-core CPU with nothing else running; the env alone: 30 copies on the
+same devices, random actions), environment steps per second of all 30 seeds:
+  paper's Ant (+ --chunks=1 --override=steps_per_chunk=100 --override=env.refill_every=100
+  --override=probe_steps=100): 79.8 including learning, 87.5 the env alone (ratio 0.91), compile
+  104 s: 30 seeds x 50 M steps would take ~7 months here, a GPU job (not measured on a GPU);
+  --override="env.model='brax'" (mjx): 3 834 including learning, 6 236 the env alone (ratio 0.61),
+  compile 92 s: learning adds ~3 ms per step of 30 seeds, most of it ObGD's passes over the
+  parameters (trace, its L1 norm, the update, the episode-end reset).
 Smoke: ~1-2 min (most of it compilation).
 """
 from ddl import config as config_lib

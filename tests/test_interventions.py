@@ -135,9 +135,9 @@ def test_layer_norm_normalises_before_the_activation_and_cbp_restores_it(kind):
 def test_layer_norm_in_the_resnet_and_the_actor_critic():
   """ResNet-18 with layer norm in place of batch norm: no running statistics, the same unit topology
   (CBP restores a replaced channel's scale and offset); the actor-critic's MLPs get norm layers."""
-  resnet = nets.ResNet18(outputs=3, width=2, norm='layer')
+  resnet = nets.ResNet18(outputs=3, width=2, norm='layer', blocks_per_stage=1)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  variables = resnet.init(jax.random.key(1), x)
+  variables = jax.jit(resnet.init)(jax.random.key(1), x)   # jitted: compiles faster than op by op
   assert 'batch_stats' not in variables and 'scale' in variables['params']['stem_bn']
   layers = topology.unit_layers(resnet)
   params = variables['params']
@@ -146,7 +146,7 @@ def test_layer_norm_in_the_resnet_and_the_actor_critic():
   picks = [cbp_lib.Pick(replaced if i == 0 else jnp.zeros(layer_units, bool), jnp.asarray([1]),
                         jnp.asarray([i == 0]), jnp.zeros(layer_units), jax.random.key(2))
            for i, layer_units in enumerate(params[l.kernel[0]]['kernel'].shape[-1] for l in layers)]
-  new = cbp_lib.reset_units(layers, params, picks, fresh=True)
+  new = jax.jit(lambda p, picks: cbp_lib.reset_units(layers, p, picks, fresh=True))(params, picks)
   np.testing.assert_array_equal(new['stem_bn']['scale'], [2.0, 1.0])
   np.testing.assert_array_equal(new['stem_bn']['bias'], [1.0, 0.0])
   actor_critic = nets.ActorCritic(hidden=(4,), actions=2, layer_norm='affine')

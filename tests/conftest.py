@@ -36,12 +36,15 @@ def load_config(name: str, arg: str = ''):
   return module.get_config(arg)
 
 
-def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks: int, built=None) -> None:
+def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks: int, run_whole: bool = False) -> None:
   """A run stopped after `stop_after_chunks` chunks and relaunched into the same workdir ends with a
-  metrics.csv identical to that of the uninterrupted run already written to `whole`. `built`: the
-  programs of the run into `whole` (`run(..., built=)`), reused (the launches trace nothing again)."""
+  metrics.csv identical to that of the uninterrupted run in `whole` (written first here with
+  `run_whole`, else already there). The launches here share their built programs (`run(..., built=)`:
+  nothing is traced twice)."""
   from ddl import run as run_lib  # pylint: disable=g-import-not-at-top
-  built = {} if built is None else built
+  built = {}
+  if run_whole:
+    run_lib.run(config, whole, figures=False, built=built)
   run_lib.run(config, split, stop_after_chunks=stop_after_chunks, figures=False, built=built)
   run_lib.run(config, split, figures=False, built=built)
   read = lambda p: open(os.path.join(p, 'metrics.csv')).read()

@@ -51,9 +51,7 @@ def test_resume_between_epochs_is_identical(tmp_path):
   """base and cbp: one program (the retrained network's reset is stepped by hand in the tests of the
   `retrained` fixture; its figure is test_figures' baseline test)."""
   config = load_config('cifar100', 'smoke,base,cbp')
-  built = {}   # the programs, shared by the three launches
-  run_lib.run(config, str(tmp_path / 'whole'), figures=False, built=built)
-  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=3, built=built)
+  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=3, run_whole=True)
   rows = _rows(tmp_path / 'whole')
   steps = lambda v, m: sorted({int(r['step']) for r in rows if r['variant'] == v and r['metric'] == m})
   assert steps('base', 'test_accuracy') == list(range(6))        # 3 increments x 2 epochs

@@ -7,15 +7,12 @@ import numpy as np
 
 from conftest import assert_resume_is_identical, load_config
 from ddl import plotting
-from ddl import run as run_lib
 
 
 def test_dynamic_scr_smoke_resumes_exactly_and_summarises(tmp_path):
   config = load_config('dynamic_scr', 'smoke,sgd_0p01,idbd_0p001,metaoptimize_weight,grow_cbp')
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
-  built = {}   # the programs, shared by the three launches
-  run_lib.run(config, whole, figures=False, built=built)
-  assert_resume_is_identical(config, whole, split, stop_after_chunks=1, built=built)
+  assert_resume_is_identical(config, whole, split, stop_after_chunks=1, run_whole=True)
   with open(os.path.join(whole, 'metrics.csv')) as f:
     rows = list(csv.DictReader(f))
   metrics = {(r['variant'], r['metric']) for r in rows}

@@ -14,7 +14,6 @@ from conftest import assert_resume_is_identical, ROOT, load_config
 from ddl import config as config_lib
 from ddl import platform_defaults
 from ddl import nets
-from ddl import run as run_lib
 from ddl.experiments import ContinualImageNet, PermutedInputs
 
 
@@ -73,9 +72,7 @@ def test_digits_are_learned_within_a_task():
 
 def test_imagenet_resume_between_tasks_is_identical(tmp_path):
   config = load_config('imagenet', 'smoke,snp,cbp')
-  built = {}   # the programs, shared by the three launches
-  run_lib.run(config, str(tmp_path / 'whole'), figures=False, built=built)
-  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1, built=built)
+  assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1, run_whole=True)
   rows = _metrics(tmp_path / 'whole')
   tasks = lambda v, m: sorted({int(r['step']) for r in rows if r['variant'] == v and r['metric'] == m})
   assert tasks('cbp', 'test_accuracy') == [0, 1, 2, 3]

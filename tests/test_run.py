@@ -52,6 +52,23 @@ def test_scr_smoke_end_to_end_through_main(tmp_path):
     assert os.path.getsize(workdir / 'figures' / f'{metric}.png') > 1000
 
 
+def test_launches_share_built_programs_by_config(tmp_path, monkeypatch):
+  """run(..., built=): a relaunch and a resume of the same config build nothing again (a resume's
+  saved call sizes are those a fresh launch makes); another config builds its own programs."""
+  from ddl import programs as programs_lib  # pylint: disable=g-import-not-at-top
+  builds = []
+  build = programs_lib.build
+  monkeypatch.setattr(programs_lib, 'build', lambda *args: builds.append(args[2:]) or build(*args))
+  config, built = load_config(SCR, 'smoke,bp'), {}
+  run_lib.run(config, str(tmp_path / 'a'), stop_after_chunks=1, figures=False, built=built)
+  run_lib.run(config, str(tmp_path / 'a'), figures=False, built=built)        # a resume: saved calls [2]
+  run_lib.run(config, str(tmp_path / 'b'), figures=False, built=built)
+  assert len(builds) == 1 and len(built) == 1
+  config.num_seeds -= 1
+  run_lib.run(config, str(tmp_path / 'c'), figures=False, built=built)
+  assert len(builds) == 2 and len(built) == 2
+
+
 def test_resume_after_interruption_gives_identical_metrics(tmp_path):
   config = load_config(SCR, 'smoke,snp,cbp')
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)

@@ -267,7 +267,7 @@ def _env_alone(config, devices, examples_per_sec):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top
   e, seeds, block = config.env, config.num_seeds, config.env.refill_every
-  env = env_lib.FrictionAnt(e.backend, e.episode_length, e.friction.change_every, e.starts, e.model)
+  env = env_lib.from_config(e)
   schedule = jnp.full((1,), e.friction.value, jnp.float32)
 
   def run(state, key):

@@ -93,9 +93,7 @@ class PPO:
 
   def __init__(self, config, group):
     self.config = config
-    env = config.env
-    self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts,
-                                     env.model)
+    self.env = env_lib.from_config(config.env)
     self.network = self.make_network(config, self.env.action_size)
     objective = functools.partial(ppo.ppo_loss, clip=config.ppo.clip, value_coef=config.ppo.value_coef)
     self.steps_per_update = config.ppo.rollout_steps

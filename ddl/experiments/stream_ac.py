@@ -48,9 +48,7 @@ class StreamAC:
 
   def __init__(self, config, group):
     self.config = config
-    env = config.env
-    self.env = env_lib.FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts,
-                                     env.model)
+    self.env = env_lib.from_config(config.env)
     self.network = self.make_network(config, self.env.action_size)
     objective = functools.partial(stream_ac.objective, entropy_coef=config.stream.entropy_coef)
     self.examples_per_chunk = config.steps_per_chunk

@@ -199,6 +199,11 @@ class FrictionAnt:
     return state.brax_state.obs
 
 
+def from_config(env) -> FrictionAnt:
+  """The Ant of a config's `env` section (the PPO and stream AC experiments, the benchmark)."""
+  return FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts, env.model)
+
+
 def friction_schedule(key: chex.PRNGKey, length: int, low: float, high: float) -> jax.Array:
   """`length` frictions log-uniform in [low, high] (the original's cfg/frictions rows)."""
   return jnp.exp(jax.random.uniform(key, (length,), minval=jnp.log(low), maxval=jnp.log(high)))

@@ -22,7 +22,8 @@ after the CBP step). Diagnostics (dormant units, stable rank) as the original's 
 takes them: on the model entering each increment, before that increment's head/network reset, with
 1 000 images (`probe_size`) drawn from the entering increment's classes.
 
-Expected run time and memory (not measured on a GPU: none was available): 1.05 M SGD steps of
+Expected run time and memory (run time not measured on a GPU: on an H200 the 30-seed benchmark did
+not finish compiling in the 140 s it had): 1.05 M SGD steps of
 batch 90 per run plus 4 000 evaluations (31.5 M images), ~3.5e17 FLOP per run (ResNet-18 at 32x32:
 1.1 GFLOP forward, x3 for a training step). On this 2-core CPU one seed at full width trains
 ~30 examples/s (launch/benchmark.py --workload=cifar100, the epoch's evaluation included; the
@@ -33,7 +34,9 @@ PyTorch reference's training steps: ~51, so ~0.6x; two seeds on two CPU devices,
 XLA's analysis on CPU): 128 MB of state (parameters, momentum, the early-stopping copy, CBP
 statistics) plus a call's own ~1.15 GB per seed with `network.conv='lax'` and ~4 GB with
 'patches' (whose im2col copies are kept for the backward pass); 30 seeds of one variant in one
-call therefore need ~38 GB ('lax') or ~120 GB ('patches'); README, Memory. The convolution, `fuse_variants`
+call therefore need ~38 GB ('lax') or ~120 GB ('patches'); README, Memory. The H200's own compiler
+(2026-11-30): 30 seeds of all variants need 18.75 GB of states and 85.3 GB for the largest call
+(base, cbp and snp fused), so AUTO runs them in smaller calls on an 80 GB H100. The convolution, `fuse_variants`
 and `runs_per_call` are left to the platform (`ddl.platform_defaults`): 'lax' and one program per
 structure on GPUs, 'patches' on CPU, and as many seeds per call as fit the device's memory (the
 rest run in sequence; the launch checks this before the first chunk). Measured on CPU: 1 seed,

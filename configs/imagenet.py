@@ -32,9 +32,12 @@ files). Both data sources give the same uint8 images, so the same inputs.
 Expected run time: 15 M SGD steps per run (BP: 6 M). Measured on a 2-core CPU
 (launch/benchmark.py --workload=imagenet): ~2 800 examples/s for 30 seeds (cpu_devices=2: two CPU
 devices, one seed each, concurrently), ~2 200 for 1 seed, 1.0-1.1x the PyTorch reference's one
-process; so the full grid (1.9e11 examples) is ~2.1 CPU-years: a GPU job (not measured on one yet;
-the design goal, 30 seeds x 5 000 tasks in a day on one H100, needs ~520 000 examples/s; on GPUs
-`cpu_devices` does not apply and `runs_per_call`, default as many as fit, vmaps the seeds). Vmapped seeds cost
+process; so the full grid (1.9e11 examples) is ~2.1 CPU-years: a GPU job. On one H200
+(2026-11-30, docs/benchmarks.md) the six learners' 180 runs (30 seeds each) ran in one call at
+508 000 examples/s (6.7 GB; compile 57 s): the grid in ~4.3 days, and each learner's 30 seeds x
+5 000 tasks in ~1 day of that program, the design goal (~520 000 examples/s for 30 seeds x 5 000
+tasks a day). On GPUs `cpu_devices` does not apply and `runs_per_call`, default as many as fit,
+vmaps the seeds. Vmapped seeds cost
 ~211 MB of device memory each (1.7 GB for 8 in one call, data of 10 classes included; ~6 GB for 30;
 the whole data set adds 2.2 GB); `runs_per_call` bounds it. Smoke: about a minute on a 2-core CPU.
 """

@@ -9,8 +9,9 @@ it, while CBP's stays low. 30 seeds x {bp, l2, snp, cbp, linear} x 1M examples, 
   python launch/main.py --config=configs/slowly_changing_regression.py:smoke    # tests, seconds
   python launch/main.py --config=configs/slowly_changing_regression.py:bp,cbp   # some variants
 
-Expected run time: about 4 minutes on a 2-core CPU (compilation included), about the same on
-one GPU (batch-1 steps are latency bound); smoke: a few seconds.
+Expected run time: about 4-7 minutes on a 2-core CPU (compilation included); on one H200 the 150
+runs step at 3.06 M examples/s together (launch/benchmark.py, 2026-11-30), so about a minute with
+compilation; smoke: a few seconds.
 
 Against the original's README plot (lop_reference.md §6.4): with its 100 seeds BP's first bin is
 0.67-0.69 ± 0.03 (plot ≈ 0.62) and the linear learner's 0.87-0.96, flat (plot ≈ 0.87-0.9); per-seed

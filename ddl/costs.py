@@ -6,7 +6,8 @@ bodies of loops with a known trip count (XLA annotates `lax.scan`'s and `fori_lo
 count (a loop whose count XLA does not know, e.g. of data-dependent length, counts once and is
 reported in `unknown_trip_loops`). Flops: a dot 2 x output elements x contracted size; a
 convolution 2 x output elements x kernel elements per output feature (also for library calls:
-cuBLAS, cuDNN, oneDNN, recognised by target name; a grouped or batch-grouped convolution is counted
+cuBLAS, cuDNN, oneDNN, recognised by target name, whose scratch workspace output is not counted as
+output elements; a grouped or batch-grouped convolution is counted
 as an ungrouped one of the same kernel); any other computing instruction one flop per output
 element (a reduction: per input element). Bytes: operands plus output of each instruction outside
 fusions, a fusion counted as what it contains (one holding a convolution is convolution traffic).
@@ -113,6 +114,8 @@ def _kind(instruction) -> str:
 
 def _flops(instruction, types: Dict[str, str]) -> int:
   kind, out = _kind(instruction), _elements(instruction['type'])
+  if kind != 'other':   # a library call returns (result, scratch workspace): only the result counts
+    out = _prod(_arrays(instruction['type'])[0][1]) if _arrays(instruction['type']) else 0
   operand = lambda i: _arrays(types.get(instruction['operands'][i], ''))[0][1] if len(instruction['operands']) > i \
       and _arrays(types.get(instruction['operands'][i], '')) else []
   a = instruction['attributes']

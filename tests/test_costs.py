@@ -31,3 +31,23 @@ def test_no_convolutions_and_a_loop_of_unknown_length_counted_once():
   result = costs.breakdown(jax.jit(run).lower(np.ones((8, 8), np.float32), 3).compile().as_text())
   assert result['flops']['conv'] == 0 and result['flops']['dot'] == 2 * 8 * 8 * 8
   assert result['flop_share']['other'] > 0 and result['unknown_trip_loops'] == 1
+
+
+def test_library_calls_count_their_result_not_their_scratch_workspace():
+  # as XLA's GPU backend writes a vmapped convolution (cuDNN) and a matmul (cuBLAS): a tuple of the
+  # result and a scratch buffer, which must not count as output elements
+  hlo = '''HloModule gpu_like
+
+ENTRY %main (p0: f32[4,16,16,24], p1: f32[5,5,3,256], p2: f32[64,320], p3: f32[320,16]) -> f32[4,16,16,256] {
+  %p0 = f32[4,16,16,24]{3,2,1,0} parameter(0)
+  %p1 = f32[5,5,3,256]{3,2,1,0} parameter(1)
+  %p2 = f32[64,320]{1,0} parameter(2)
+  %p3 = f32[320,16]{1,0} parameter(3)
+  %cudnn-conv.1 = (f32[4,16,16,256]{3,2,1,0}, u8[67108864]{0}) custom-call(f32[4,16,16,24]{3,2,1,0} %p0, f32[5,5,3,256]{3,2,1,0} %p1), window={size=5x5 pad=2_2x2_2}, dim_labels=b01f_01io->b01f, feature_group_count=8, custom_call_target="__cudnn$convForward"
+  %gemm.1 = (f32[64,16]{1,0}, s8[4194304]{0}) custom-call(f32[64,320]{1,0} %p2, f32[320,16]{1,0} %p3), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}
+  ROOT %get-tuple-element.1 = f32[4,16,16,256]{3,2,1,0} get-tuple-element((f32[4,16,16,256]{3,2,1,0}, u8[67108864]{0}) %cudnn-conv.1), index=0
+}
+'''
+  flops = costs.breakdown(hlo)['flops']
+  assert flops['conv'] == 2 * (4 * 16 * 16 * 256) * (5 * 5 * 3)   # 8 groups of 3 input channels each
+  assert flops['dot'] == 2 * (64 * 16) * 320

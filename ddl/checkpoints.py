@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -33,6 +35,23 @@ def saved_calls(workdir: str) -> Optional[List[int]]:
   reader = Checkpoints(workdir, calls=[])
   latest = reader.latest()
   return None if latest is None else reader.meta(latest).get('calls')
+
+
+def _nonempty(tree):
+  """`tree` with each zero-size array (an MJX state's `act` for a model without actuator activations),
+  which orbax refuses to save, as one element; `_emptied` restores them from a template."""
+  def one(x):
+    if int(np.prod(x.shape)) > 0:
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct((1,), x.dtype, sharding=x.sharding)
+    return np.zeros((1,), x.dtype)
+  return jax.tree.map(one, tree)
+
+
+def _emptied(tree, template):
+  """The zero-size arrays of `template` (host arrays or shapes) back in place of `_nonempty`'s stand-ins."""
+  return jax.tree.map(lambda x, t: np.zeros(t.shape, t.dtype) if int(np.prod(t.shape)) == 0 else x, tree, template)
 
 
 @contextlib.contextmanager
@@ -76,9 +95,10 @@ class Checkpoints:
           f'--workdir={self.workdir}: its checkpoint holds calls of {meta["calls"]} runs, this launch makes calls '
           f'of {self.calls} ({devices.count} {devices.platform} device(s), cpu_devices={cpu_devices}); resume on '
           'the platform that started the run, or pass --fresh to start over.')
-    restored = self._read(chunks, state=ocp.args.StandardRestore(
-        [devices.unpadded_target(s, len(p.variants)) for p, s in zip(programs, states)]))
-    states = [devices.pad(devices.rewrap(tuple(s), t), p.padded) for p, s, t in zip(programs, restored.state, states)]
+    targets = [devices.unpadded_target(s, len(p.variants)) for p, s in zip(programs, states)]
+    restored = self._read(chunks, state=ocp.args.StandardRestore([_nonempty(t) for t in targets]))
+    states = [devices.pad(devices.rewrap(_emptied(tuple(s), target), t), p.padded)
+              for p, s, target, t in zip(programs, restored.state, targets, states)]
     return states, {'size': meta['csv_bytes'], 'crc32': meta.get('csv_crc32')}
 
   def meta(self, chunks: int) -> Dict[str, Any]:
@@ -109,7 +129,7 @@ class Checkpoints:
     """A checkpoint after `chunks` chunks; `csv`: what `MetricsCsv.sync` returned at that point (the
     size of metrics.csv, synced, and the CRC-32 of its bytes)."""
     with quiet():
-      saved = [devices.unpad(s, len(p.variants)) for p, s in zip(programs, states)]
+      saved = [_nonempty(devices.unpad(s, len(p.variants))) for p, s in zip(programs, states)]
       meta = {'csv_bytes': csv['size'], 'csv_crc32': csv['crc32'], 'calls': self.calls}
       self.manager.save(chunks, args=ocp.args.Composite(
           state=ocp.args.StandardSave(saved), meta=ocp.args.JsonSave(meta)), force=True)

@@ -11,7 +11,6 @@ import os
 from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
@@ -51,6 +50,7 @@ def tfds_source(name: str, split: str, data_dir: Optional[str] = None, how_to_ge
   (`download_and_prepare`). Checked up front: tfds's own error for a missing set is a misleading
   one about TFRecord files.
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (~1 s: only launches that read a set)
   builder = tfds.builder(name, data_dir=data_dir)
   how_to_get = how_to_get or (f'Prepare it with `{build_command(name, data_dir)}` (needs network access and '
                               'TensorFlow where it runs), or copy a prepared folder there.')
@@ -79,6 +79,7 @@ def download_and_prepare(builder, name: str) -> None:
         f'install the data extra: {DATA_EXTRA} (or prepare the set where it is installed and copy it to '
         f'{builder.data_dir}).')
   logging.info('Downloading and preparing tfds data set %r in %s.', name, builder.data_dir)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder.download_and_prepare(file_format='array_record')
   except (OSError, tfds.download.DownloadError) as e:   # requests' and urllib's network errors are OSErrors

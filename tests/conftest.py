@@ -36,13 +36,14 @@ def load_config(name: str, arg: str = ''):
   return module.get_config(arg)
 
 
-def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks: int, run_whole: bool = False) -> None:
+def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks: int, run_whole: bool = False,
+                               built=None) -> None:
   """A run stopped after `stop_after_chunks` chunks and relaunched into the same workdir ends with a
   metrics.csv identical to that of the uninterrupted run in `whole` (written first here with
   `run_whole`, else already there). The launches here share their built programs (`run(..., built=)`:
-  nothing is traced twice)."""
+  nothing is traced twice; pass the dict of the launch that wrote `whole` to share its programs too)."""
   from ddl import run as run_lib  # pylint: disable=g-import-not-at-top
-  built = {}
+  built = {} if built is None else built
   if run_whole:
     run_lib.run(config, whole, figures=False, built=built)
   run_lib.run(config, split, stop_after_chunks=stop_after_chunks, figures=False, built=built)

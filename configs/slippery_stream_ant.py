@@ -4,14 +4,17 @@
 Reproduces: nothing published; it asks whether stream AC, which learns online from one stream with
 no replay, keeps adapting when the ground's sliding friction changes (log-uniform in [0.02, 2], a
 schedule drawn per seed or the original's (seeds x 50) file via env.friction.kind=file) at the
-first episode end after every 2 M steps, and whether CBP on both networks helps. Settings as
-configs/stream_ant.py (the paper's Ant: gymnasium's ant.xml on mjx); 30 seeds x {stream, cbp}, 20 M
-steps, returns per chunk of 100 k steps (PPO's bins: 100 352), the current friction per chunk.
+first episode end after every 2 M steps, and whether CBP on both networks, or the critic's
+per-weight step sizes meta-learned by TIDBD inside ObGD's bound (the step sizes of dynamic deep
+learning, for TD), help. Settings and variants as configs/stream_ant.py (the paper's Ant: gymnasium's
+ant.xml on mjx); 30 seeds x {stream, cbp, tidbd}, 20 M steps, returns per chunk of 100 k steps (PPO's
+bins: 100 352), the current friction per chunk; tidbd also the critic's step sizes (mean, spread).
 
   python launch/main.py --config=configs/slippery_stream_ant.py
   python launch/main.py --config=configs/slippery_stream_ant.py:smoke  # ~1-2 min; friction changes every 1000 steps
   python launch/main.py --config=configs/slippery_stream_ant.py:stream,cbp --config.env.friction.kind=file \\
       --config.env.friction.file=frictions.pkl
+  python launch/main.py --config=configs/slippery_stream_ant.py:one_program  # the variants in one program
 
 Expected run time: a GPU job (not measured on a GPU): the paper's Ant alone runs at ~80 steps/s for
 30 copies on this 2-core CPU (configs/ant.py); with env.model=brax (~2 400 steps/s for 30 seeds,
@@ -22,7 +25,7 @@ from ddl import config as config_lib
 
 def get_config(arg: str = ''):
   stream_ant = config_lib.config_module('stream_ant')
-  presets = {'smoke': lambda c: (stream_ant.smoke(c), smoke(c))}
+  presets = {'smoke': lambda c: (stream_ant.smoke(c), smoke(c)), 'one_program': stream_ant.one_program}
   config = stream_ant.get_config()
   config.total_steps = 20_000_000
   config.steps_per_chunk = 100_000
@@ -33,6 +36,6 @@ def get_config(arg: str = ''):
 
 
 def smoke(config):
-  """configs/stream_ant.py's smoke (Brax's Ant on spring), with the friction changing every 1000 steps
-  (every seed sees >= 2)."""
+  """configs/stream_ant.py's smoke (Brax's Ant on spring; stream, cbp and tidbd in one program), with
+  the friction changing every 1000 steps (every seed sees >= 2)."""
   config.env.friction.change_every = 1000

@@ -8,14 +8,17 @@ two hidden layers of 128 Leaky ReLUs after parameter-free layer norm, 90 % spars
 observations normalised by running mean and variance, rewards scaled by the running std of the
 discounted return, the time feature appended. Claim checked: stream AC learns Ant with no replay,
 no batches and no target networks (the paper: competitive with batch PPO on MuJoCo); whether it
-keeps learning over 50 M steps, and whether CBP on both networks changes that. Variants: stream,
-cbp (not from the paper: CBP's rate set so that about as many units per environment step are
-replaced as in configs/ant.py's cbp). 30 seeds, 50 M steps (the paper: 2 M on gym's Ant-v4), bins
-of 250 k steps as PPO's.
+keeps learning over 50 M steps, and whether CBP on both networks, or per-weight step sizes for the
+critic, change that. Variants: stream, cbp (not from the paper: CBP's rate set so that about as many
+units per environment step are replaced as in configs/ant.py's cbp), tidbd (not from the paper: the
+critic's step sizes per weight, meta-learned by TIDBD (Kearney et al. 2018) inside ObGD's bound from
+alpha = 1, obgd.step_sizes='tidbd' in `ddl.learners.obgd`; the actor keeps ObGD). 30 seeds, 50 M
+steps (the paper: 2 M on gym's Ant-v4), bins of 250 k steps as PPO's.
 
   python launch/main.py --config=configs/stream_ant.py
   python launch/main.py --config=configs/stream_ant.py:smoke       # 2 seeds, 3 x 1000 steps, ~1-2 min
   python launch/main.py --config=configs/stream_ant.py:stream --config.num_seeds=5
+  python launch/main.py --config=configs/stream_ant.py:one_program # the three variants in one program
 
 Physics as configs/ant.py: the paper's Ant (env.model=gymnasium on mjx; Brax's Ant on 'spring' in
 the smoke). Throughput (launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream
@@ -33,11 +36,38 @@ Smoke: ~1-2 min (most of it compilation).
 """
 from ddl import config as config_lib
 
+# TIDBD's meta step size theta of the variant tidbd, untuned for returns: one decade below where
+# the critic diverged. Measured on the smoke's Ant (Brax, spring) with the full-size critic (128,
+# 128), 4 seeds x 12 k steps, theta in one program (2026-11-30, this CPU): the std of the critic's
+# step sizes (all start at alpha = 1; mean over seeds) after 12 k steps was < 5e-5, 1e-4, 1.1e-3,
+# 0.011, 0.11 for theta = 1e-3, 1e-2, 0.1, 1, 10 (about proportional to theta, growing little after
+# 3 k steps), the returns within seed noise of theta = 0's; theta = 100 diverged (|TD error| 19
+# instead of 0.1, the step sizes' std 2.2).
+# Sutton's 1e-3 for a linear unit does nothing here: inside ObGD's bound alpha_eff ~ 1/M, so h ~
+# alpha_eff delta z is roughly 1/(kappa x #weights) per weight. With the smoke's (16, 16) critic the
+# same theta spreads the step sizes ~10x more (std 0.95 at theta = 10, still stable).
+META_STEP_SIZE = 10.0
+
+
+def one_program(config):
+  """The preset 'one_program': every variant in the program of tidbd (obgd.step_sizes='tidbd'), the
+  others at meta_step_size 0, where TIDBD is ObGD (its step sizes stay alpha: tests/test_obgd_step_sizes.py).
+  With fuse_variants (the smoke; AUTO on a GPU) that is one program for stream, cbp and tidbd instead
+  of two; the others then carry TIDBD's state and passes (O(#weights) per step)."""
+  with config.unlocked():
+    config.obgd.step_sizes = 'tidbd'
+    config.hparams.meta_step_size = 0.0
+  if 'tidbd' in config.variants:
+    tidbd = config.variants.tidbd
+    with tidbd.unlocked():
+      if 'obgd' in tidbd and tidbd.obgd.to_dict() == {'step_sizes': 'tidbd'}:
+        del tidbd['obgd']
+
 
 def smoke(config):
   """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, Brax's own Ant
   (env.model=brax) on spring physics, the fastest to compile on a CPU (the paper's Ant needs mjx);
-  stream and cbp in one program (compilation dominates the smoke)."""
+  stream, cbp and tidbd in one program (compilation dominates the smoke; `one_program`)."""
   config.num_seeds = 2
   config.total_steps = 3 * 1000
   config.steps_per_chunk = 1000
@@ -51,6 +81,7 @@ def smoke(config):
   config.variants.cbp.replacement_rate = 1e-2
   config.variants.cbp.maturity_threshold = 5.0
   config.fuse_variants = True
+  one_program(config)
 
 
 def get_config(arg: str = ''):
@@ -84,6 +115,9 @@ def get_config(arg: str = ''):
       # ~1.3e-3 units per layer and env step; configs/ant.py's cbp: 1e-4 x 256 units x 160 minibatch
       # steps per 2048 env steps = 2e-3
       cbp=dict(replacement_rate=1e-5),
+      # the critic's per-weight step sizes meta-learned by TIDBD inside ObGD's bound, from alpha = 1
+      # (ddl.learners.obgd); the actor keeps ObGD. theta: META_STEP_SIZE's note
+      tidbd=dict(obgd=dict(step_sizes='tidbd'), meta_step_size=META_STEP_SIZE),
   )
-  config_lib.apply_config_arg(config, arg, {'smoke': smoke})
+  config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'one_program': one_program})
   return config

@@ -256,6 +256,12 @@ def _check_methods(c: ml_collections.ConfigDict, where: str = '') -> None:
         _check(problem is None, f'{where}{section}.{h.name}', str(problem))
   _check(c.cbp.utility_statistic == 'ema' or c.cbp.util_type in ('contribution', 'weight'),
          f'{where}cbp.utility_statistic', "'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'")
+  step_sizes = c.obgd.get('step_sizes', 'fixed') if 'obgd' in c else 'fixed'
+  _check(step_sizes == 'fixed' or c.optimizer.name == 'obgd', f'{where}obgd.step_sizes',
+         f"{step_sizes!r} (per-weight step sizes inside ObGD's bound) needs optimizer.name='obgd', got "
+         f"{c.optimizer.name!r}; set obgd.step_sizes='fixed' or use optimizer obgd")
+  _check(step_sizes == 'fixed' or c.obgd.get('beta_min', -10.0) < c.obgd.get('beta_max', 2.0),
+         f'{where}obgd.beta_min', f'must be < obgd.beta_max, got {c.obgd.get("beta_min")} and {c.obgd.get("beta_max")}')
 
 
 def _check_applies(experiment: str, experiment_cls: Any, group: Group) -> None:

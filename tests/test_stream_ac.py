@@ -1,7 +1,8 @@
 """Stream AC(lambda) with ObGD: ObGD against a numpy loop of the official equations (episode end, a
 step with M > 1, per-network kappa), vmapped over seeds; the sparse init's exact zero count per unit;
 the wrappers' statistics against numpy loops of upstream's code; learning on a toy continuous task;
-and the slippery stream-Ant smoke run through ddl.run.run with exact resume."""
+and the slippery stream-Ant smoke (stream, cbp and tidbd in one program) run through ddl.run.run with
+exact resume."""
 import csv
 import functools
 import math
@@ -252,8 +253,14 @@ def test_slippery_stream_ant_smoke_through_run_and_exact_resume(tmp_path):
   assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1, run_whole=True)
   with open(tmp_path / 'whole' / 'metrics.csv') as f:
     rows = list(csv.DictReader(f))
-  assert {r['variant'] for r in rows} == {'stream', 'cbp'}
+  assert {r['variant'] for r in rows} == {'stream', 'cbp', 'tidbd'}
   value = lambda v, s, m: [float(r['value']) for r in rows if (r['variant'], r['seed'], r['metric']) == (v, s, m)]
+  # one program (the smoke's `one_program`): stream and cbp at meta step size 0 keep alpha = 1 for
+  # every critic weight; tidbd's step sizes move apart
+  assert value('stream', '0', 'step_size_value') == [1.0] * 3
+  assert value('cbp', '1', 'step_size_spread_value') == [0.0] * 3
+  assert all(s > 0 for seed in ('0', '1') for s in value('tidbd', seed, 'step_size_spread_value'))
+  assert all(np.isfinite(value('tidbd', '0', 'episode_return')))
   for seed in ('0', '1'):
     frictions = value('stream', seed, 'friction')
     assert len(frictions) == 3 and len(set(frictions)) >= 2
@@ -278,7 +285,7 @@ def test_obgd_is_validated_and_refused_where_it_cannot_run():
     config.obgd.per_network = 'yes'
   with pytest.raises(config_lib.ConfigError, match='obgd.per_network'):
     config_lib.validate(config, StreamAC)
-  config = load_config('stream_ant', 'smoke')
+  config = load_config('stream_ant', 'stream')   # (the smoke's obgd.step_sizes='tidbd' refuses adam first)
   config.optimizer.name = 'adam'
   with pytest.raises(config_lib.ConfigError, match='stream AC steps with ObGD'):
     config_lib.validate(config, StreamAC)

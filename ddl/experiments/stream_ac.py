@@ -4,15 +4,17 @@ the same stationary and slippery Ant as the PPO experiment (`ddl.experiments.ppo
 One run = one seed's agent and its ONE environment; one learner step per environment step
 (`ddl.rl.stream_ac.step`). A chunk is `steps_per_chunk` steps: an outer `lax.scan` over blocks of
 `env.refill_every` steps (each block draws the env's `starts` fresh initial states, as PPO does
-per rollout) around an inner `lax.scan` over the block's steps. Variants: stream AC, and stream AC
+per rollout) around an inner `lax.scan` over the block's steps. Variants: stream AC, stream AC
 + CBP (the learner's reset transform on both networks after every ObGD step, with that step's
-activations, exactly as for PPO's minibatch steps).
+activations, exactly as for PPO's minibatch steps), and stream AC with the critic's per-weight step
+sizes meta-learned by TIDBD inside ObGD's bound (obgd.step_sizes='tidbd', `ddl.learners.obgd`).
 
 Metrics per chunk, reduced on the device: the mean raw return of the episodes that ended in the
 chunk (the figures' bins), episodes, mean |TD error| (on scaled rewards), weight change of the
 policy's kernels per step (sum |dW|), the current friction, CBP replacements. The evaluator (every
 `diagnostics.every` chunks) is PPO's: the policy's dormant fraction, stable rank and weight
-magnitudes, on the last `probe_steps` observations the agent acted on.
+magnitudes, on the last `probe_steps` observations the agent acted on; with per-weight step sizes
+(obgd.step_sizes='tidbd', the variant tidbd) also the mean and spread of the critic's.
 """
 import functools
 from typing import Dict, Tuple
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ddl import nets
+from ddl.experiments import evaluation
 from ddl.experiments import ppo as ppo_experiment
 from ddl.learners import Learner, LearnerState
 from ddl.rl import env as env_lib
@@ -145,6 +148,9 @@ class StreamAC:
 
   def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
     """PPO's diagnostics of the policy network (`ddl.experiments.ppo.policy_diagnostics`) on the last
-    `probe_steps` observations acted on."""
+    `probe_steps` observations acted on; with obgd.step_sizes='tidbd' also the critic's learned step
+    sizes (mean and spread over its weights, `evaluation.step_size_values`)."""
     del data
-    return ppo_experiment.policy_diagnostics(self.network, state.learner.params, state.probe)
+    values = ppo_experiment.policy_diagnostics(self.network, state.learner.params, state.probe)
+    values.update(evaluation.step_size_values(self.learner, state.learner))
+    return values

@@ -27,6 +27,7 @@ from flax import traverse_util
 from ddl.learners import idbd
 from ddl.learners import l2_init
 from ddl.learners import metaoptimize
+from ddl.learners import obgd
 from ddl.learners.hyper import Hyper
 
 Path = Tuple[str, ...]
@@ -209,14 +210,16 @@ def reset_optimizer_units(unit_layers: Tuple[UnitLayer, ...], params, opt_state,
 def map_optimizer_moments(fn: Callable[[Any], Any], params, opt_state):
   """Applies `fn` to every params-shaped subtree of an optimizer state that holds per-weight
   statistics (momentum, Adam moments, UPGD utilities, IDBD's h and v, MetaOptimize's moments and
-  h, but not their log step sizes beta or meta momentum); L2 Init's anchor (the initial weights,
-  also params-shaped) is left as it is."""
+  h, ObGD's traces z and, with TIDBD, h, but not their log step sizes beta or meta momentum); L2
+  Init's anchor (the initial weights, also params-shaped) is left as it is."""
   params_def = jax.tree.structure(params)
   is_params = lambda sub: jax.tree.structure(sub) == params_def
   is_leaf = lambda sub: is_params(sub) or isinstance(
-      sub, (l2_init.L2InitState, idbd.IDBDState, metaoptimize.MetaOptimizeState))
+      sub, (l2_init.L2InitState, idbd.IDBDState, metaoptimize.MetaOptimizeState, obgd.ObGDState))
 
   def apply(sub):   # learned step sizes (beta) are kept; the traces and moments follow fn
+    if isinstance(sub, obgd.ObGDState):
+      return sub._replace(trace=fn(sub.trace), h=None if sub.h is None else fn(sub.h))
     if isinstance(sub, idbd.IDBDState):
       return sub._replace(h=fn(sub.h), v=fn(sub.v))
     if isinstance(sub, metaoptimize.MetaOptimizeState):

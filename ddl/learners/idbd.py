@@ -63,7 +63,8 @@ CURVATURE_ESTIMATORS = ('sketch', 'exact')
 
 HYPERS = (
     Hyper('meta_step_size', 0.001, low=0,
-          doc="IDBD's theta / Autostep's mu / MetaOptimize's eta: meta step size of beta = log(step size); "
+          doc="IDBD's theta / Autostep's mu / MetaOptimize's eta / ObGD's TIDBD theta: meta step size of "
+              'beta = log(step size); '
               'Sutton 1992 Fig. 4 uses 0.001 (Autostep: 0.01 is the usual choice, set it per variant; '
               "MetaOptimize's default 0.001)."),
     Hyper('initial_step_size', 0.05, low=0, open_low=True,
@@ -71,9 +72,9 @@ HYPERS = (
     Hyper('autostep_tau', 1e4, low=0, open_low=True, traced=False,
           doc="Autostep: time constant tau of the normaliser v (Mahmood et al. 2012's 10^4)."),
     Hyper('beta_min', BETA_RANGE[0], traced=False,
-          doc='IDBD/Autostep: lower clip of beta = log(step size).'),
+          doc='IDBD/Autostep (section idbd), ObGD with TIDBD (section obgd): lower clip of beta = log(step size).'),
     Hyper('beta_max', BETA_RANGE[1], traced=False,
-          doc='IDBD/Autostep: upper clip of beta = log(step size).'),
+          doc='IDBD/Autostep (section idbd), ObGD with TIDBD (section obgd): upper clip of beta = log(step size).'),
     Hyper('curvature_estimator', 'sketch', choices=CURVATURE_ESTIMATORS, traced=False,
           doc="IDBD/Autostep on a network with several outputs: the Gauss-Newton diagonal by one "
               "random-sign backward pass per example ('sketch', unbiased) or one per output ('exact')."),

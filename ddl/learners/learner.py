@@ -92,8 +92,9 @@ class Learner:
   idbd: config section of IDBD's and Autostep's static options (None: defaults), with
     `curvature_estimator` (see `curvature`).
   metaoptimize: config section of MetaOptimize's static options (None: defaults).
-  obgd: config section of ObGD's static options (None: defaults); its update takes `td_error` and
-    `done`, which `step` passes on from its `extra` argument.
+  obgd: config section of ObGD's static options (None: defaults: per_network, step_sizes 'fixed' or
+    'tidbd', the clip of log step sizes); its update takes `td_error` and `done`, which `step` passes
+    on from its `extra` argument.
   schedule: config section with reset_* and injection_* (ddl.learners.schedules); None: neither.
   growth: config section of a growing last hidden layer (ddl.learners.growth); None or
     initial_units 0: no growth.
@@ -158,9 +159,10 @@ class Learner:
                                   metaoptimize_config=self.metaoptimize, obgd_config=self.obgd)
 
   def step_sizes(self, state: 'LearnerState'):
-    """(params-shaped learned step sizes, whether per weight) for IDBD, Autostep and MetaOptimize;
-    None for optimizers with a fixed step size."""
-    return optimizers.learned_step_sizes(state.opt_state, state.params, self.optimizer, self.metaoptimize)
+    """(params-shaped learned step sizes, whether per weight) for IDBD, Autostep, MetaOptimize and
+    ObGD with TIDBD (its critic's); None for optimizers with a fixed step size."""
+    return optimizers.learned_step_sizes(state.opt_state, state.params, self.optimizer, self.metaoptimize,
+                                         self.obgd, state.hparams['learning_rate'])
 
   @property
   def needs_curvature(self) -> bool:

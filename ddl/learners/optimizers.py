@@ -76,7 +76,8 @@ def make_optimizer(name: str, *, learning_rate: chex.Numeric, weight_decay: chex
     initial step size alpha_0; `metaoptimize_options`: meta_step_size, blocks, gamma, meta_b1,
     meta_c1, decoupled_weight_decay, beta_min, beta_max),
     'obgd' (ddl.learners.obgd: `learning_rate` is alpha; `obgd_options`: discount, trace_lambda, kappa,
-    kappa_policy, per_network; its update needs the extra arguments `td_error` and `done`).
+    kappa_policy, per_network, step_sizes ('fixed' or 'tidbd': TIDBD's per-weight step sizes inside
+    the bound), meta_step_size, beta_range; its update needs the extra arguments `td_error` and `done`).
   perturbation: whether the chain holds the S&P noise transform (structure, hence static); with
     noise_scale 0 it adds nothing, so BP, L2 and S&P are points of one program.
   key: seeds the perturbation's noise stream (needed only to `init`).
@@ -115,7 +116,8 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
   (traced values: learning_rate, weight_decay, noise_scale, l2_init, Adam's b1, b2, UPGD's and
   IDBD's meta_step_size, initial_step_size, which fall back to the config section's, then to their
   declared defaults, when the mapping has none; IDBD's and MetaOptimize's static options come from
-  `idbd_config` and `metaoptimize_config`, ObGD's `per_network` from `obgd_config`)."""
+  `idbd_config` and `metaoptimize_config`, ObGD's `per_network`, `step_sizes` and clip of log step
+  sizes from `obgd_config`)."""
   defaults = {h.name: h.default for h in registry.traced_hypers()}
   value = lambda name: hparams[name] if name in hparams else opt_config.get(name, defaults[name])
   options = None
@@ -138,9 +140,12 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
                                 **{h.name: statics.get(h.name, h.default) for h in metaoptimize_lib.HYPERS})
   obgd_options = None
   if opt_config.name == 'obgd':
-    per_network = obgd_config['per_network'] if obgd_config is not None and 'per_network' in obgd_config else False
+    static = lambda name: obgd_config[name] if obgd_config is not None and name in obgd_config else \
+        next(h.default for h in registry.OPTIMIZERS['obgd'].hypers if h.name == name)
     obgd_options = dict(discount=value('discount'), trace_lambda=value('trace_lambda'), kappa=value('kappa'),
-                        kappa_policy=value('kappa_policy'), per_network=bool(per_network))
+                        kappa_policy=value('kappa_policy'), per_network=bool(static('per_network')),
+                        step_sizes=str(static('step_sizes')), meta_step_size=value('meta_step_size'),
+                        beta_range=(float(static('beta_min')), float(static('beta_max'))))
   return make_optimizer(
       opt_config.name, learning_rate=hparams['learning_rate'], weight_decay=value('weight_decay'),
       noise_scale=value('noise_scale'), momentum=opt_config.get('momentum', 0.0), eps=opt_config.get('eps', 1e-8),
@@ -149,9 +154,17 @@ def from_config(opt_config: Any, hparams: Any, perturbation: bool, key: Optional
       metaoptimize_options=metaoptimize_options, obgd_options=obgd_options)
 
 
-def learned_step_sizes(opt_state: Any, params: Any, optimizer_config: Any, metaoptimize_config: Any = None):
+def learned_step_sizes(opt_state: Any, params: Any, optimizer_config: Any, metaoptimize_config: Any = None,
+                       obgd_config: Any = None, learning_rate: chex.Numeric = 1.0):
   """(params-shaped step sizes α, whether they are per weight) of an optimizer that learns them
-  (IDBD, Autostep, MetaOptimize), None for any other."""
+  (IDBD, Autostep, MetaOptimize, ObGD with obgd.step_sizes='tidbd': the networks it adapts, with
+  per_network the entries but 'policy', given ObGD's `learning_rate`), None for any other."""
+  if optimizer_config.name == 'obgd':
+    state = idbd_lib.find_state(opt_state, obgd_lib.ObGDState)
+    if state is None or state.beta is None:
+      return None
+    per_network = bool((obgd_config or {}).get('per_network', False))
+    return obgd_lib.step_sizes(state, learning_rate, per_network), True
   if optimizer_config.name in idbd_lib.NAMES:
     return idbd_lib.step_sizes(idbd_lib.find_state(opt_state)), True
   if optimizer_config.name == 'metaoptimize':

@@ -61,7 +61,10 @@ OPTIMIZERS: Dict[str, Method] = {
                            idbd.HYPERS[:1] + ADAM_MOMENTS + metaoptimize.HYPERS, section='metaoptimize'),
     'obgd': Method('obgd', 'ObGD (Elsayed et al. 2024): eligibility-trace steps alpha delta z bounded against '
                    'overshooting; needs a TD error and episode ends per step (experiment stream_ac); '
-                   'learning_rate is alpha (1 in the paper)', obgd.HYPERS, section='obgd'),
+                   'learning_rate is alpha (1 in the paper); obgd.step_sizes=tidbd: per-weight step sizes '
+                   "meta-learned by TIDBD (Kearney et al. 2018) for the critic, from learning_rate",
+                   obgd.HYPERS + tuple(h for h in idbd.HYPERS if h.name in ('meta_step_size', 'beta_min', 'beta_max')),
+                   section='obgd'),
 }
 
 INTERVENTIONS: Dict[str, Method] = {

@@ -18,9 +18,14 @@ touch the floor, one solver iteration) on any backend; the smoke uses it on 'spr
 Expected run time (2026-11-30, 2-core CPU shared with other jobs, load ~3): the paper's Ant is far
 costlier than Brax's (5 RK4 steps = 20 MJX forward passes, 13 geoms against the floor, up to 100
 Newton iterations): the env alone ran at 82 steps/s for 30 vmapped copies (compile 2.3 min; Brax's
-Ant on mjx right after: 4 756), so launch/benchmark.py --workload=ant --seeds=30 (a chunk: 2 x
-2048 steps x 30 seeds) gave no line within 11 min, and 30 seeds x 50 M steps is a GPU job (not
-measured on a GPU). Earlier figures for
+Ant on mjx right after: 4 756). PPO on it, measured with nothing else running (launch/benchmark.py
+--workload=ant --seeds=30 --variant=std --chunks=1 --override=updates_per_chunk=1
+--override=ppo.rollout_steps=256 --override=probe_steps=256: one update per 256-step rollout, the
+same learning per environment step as 2048-step rollouts): 33.6 env steps/s for the 30 seeds
+including learning, compile 5 min, so 30 seeds x 50 M steps would take ~1.4 years here. On one H200
+the env alone is latency-bound at ~300 steps/s for 30 copies (docs/benchmarks.md), so the paper's
+Ant is a long GPU job too; PPO there was not measured (it did not compile and run a chunk in the
+100 s it had). Earlier figures for
 env.model=brax on mjx (quiet machine): 1 seed 4 060 env steps/s including learning; 30 vmapped
 seeds 6 860 (std) and 6 680 (cbp) steps/s in total (under load: 1 320-3 220); the 160 minibatch
 steps of each update take about half the time, acting a third.

@@ -163,6 +163,7 @@ def _assert_same_rows(path, reference):
       np.testing.assert_allclose(float(row[4]), float(expected[4]), rtol=1e-4, atol=1e-6, err_msg=str(row))
 
 
+@pytest.mark.slow   # test_split_cpu_... resumes a 1-device run on 2 devices with padding: the same code
 def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
   """A run started on 1 device (2 runs per call) resumes on 8 host devices, each call padded from 2
   to 8 runs: the same rows and values as an unsplit single-device run."""
@@ -179,23 +180,29 @@ def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
 
 
 def test_split_cpu_runs_one_run_per_device_and_refuses_a_resume_with_other_calls(tmp_path, caplog):
-  """cpu_devices=2 in a fresh process: 2 CPU devices, calls of one run per device, the same rows as one
-  device. In this process (JAX already started with 1 device) it warns and keeps 1 device, and a
-  checkpoint written with calls of 1 run is refused, with one clear error, by a launch making calls of 2."""
+  """A run started on 1 device with calls of 2 runs resumes in a fresh process on 2 host devices, the
+  odd calls padded: the same rows as an unsplit single-device run (the 8-device test, marked slow,
+  does the same on 8). cpu_devices=2 in this process (JAX already started with 1 device) warns and
+  keeps 1 device, making calls of one run; a fresh process with cpu_devices=2 has 2 CPU devices,
+  makes calls of 2 and refuses that checkpoint with one clear error."""
   config = load_config(SCR, 'smoke,bp,cbp')
   run_lib.run(config, str(tmp_path / 'one'), figures=False)
-  proc = _launch([f'--workdir={tmp_path / "split"}', '--config.cpu_devices=2'])
+  config.runs_per_call = 2
+  run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=2, figures=False)
+  proc = _launch([f'--workdir={tmp_path / "split"}', '--config.runs_per_call=2'],
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-2000:]
-  assert '6 runs in 4 call(s) per chunk, over 2 device(s) (2 padding runs)' in err
+  assert '6 runs in 4 call(s) per chunk, over 2 device(s) (2 padding runs)' in err and 'Resumed' in err
   _assert_same_rows(tmp_path / 'split' / 'metrics.csv', tmp_path / 'one' / 'metrics.csv')
-  config.cpu_devices = 2
+  config.runs_per_call, config.cpu_devices = None, 2
   run_lib.run(config, str(tmp_path / 'here'), stop_after_chunks=2, figures=False)
   assert 'cpu_devices=2: JAX started with 1 CPU device(s)' in caplog.text
   proc = _launch([f'--workdir={tmp_path / "here"}', '--config.cpu_devices=2'])
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 2 and 'Traceback' not in err, err[-2000:]
-  assert 'its checkpoint holds calls of [1, 1, 1, 1, 1, 1] runs, this launch makes calls of [2, 1, 2, 1]' in err
+  assert ('its checkpoint holds calls of [1, 1, 1, 1, 1, 1] runs, this launch makes calls of [2, 1, 2, 1] '
+          '(2 cpu device(s), cpu_devices=2)') in err
 
 
 def test_two_processes_through_jax_distributed_match_one_process(tmp_path):

@@ -15,6 +15,7 @@ import ml_collections
 
 from ddl import platform_defaults
 from ddl.learners import growth as growth_lib
+from ddl.learners import idbd as idbd_lib
 from ddl.learners import learner as learner_lib
 from ddl.learners import registry
 from ddl.learners import topology
@@ -260,8 +261,10 @@ def _check_methods(c: ml_collections.ConfigDict, where: str = '') -> None:
   _check(step_sizes == 'fixed' or c.optimizer.name == 'obgd', f'{where}obgd.step_sizes',
          f"{step_sizes!r} (per-weight step sizes inside ObGD's bound) needs optimizer.name='obgd', got "
          f"{c.optimizer.name!r}; set obgd.step_sizes='fixed' or use optimizer obgd")
-  _check(step_sizes == 'fixed' or c.obgd.get('beta_min', -10.0) < c.obgd.get('beta_max', 2.0),
-         f'{where}obgd.beta_min', f'must be < obgd.beta_max, got {c.obgd.get("beta_min")} and {c.obgd.get("beta_max")}')
+  beta_min, beta_max = (c.obgd.get(name, default) if 'obgd' in c else default
+                        for name, default in zip(('beta_min', 'beta_max'), idbd_lib.BETA_RANGE))
+  _check(step_sizes == 'fixed' or beta_min < beta_max, f'{where}obgd.beta_min',
+         f'must be < obgd.beta_max, got {beta_min} and {beta_max}')
 
 
 def _check_applies(experiment: str, experiment_cls: Any, group: Group) -> None:

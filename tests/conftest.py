@@ -52,6 +52,42 @@ def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks
   assert read(split) == read(whole)
 
 
+# The evaluator's Hessian power iterations and UPGD plasticity probe: off in tests of other code (they
+# have tests of their own, and they nearly double an MLP evaluator's compilation). For launches in a
+# subprocess: the same as command-line flags.
+CHEAP_DIAGNOSTICS = ('--config.diagnostics.hessian_iterations=0', '--config.diagnostics.plasticity=False')
+
+
+def cheap_diagnostics(config):
+  """`config` (changed in place and returned) with the evaluator's costly diagnostics off."""
+  config.diagnostics.hessian_iterations = 0
+  config.diagnostics.plasticity = False
+  return config
+
+
+def trace_programs(config):
+  """Every group's init, one chunk and the evaluator of a launch's config, traced on abstract values
+  (`jax.eval_shape`: each experiment's code runs, nothing is compiled), after the launch's platform
+  choices and validation. Returns (experiment, state after the chunk, its values) of the first group."""
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl import experiments  # pylint: disable=g-import-not-at-top
+  from ddl import platform_defaults  # pylint: disable=g-import-not-at-top
+  config = platform_defaults.resolve(config)
+  experiment_cls = experiments.get(config.experiment)
+  config_lib.validate(config, experiment_cls)
+  data = experiment_cls.load_data(config)
+  traced = []
+  for group in config_lib.groups(config):
+    experiment = experiment_cls(group.config, group)
+    hparams = {k: jnp.float32(v) for k, v in group.hparams[0].items()}
+    state = jax.eval_shape(experiment.init, jax.random.PRNGKey(0), hparams, jnp.int32(0))
+    state, values = jax.eval_shape(experiment.run_chunk, state, data)
+    if hasattr(experiment, 'evaluate'):
+      jax.eval_shape(experiment.evaluate, state, data)
+    traced.append((experiment, state, values))
+  return traced[0]
+
+
 def poisoned_scr():
   """SCR whose seed 1 gets NaN parameters once more than `poison_after` examples are seen (the
   class attribute; 1000: from its third smoke chunk on); states are (SCR state, seed)."""

@@ -65,20 +65,21 @@ def test_resume_between_epochs_is_identical(tmp_path):
 def test_augmentation_keeps_shapes_and_values_and_differs_across_seeds():
   images = ci.normalize(jax.random.randint(jax.random.PRNGKey(0), (8, 32, 32, 3), 0, 256).astype(jnp.uint8),
                         (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-  a = ci.augment(jax.random.PRNGKey(1), images)
-  b = ci.augment(jax.random.PRNGKey(2), images)
+  augment = jax.jit(ci.augment)                              # jitted: compiles faster than op by op
+  a = augment(jax.random.PRNGKey(1), images)
+  b = augment(jax.random.PRNGKey(2), images)
   assert a.shape == images.shape and a.dtype == images.dtype
   allowed = np.append(np.unique(np.asarray(images)), 0.0)     # pixels are moved or filled with 0, never mixed
   assert np.isin(np.asarray(a), allowed).all()
   assert not np.array_equal(a, b)
   assert not np.array_equal(a[0], a[1])                      # per example
   # with no padding and no rotation only the flip is left
-  plain = np.asarray(jax.vmap(lambda k, x: ci.augment_one(k, x, pad=0, max_degrees=0.0))(
+  plain = np.asarray(jax.jit(jax.vmap(lambda k, x: ci.augment_one(k, x, pad=0, max_degrees=0.0)))(
       jax.random.split(jax.random.PRNGKey(3), 8), images))
   for x, y in zip(np.asarray(images), plain):
     assert np.array_equal(x, y) or np.array_equal(x[:, ::-1], y)
   # a crop after reflect padding keeps a 24x24 window of the flipped or unflipped image, shifted by <= 4
-  cropped = np.asarray(ci.augment_one(jax.random.PRNGKey(4), images[0], max_degrees=0.0))
+  cropped = np.asarray(jax.jit(lambda k, x: ci.augment_one(k, x, max_degrees=0.0))(jax.random.PRNGKey(4), images[0]))
   x = np.asarray(images[0])
   assert any(np.array_equal(cropped[4:28, 4:28], src[4 + dy:28 + dy, 4 + dx:28 + dx])
              for src in (x, x[:, ::-1]) for dy in range(-4, 5) for dx in range(-4, 5))
@@ -116,7 +117,7 @@ def test_early_stopping_restores_the_best_state(retrained):
   experiment, data, state, run_chunk = retrained
   first, values = run_chunk(state, data)                       # epoch 0 of 2: no restore
   assert float(first.best_val) == float(values['val_accuracy'])
-  rigged = first.replace(best_val=jnp.asarray(2.0))            # epoch 0's state stays the best
+  rigged = first.replace(best_val=jnp.full_like(first.best_val, 2.0))   # epoch 0's state stays the best
   last, _ = run_chunk(rigged, data)                            # epoch 1 ends the increment: restored
   jax.tree.map(np.testing.assert_array_equal, last.learner.params, first.learner.params)
   jax.tree.map(np.testing.assert_array_equal, last.learner.batch_stats, first.learner.batch_stats)
@@ -132,14 +133,14 @@ def test_diagnostics_are_taken_on_the_model_before_the_increment_reset(retrained
   for _ in range(2):                                           # increment 0 (2 epochs), restored at its end
     state, _ = run_chunk(state, data)
   before = state.learner.params                                # what the original saved: not reset yet
-  fresh = experiment.learner.network.init(nets.rbg_key(jax.random.fold_in(state.reset_key, 0)),
-                                          jnp.zeros((1, 32, 32, 3)))['params']
+  fresh = jax.jit(experiment.learner.network.init)(nets.rbg_key(jax.random.fold_in(state.reset_key, 0)),
+                                                   jnp.zeros((1, 32, 32, 3)))['params']
   assert not np.isclose(float(metrics.weight_magnitude(before)), float(metrics.weight_magnitude(fresh)))
   after, values = run_chunk(state, data)                       # epoch 2: diagnostics, then the reset
   np.testing.assert_allclose(values['weight_magnitude'], metrics.weight_magnitude(before), rtol=1e-6)
   order = experiment.order(state)
-  probe = experiment.probe(data['train'], order, jnp.asarray(1), jax.random.fold_in(state.epoch_key, -1 - state.epoch))
-  expected = experiment.diagnostics(state.learner, probe)
+  probe = jax.jit(experiment.probe)(data['train'], order, jnp.asarray(1), jax.random.fold_in(state.epoch_key, -1 - state.epoch))
+  expected = jax.jit(experiment.diagnostics)(state.learner, probe)   # jitted: compiles faster than op by op
   for name in ('dormant_fraction', 'stable_rank', 'effective_rank'):
     np.testing.assert_allclose(values[name], expected[name], rtol=1e-5, err_msg=name)
   # and the epoch trained from the re-initialised network: one epoch moves the weights far less than
@@ -182,9 +183,9 @@ def test_resnet18_size_topology_and_convolutions():
   assert [l.kernel[0] for l in ten] == ['stem'] + [f'block{i}_{c}' for i in range(4) for c in ('conv1', 'conv2')]
   assert [l.consumer[0] for l in ten] == [l.kernel[0] for l in ten[1:]] + ['fc']
   small = nets.ResNet18(width=4, outputs=6)
-  variables = small.init(jax.random.PRNGKey(1), x)
-  out_p, feats = small.apply(variables, x)
-  out_l, _ = nets.ResNet18(width=4, outputs=6, conv='lax').apply(variables, x)
+  variables = jax.jit(small.init)(jax.random.PRNGKey(1), x)   # jitted: compiles faster than op by op
+  out_p, feats = jax.jit(small.apply)(variables, x)
+  out_l, _ = jax.jit(nets.ResNet18(width=4, outputs=6, conv='lax').apply)(variables, x)
   np.testing.assert_allclose(out_p, out_l, rtol=1e-4, atol=1e-4)
   assert feats['block7_out'].shape == (2, 32) and feats['block6_out'].shape == (2, 4, 4, 32)
   kernel = variables['params']['block2_conv1']['kernel']    # He normal: std sqrt(2 / fan_in)
@@ -199,7 +200,7 @@ def test_cbp_in_the_resnet_resets_bn_statistics_of_chosen_channels_only():
   hparams = {**dict(config.hparams), 'replacement_rate': 0.3, 'maturity_threshold': 0.0}
   x = jax.random.normal(jax.random.PRNGKey(0), (6, 32, 32, 3))
   y = jnp.arange(6)
-  state = make(0.3).init(jax.random.PRNGKey(1), x, hparams)
+  state = jax.jit(make(0.3).init)(jax.random.PRNGKey(1), x, hparams)   # jitted: compiles faster than op by op
   with_cbp, out = jax.jit(make(0.3).step)(state, x, y, jax.random.PRNGKey(2))
   without, _ = jax.jit(make(0.0).step)(state.replace(cbp_state=None), x, y, jax.random.PRNGKey(2))
   assert int(out.num_replaced) > 0

@@ -20,9 +20,7 @@ import pytest
 gymnasium = pytest.importorskip('gymnasium')
 mujoco = pytest.importorskip('mujoco')
 
-from conftest import load_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ddl import experiments  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import load_config, trace_programs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STEPS, SYNC = 200, 20
@@ -39,19 +37,27 @@ OBS_TOL, REWARD_TOL = 2e-3, 1e-3
 
 @pytest.fixture(scope='module')
 def sim():
-  """(FrictionAnt built in float64 with elliptic cones, its step and its reset jitted once; an eager
-  reset would run MJX's forward pass op by op, ~1 min)."""
+  """(FrictionAnt built in float64 with elliptic cones, its step jitted once, and a blank state at an
+  episode's last step, from which that step starts fresh episodes: one program for starts and steps,
+  as a jitted reset would be another minute of compilation and an eager one op by op longer still)."""
   from mujoco import mjx  # pylint: disable=g-import-not-at-top
   with jax.enable_x64(True):
     ant = env_lib.FrictionAnt('mjx', episode_length=1000, change_every=10**9, model='gymnasium')
     ant.env.sys = ant.env.sys.tree_replace({'opt.cone': mjx.ConeType.ELLIPTIC})
-  return ant, jax.jit(ant.step), jax.jit(ant.reset)
+    shapes = jax.eval_shape(ant.reset, jax.random.PRNGKey(0), jnp.ones(1))
+    blank = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    blank = jax.device_put(blank.replace(episode_step=jnp.int32(ant.episode_length - 1)), jax.devices()[0])
+  return ant, jax.jit(ant.step), blank
 
 
 def _start(sim, key, schedule, **replace):
-  """A reset state (with `replace`d fields), committed to the device as the jitted step's outputs
-  are (one cache entry for both)."""
-  return jax.device_put(sim[2](key, schedule).replace(**replace), jax.devices()[0])
+  """The state `FrictionAnt.reset(key, schedule)` gives (the step's fresh episode draws its start
+  from `key` as the reset does), with `replace`d fields."""
+  ant, step, blank = sim
+  state, out = step(blank, np.zeros(ant.action_size), key, jnp.int32(1), schedule)
+  assert bool(out.done)
+  state = state.replace(start_count=jnp.zeros_like(state.start_count), **replace)
+  return jax.device_put(state, jax.devices()[0])   # committed, as the step's outputs are: one cache entry
 
 
 def _qpos_qvel(state):
@@ -152,19 +158,13 @@ def test_model_and_backend_are_checked():
     env_lib.FrictionAnt('spring', model='gymnasium')
 
 
-@pytest.mark.parametrize('name', ['ant', 'stream_ant'])
-def test_experiments_trace_a_chunk_with_the_gymnasium_model(name):
+@pytest.mark.parametrize('name,arg', [('ant', 'smoke,std'), ('stream_ant', 'smoke')])
+def test_experiments_trace_a_chunk_with_the_gymnasium_model(name, arg):
   """PPO and stream AC (tiny smoke configs, model gymnasium): init and one chunk trace (not compiled)."""
-  config = load_config(name, 'smoke')
+  config = load_config(name, arg)
   assert load_config(name).env.model == 'gymnasium' and config.env.model == 'brax'
   config.env.model, config.env.backend = 'gymnasium', 'mjx'
-  experiment_cls = experiments.get(config.experiment)
-  config_lib.validate(config, experiment_cls)
-  group = config_lib.groups(config)[0]
-  experiment = experiment_cls(group.config, group)
+  experiment, state, values = trace_programs(config)
   assert experiment.env.model == 'gymnasium'
-  hparams = {k: jnp.float32(v) for k, v in group.hparams[0].items()}
-  state = jax.eval_shape(experiment.init, jax.random.PRNGKey(0), hparams, jnp.int32(0))
   assert state.env.starts is None
-  _, values = jax.eval_shape(experiment.run_chunk, state, None)
   assert values['episode_return'].shape == () and values['friction'].dtype == jnp.float32

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import cheap_diagnostics, load_config, trace_programs
 from ddl import config as config_lib
 from ddl import nets
 from ddl import run as run_lib
@@ -70,13 +70,14 @@ def test_injection_of_a_conv_net_head_and_vmapped_seeds():
                              num_chunks=3)
   assert learner.injections == 2
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  init = jax.vmap(lambda k: learner.init(k, x[:1], config.hparams))
-  states = init(jax.random.split(jax.random.key(1), 2))
-  before = jax.vmap(lambda s: learner.predict(s, x)[0])(states)
+  init = jax.jit(jax.vmap(lambda k: learner.init(k, x[:1], config.hparams)))   # jitted: compiles faster
+  states = init(jax.random.split(jax.random.key(1), 2))                         # than op by op
+  predict = jax.jit(jax.vmap(lambda s: learner.predict(s, x)[0]))
+  before = predict(states)
   boundary = jax.jit(jax.vmap(lambda s, k, i: learner.boundary(s, i, k, x[:1]), in_axes=(0, 0, None)))
   keys = jax.random.split(jax.random.key(2), 2)
   states = boundary(boundary(states, keys, 1), keys, 2)
-  after = jax.vmap(lambda s: learner.predict(s, x)[0])(states)
+  after = predict(states)
   np.testing.assert_allclose(after, before, atol=1e-4)
   np.testing.assert_array_equal(states.injection.done, [2, 2])
 
@@ -175,13 +176,16 @@ def test_cbp_on_the_linear_learner_stops_the_launch(tmp_path):
 
 # Every experiment's network with the interventions composed: two programs per experiment (CBP with
 # UPGD, L2 Init, S&P, layer norm and injection, or for the networks without a head a whole-network
-# reset; ReDo with a head or whole-network reset). The ResNet's and PPO's programs compile for
-# minutes and run with -m slow: the learner code they exercise is the other experiments', and
-# layer norm in the ResNet and the actor-critic has the unit test below.
+# reset; ReDo with a head or whole-network reset). They run through the launch on one MLP experiment
+# and the conv net; on the others (the same learner code, each experiment's own loop and its one
+# call of `Learner.boundary`) they are traced through init, a chunk and the evaluator, and run with
+# -m slow (the ResNet's and PPO's programs compile for minutes; layer norm in the ResNet and the
+# actor-critic has the unit test above).
 COMPOSED = {
     'permuted_digits': 'smoke,cbp', 'slowly_changing_regression': 'smoke,cbp', 'imagenet': 'smoke,cbp',
     'cifar100': 'smoke,cbp', 'ant': 'smoke,cbp', 'random_label_digits': 'smoke,adam',
 }
+RUN_BY_DEFAULT = ('permuted_digits', 'imagenet')
 NO_HEAD = ('class_incremental', 'ppo')
 
 
@@ -208,19 +212,30 @@ def _compose(config, with_cbp: bool):
       config.schedule.reset_layers = 0 if config.experiment in NO_HEAD else 1
 
 
-def _cases():
-  for name in sorted(COMPOSED):
-    slow = [pytest.mark.slow] if name in ('cifar100', 'ant') else []
+def _cases(names):
+  for name in names:
+    slow = [] if name in RUN_BY_DEFAULT else [pytest.mark.slow]
     yield pytest.param(name, True, id=f'{name}-cbp_upgd_l2init_snp_ln_injection_or_reset', marks=slow)
     yield pytest.param(name, False, id=f'{name}-redo_reset', marks=slow)
 
 
-@pytest.mark.parametrize('name,with_cbp', list(_cases()))
-def test_composed_interventions_run_on_every_experiment(name, with_cbp, tmp_path):
+def _composed_config(name, with_cbp):
   config = load_config(name, COMPOSED[name])
   _compose(config, with_cbp)
-  config.diagnostics.hessian_iterations = 0   # the evaluator's diagnostics have tests of their own
-  config.diagnostics.plasticity = False
-  summary = run_lib.run(config, str(tmp_path / 'w'), stop_after_chunks=2, figures=False)
+  return cheap_diagnostics(config)
+
+
+@pytest.mark.parametrize('name,with_cbp', list(_cases(sorted(COMPOSED))))
+def test_composed_interventions_run_on_every_experiment(name, with_cbp, tmp_path):
+  summary = run_lib.run(_composed_config(name, with_cbp), str(tmp_path / 'w'), stop_after_chunks=2, figures=False)
   assert summary['nonfinite_runs'] == 0
   assert summary['chunks_done'] == 2
+
+
+@pytest.mark.parametrize('name,with_cbp', [pytest.param(*p.values, id=p.id)
+                                           for p in _cases(sorted(set(COMPOSED) - set(RUN_BY_DEFAULT)))])
+def test_composed_interventions_trace_on_every_other_experiment(name, with_cbp):
+  """The launch's validation and every program's tracing (nothing compiled) on the experiments that
+  the test above runs only with -m slow."""
+  _, state, values = trace_programs(_composed_config(name, with_cbp))
+  assert values and jax.tree.leaves(state)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import cheap_diagnostics, load_config
 from ddl import config as config_lib
 from ddl import devices as devices_lib
 from ddl import memory
@@ -70,7 +70,7 @@ def _rows(workdir):
 
 def test_runs_that_do_not_fit_are_split_or_stopped_with_what_fits(tmp_path, monkeypatch, caplog):
   caplog.set_level(logging.INFO)
-  config = load_config(SCR, 'smoke,bp')            # 3 runs, one group
+  config = cheap_diagnostics(load_config(SCR, 'smoke,bp'))   # 3 runs, one group
   three, two = _footprint(config, 3), _footprint(config, 2)
   assert three.state == two.state and three.call > two.call
   run_lib.run(config, str(tmp_path / 'fits'), figures=False)         # this host's memory: one call

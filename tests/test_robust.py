@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config, poisoned_scr
+from conftest import CHEAP_DIAGNOSTICS, ROOT, cheap_diagnostics, load_config, poisoned_scr
 
 PoisonedSeed = poisoned_scr()
 from ddl import config as config_lib
@@ -31,11 +31,17 @@ MAIN = os.path.join(ROOT, 'launch', 'main.py')
 SMOKE = f'--config={os.path.join(ROOT, "configs", SCR + ".py")}:smoke,'
 
 
+def _scr(variants):
+  """The SCR smoke config with these variants, as `_launch` runs it (cheap diagnostics)."""
+  return cheap_diagnostics(load_config(SCR, f'smoke,{variants}'))
+
+
 def _launch(args, env=None, variants='bp,cbp', **kwargs):
-  """launch/main.py on the SCR smoke config in a subprocess, sharing the tests' compilation cache."""
+  """launch/main.py on the SCR smoke config (cheap diagnostics, as `_scr`) in a subprocess, sharing
+  the tests' compilation cache."""
   env = {'PYTHONPATH': ROOT, 'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', **(env or {})}
-  return subprocess.Popen([sys.executable, MAIN, SMOKE + variants, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+  return subprocess.Popen([sys.executable, MAIN, SMOKE + variants, *CHEAP_DIAGNOSTICS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env={**os.environ, **env}, **kwargs)
 
 
@@ -48,29 +54,27 @@ def _read(path):
 
 def test_nan_in_one_seed_stops_only_that_run_and_survives_resume(tmp_path, monkeypatch, caplog):
   monkeypatch.setitem(experiments.EXPERIMENTS, SCR, PoisonedSeed)
-  config = load_config(SCR, 'smoke,bp,cbp')
+  config = _scr('cbp')
   workdir = str(tmp_path / 'w')
   first = run_lib.run(config, workdir, stop_after_chunks=3, figures=False)   # checkpoint after chunk 3
-  assert first['nonfinite_runs'] == 2
-  assert any('variant bp seed 1: non-finite' in r.getMessage() and 'chunk 3' in r.getMessage()
+  assert first['nonfinite_runs'] == 1
+  assert any('variant cbp seed 1: non-finite' in r.getMessage() and 'chunk 3' in r.getMessage()
              for r in caplog.records)
-  assert run_lib.run(config, workdir, figures=False)['nonfinite_runs'] == 2   # resumed: still frozen
+  assert run_lib.run(config, workdir, figures=False)['nonfinite_runs'] == 1   # resumed: still frozen
   with open(os.path.join(workdir, 'metrics.csv')) as f:
     rows = list(csv.DictReader(f))
   marks = [(r['variant'], r['seed'], r['step']) for r in rows if r['metric'] == 'nonfinite']
-  assert marks == [('bp', '1', '1500'), ('cbp', '1', '1500')]
-  for variant in ('bp', 'cbp'):
-    steps = lambda s: sorted({int(r['step']) for r in rows if r['variant'] == variant and r['seed'] == s
-                              and r['metric'] == 'error'})
-    assert steps('1') == [500, 1000] and steps('0') == steps('2') == [500, 1000, 1500, 2000]
+  assert marks == [('cbp', '1', '1500')]
+  steps = lambda s: sorted({int(r['step']) for r in rows if r['seed'] == s and r['metric'] == 'error'})
+  assert steps('1') == [500, 1000] and steps('0') == steps('2') == [500, 1000, 1500, 2000]
   values = [float(r['value']) for r in rows]
   assert np.all(np.isfinite(values))
 
 
 def test_sigterm_checkpoints_and_sigkill_at_random_points_resumes_identically(tmp_path):
-  """Kills a real launch (SCR smoke, a checkpoint per chunk) at random moments, then lets it finish:
+  """Kills a real launch (SCR smoke, a checkpoint per chunk) at a random moment, then lets it finish:
   metrics.csv equals an uninterrupted run's byte for byte."""
-  config = load_config(SCR, 'smoke,bp,cbp')
+  config = _scr('bp,cbp')
   config.checkpoint_every, config.num_examples = 1, 3000
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)
   killed = tmp_path / 'killed'
@@ -86,12 +90,10 @@ def test_sigterm_checkpoints_and_sigkill_at_random_points_resumes_identically(tm
     assert proc.returncode == 128 + sig, err[-2000:]
     assert re.search(f'signal {int(sig)} after chunk [{chunk}{chunk + 1}]/6 \\(checkpointed\\)', err), err[-2000:]
     assert 'Relaunch the same command' in err
-  rng = random.Random(0)
-  for _ in range(2):   # SIGKILL at random moments: start-up, compilation, chunks or checkpoint writes
-    proc = _launch(args)
-    time.sleep(rng.uniform(1.0, 8.0))
-    proc.kill()
-    proc.communicate()
+  proc = _launch(args)   # SIGKILL at a random moment: start-up, compilation, a chunk or a checkpoint write
+  time.sleep(random.Random(0).uniform(1.0, 8.0))
+  proc.kill()
+  proc.communicate()
   proc = _launch(args)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
@@ -113,7 +115,7 @@ class _RecordingWandb:
 
 def test_fresh_starts_over_a_workdir_of_another_config_and_wandb_gets_progress(tmp_path, monkeypatch):
   monkeypatch.setattr(writers, 'Wandb', _RecordingWandb)
-  config = load_config(SCR, 'smoke,bp')
+  config = _scr('bp')
   workdir = str(tmp_path / 'w')
   run_lib.run(config, workdir, stop_after_chunks=1, figures=False)
   step, values = _RecordingWandb.logged[-1]
@@ -129,7 +131,7 @@ def test_fresh_starts_over_a_workdir_of_another_config_and_wandb_gets_progress(t
 
 
 def test_device_out_of_memory_says_how_many_runs_fit(tmp_path, monkeypatch):
-  config = load_config(SCR, 'smoke,bp')
+  config = _scr('bp')
   real_programs = programs.fitted
 
   def oom_programs(*args):
@@ -167,7 +169,7 @@ def _assert_same_rows(path, reference):
 def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
   """A run started on 1 device (2 runs per call) resumes on 8 host devices, each call padded from 2
   to 8 runs: the same rows and values as an unsplit single-device run."""
-  config = load_config(SCR, 'smoke,bp,cbp')
+  config = _scr('bp,cbp')
   run_lib.run(config, str(tmp_path / 'one'), figures=False)
   config.runs_per_call = 2
   run_lib.run(config, str(tmp_path / 'eight'), stop_after_chunks=2, figures=False)
@@ -181,34 +183,34 @@ def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
 
 def test_split_cpu_runs_one_run_per_device_and_refuses_a_resume_with_other_calls(tmp_path, caplog):
   """A run started on 1 device with calls of 2 runs resumes in a fresh process on 2 host devices, the
-  odd calls padded: the same rows as an unsplit single-device run (the 8-device test, marked slow,
-  does the same on 8). cpu_devices=2 in this process (JAX already started with 1 device) warns and
-  keeps 1 device, making calls of one run; a fresh process with cpu_devices=2 has 2 CPU devices,
-  makes calls of 2 and refuses that checkpoint with one clear error."""
-  config = load_config(SCR, 'smoke,bp,cbp')
+  odd call padded: the same rows as an unsplit single-device run (the 8-device test, marked slow,
+  does the same with two groups on 8). cpu_devices=2 in this process (JAX already started with 1
+  device) warns and keeps 1 device, making calls of one run; a fresh process with cpu_devices=2 has
+  2 CPU devices, makes calls of 2 and refuses that checkpoint with one clear error."""
+  config = _scr('bp')
   run_lib.run(config, str(tmp_path / 'one'), figures=False)
   config.runs_per_call = 2
   run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=2, figures=False)
-  proc = _launch([f'--workdir={tmp_path / "split"}', '--config.runs_per_call=2'],
+  proc = _launch([f'--workdir={tmp_path / "split"}', '--config.runs_per_call=2'], variants='bp',
                  env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-2000:]
-  assert '6 runs in 4 call(s) per chunk, over 2 device(s) (2 padding runs)' in err and 'Resumed' in err
+  assert '3 runs in 2 call(s) per chunk, over 2 device(s) (1 padding runs)' in err and 'Resumed' in err
   _assert_same_rows(tmp_path / 'split' / 'metrics.csv', tmp_path / 'one' / 'metrics.csv')
   config.runs_per_call, config.cpu_devices = None, 2
   run_lib.run(config, str(tmp_path / 'here'), stop_after_chunks=2, figures=False)
   assert 'cpu_devices=2: JAX started with 1 CPU device(s)' in caplog.text
-  proc = _launch([f'--workdir={tmp_path / "here"}', '--config.cpu_devices=2'])
+  proc = _launch([f'--workdir={tmp_path / "here"}', '--config.cpu_devices=2'], variants='bp')
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 2 and 'Traceback' not in err, err[-2000:]
-  assert ('its checkpoint holds calls of [1, 1, 1, 1, 1, 1] runs, this launch makes calls of [2, 1, 2, 1] '
+  assert ('its checkpoint holds calls of [1, 1, 1] runs, this launch makes calls of [2, 1] '
           '(2 cpu device(s), cpu_devices=2)') in err
 
 
 def test_two_processes_through_jax_distributed_match_one_process(tmp_path):
   """Two localhost processes (one CPU device each, gloo collectives) via jax.distributed.initialize:
   process 0 writes the same metrics.csv as one process, byte for byte."""
-  config = load_config(SCR, 'smoke,bp')
+  config = _scr('bp')
   run_lib.run(config, str(tmp_path / 'one'), figures=False)
   with socket.socket() as s:
     s.bind(('localhost', 0))

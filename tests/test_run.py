@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config, poisoned_scr
+from conftest import ROOT, cheap_diagnostics, load_config, poisoned_scr
 from ddl import config as config_lib
 from ddl import experiments
 from ddl import platform_defaults
@@ -70,7 +70,7 @@ def test_launches_share_built_programs_by_config(tmp_path, monkeypatch):
 
 
 def test_resume_after_interruption_gives_identical_metrics(tmp_path):
-  config = load_config(SCR, 'smoke,snp,cbp')
+  config = cheap_diagnostics(load_config(SCR, 'smoke,snp,cbp'))
   run_lib.run(config, str(tmp_path / 'whole'), figures=False)
   interrupted = str(tmp_path / 'interrupted')
   first = run_lib.run(config, interrupted, stop_after_chunks=1, figures=False)
@@ -141,7 +141,7 @@ def test_unknown_config_argument_suggests_preset():
 
 
 def test_runs_split_over_calls_give_the_same_metrics(tmp_path):
-  config = load_config(SCR, 'smoke,bp,cbp')
+  config = cheap_diagnostics(load_config(SCR, 'smoke,bp,cbp'))
   run_lib.run(config, str(tmp_path / 'one'), figures=False)
   config.runs_per_call = 2     # 6 runs -> 3 calls per chunk, the last group slice shares compilation
   run_lib.run(config, str(tmp_path / 'split'), figures=False)

@@ -272,14 +272,14 @@ def test_every_supervised_config_takes_the_step_size_preset_and_growth(name):
 
 
 def test_permuted_digits_runs_growth_with_autostep(tmp_path):
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from conftest import cheap_diagnostics, load_config  # pylint: disable=g-import-not-at-top
   from ddl import run as run_lib  # pylint: disable=g-import-not-at-top
   import csv  # pylint: disable=g-import-not-at-top
   config = load_config('permuted_digits', 'smoke,bp')
   config.variants = {'grow_autostep': dict(growth=dict(initial_units=10), optimizer=dict(name='autostep'),
                                            meta_step_size=0.01, initial_step_size=0.01)}
   config.num_seeds = 2
-  run_lib.run(config, str(tmp_path), figures=False)
+  run_lib.run(cheap_diagnostics(config), str(tmp_path), figures=False)
   with open(tmp_path / 'metrics.csv') as f:
     rows = [r for r in csv.DictReader(f)]
   values = {(r['variant'], r['metric']): float(r['value']) for r in rows}

@@ -41,8 +41,8 @@ def _launch(args, env=None, variants='bp,cbp', **kwargs):
   the tests' compilation cache."""
   env = {'PYTHONPATH': ROOT, 'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', **(env or {})}
-  return subprocess.Popen([sys.executable, MAIN, SMOKE + variants, *CHEAP_DIAGNOSTICS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env={**os.environ, **env}, **kwargs)
+  return subprocess.Popen([sys.executable, MAIN, SMOKE + variants, *CHEAP_DIAGNOSTICS, *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}, **kwargs)
 
 
 def _read(path):

@@ -123,11 +123,11 @@ def load_data(config, devices: Devices):
 
 
 def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = None,
-           built: Optional[Dict[Any, List[Program]]] = None):
+           built: Optional[Dict[Any, Any]] = None):
   """(the launch's programs, a line on the memory they need per device to log): the programs
   compiled before any state is allocated (`memory.compile_programs`). `built`: a dict that keeps
-  the built programs by config and call size across launches in one process (a relaunch of the
-  same config then neither traces nor compiles again; the config must describe the programs
+  the compiled programs by config and call size across launches in one process (a relaunch of the
+  same config then neither traces, lowers nor compiles again; the config must describe the programs
   fully: files it names are read again only when building). The caller logs the line
   once the launch is known to go ahead (after a resume's checkpoint is read), so a refused launch
   prints its error alone. Where it exceeds the device's free memory: with
@@ -139,13 +139,15 @@ def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = No
   may_split = config.runs_per_call is None and not split_cpu(config, devices) and not resumed
   while True:
     if built is None:
-      programs = build(config, devices, size)
+      programs, footprint = memory.compile_programs(build(config, devices, size), data, devices)
     else:
       runs = [len(g.variants) * config.num_seeds for g in config_lib.groups(config)]
       slices = tuple(min(calls_size(config, devices, r, size), r) for r in runs)   # what `build` makes of `size`
       key = (config.to_json_best_effort(sort_keys=True), tuple(d.id for d in devices.mesh.devices.flat), slices)
-      programs = built[key] = built.get(key) or build(config, devices, size)
-    programs, footprint = memory.compile_programs(programs, data, devices)
+      if key not in built:
+        built[key] = memory.compile_programs(build(config, devices, size), data, devices)
+      programs, footprint = built[key]
+      footprint = dataclasses.replace(footprint, free=memory.free_bytes(devices.mesh.devices.flat[0]))
     per_call = max(p.padded for p in programs)
     if footprint.fits:
       return programs, f'Memory, {per_call} runs per call: {footprint.describe()}.'

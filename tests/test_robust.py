@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CHEAP_DIAGNOSTICS, ROOT, cheap_diagnostics, load_config, poisoned_scr
+from conftest import CHEAP_DIAGNOSTICS, ROOT, TEST_XLA_FLAGS, cheap_diagnostics, load_config, poisoned_scr
 
 PoisonedSeed = poisoned_scr()
 from ddl import config as config_lib
@@ -174,7 +174,7 @@ def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
   config.runs_per_call = 2
   run_lib.run(config, str(tmp_path / 'eight'), stop_after_chunks=2, figures=False)
   proc = _launch([f'--workdir={tmp_path / "eight"}', '--config.runs_per_call=2'],
-                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+                 env={'XLA_FLAGS': f'--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}'})
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-2000:]
   assert 'in 4 call(s) per chunk, over 8 device(s) (26 padding runs)' in err and 'Resumed' in err
@@ -192,7 +192,7 @@ def test_split_cpu_runs_one_run_per_device_and_refuses_a_resume_with_other_calls
   config.runs_per_call = 2
   run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=2, figures=False)
   proc = _launch([f'--workdir={tmp_path / "split"}', '--config.runs_per_call=2'], variants='bp',
-                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+                 env={'XLA_FLAGS': f'--xla_force_host_platform_device_count=2 {TEST_XLA_FLAGS}'})
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-2000:]
   assert '3 runs in 2 call(s) per chunk, over 2 device(s) (1 padding runs)' in err and 'Resumed' in err

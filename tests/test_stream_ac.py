@@ -250,6 +250,9 @@ def test_stream_ac_learns_a_toy_continuous_task():
 
 def test_slippery_stream_ant_smoke_through_run_and_exact_resume(tmp_path):
   config = load_config('slippery_stream_ant', 'smoke')
+  # the smoke at half its chunks (500 steps, the friction changing as often): this test runs 6 chunks,
+  # one env step at a time, and the tests' XLA flags (conftest) make execution dominate it
+  config.total_steps, config.steps_per_chunk, config.env.friction.change_every = 1500, 500, 500
   assert_resume_is_identical(config, str(tmp_path / 'whole'), str(tmp_path / 'split'), stop_after_chunks=1, run_whole=True)
   with open(tmp_path / 'whole' / 'metrics.csv') as f:
     rows = list(csv.DictReader(f))

@@ -10,7 +10,7 @@ import numpy as np
 
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, cheap_diagnostics, load_config
 from ddl import plotting
 from ddl import run as run_lib
 
@@ -159,7 +159,7 @@ def test_notebook_runs_on_smoke_outputs(tmp_path, monkeypatch, notebook, config,
   nbclient = pytest.importorskip('nbclient')
   nbformat = pytest.importorskip('nbformat')
   workdir = str(tmp_path / 'w')
-  run_lib.run(load_config(config, arg), workdir, figures=False)
+  run_lib.run(cheap_diagnostics(load_config(config, arg)), workdir, figures=False)   # (no notebook plots those)
   monkeypatch.setenv('DDL_WORKDIR', workdir)
   monkeypatch.setenv('PYTHONPATH', ROOT)
   nb = nbformat.read(os.path.join(ROOT, 'notebooks', f'{notebook}.ipynb'), as_version=4)

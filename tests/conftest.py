@@ -15,10 +15,11 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
-# Most of the suite's time is XLA compiling small programs that then run for a moment: compile with
-# LLVM's cheapest optimisation level (a third less CPU for the suite; HLO optimisations and float
-# semantics are unchanged). Launches in a subprocess inherit it; `TEST_XLA_FLAGS` keeps it for those that
-# set flags of their own.
+# Most of the suite's time is XLA compiling programs that then run for a moment: compile with LLVM's
+# cheapest optimisation level (measured: 39 % less CPU for the suite; XLA's own HLO passes still run,
+# results stay IEEE float32, only the rounding of some sums moves, see test_cbp_conv_trace's TOL).
+# Launches in a subprocess inherit it; `TEST_XLA_FLAGS` keeps it for those that set flags of their
+# own. A level already in XLA_FLAGS wins (XLA_FLAGS=--xla_backend_optimization_level=2: XLA's default).
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()

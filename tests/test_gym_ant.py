@@ -47,6 +47,8 @@ def sim():
     shapes = jax.eval_shape(ant.reset, jax.random.PRNGKey(0), jnp.ones(1))
     blank = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     blank = jax.device_put(blank.replace(episode_step=jnp.int32(ant.episode_length - 1)), jax.devices()[0])
+  # LLVM's usual optimisation for this one program (the tests' flags lower it, conftest): these tests
+  # run it ~900 times, and at level 0 that took twice as long while compiling no faster
   return ant, jax.jit(ant.step, compiler_options={'xla_backend_optimization_level': 2}), blank
 
 

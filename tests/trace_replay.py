@@ -90,4 +90,5 @@ def compare_step(unit_layers, params, expected, ours, refs, bounds, msg, extra=N
       assert np.all(np.asarray(flat[path])[ours[features]] == value), msg + ' %s reset' % '/'.join(path)
       skip[path] |= ours[features] ^ refs[features]
   for path in sorted(want):
-    assert_close(flat[path], want[path], msg + ' ' + '/'.join(path), rtol, atol, where=~skip[path], scale_rtol=scale_rtol)
+    assert_close(flat[path], want[path], msg + ' ' + '/'.join(path), rtol, atol, where=~skip[path],
+                 scale_rtol=scale_rtol)

@@ -18,11 +18,10 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ
 # Most of the suite's time is XLA compiling programs that then run for a moment: compile with LLVM's
 # cheapest optimisation level (measured: 39 % less CPU for the suite; XLA's own HLO passes still run,
 # results stay IEEE float32, only the rounding of some sums moves, see test_cbp_conv_trace's TOL).
-# Launches in a subprocess inherit it; `TEST_XLA_FLAGS` keeps it for those that set flags of their
-# own. A level already in XLA_FLAGS wins (XLA_FLAGS=--xla_backend_optimization_level=2: XLA's default).
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+# Launches in a subprocess inherit it. A level already in XLA_FLAGS wins
+# (XLA_FLAGS=--xla_backend_optimization_level=2: XLA's default).
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,13 +63,13 @@ def assert_resume_is_identical(config, whole: str, split: str, stop_after_chunks
 # The evaluator's Hessian power iterations and UPGD plasticity probe: off in tests of other code (they
 # have tests of their own, and they nearly double an MLP evaluator's compilation). For launches in a
 # subprocess: the same as command-line flags.
-CHEAP_DIAGNOSTICS = ('--config.diagnostics.hessian_iterations=0', '--config.diagnostics.plasticity=False')
+CHEAP = {'hessian_iterations': 0, 'plasticity': False}
+CHEAP_DIAGNOSTICS = tuple(f'--config.diagnostics.{k}={v}' for k, v in CHEAP.items())
 
 
 def cheap_diagnostics(config):
   """`config` (changed in place and returned) with the evaluator's costly diagnostics off."""
-  config.diagnostics.hessian_iterations = 0
-  config.diagnostics.plasticity = False
+  config.diagnostics.update(CHEAP)
   return config
 
 

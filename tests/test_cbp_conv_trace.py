@@ -168,7 +168,7 @@ def resnet_trees(T, key, t):
 # to 1e-8 in float64 (checked by hand for the worst entry); a conv bias before batch norm has a true
 # gradient of 0, so its computed one is rounding noise of that size. The rounding is relative to the
 # terms of a sum, not to their result: an entry that cancels to ~1 in a kernel whose entries reach ~40
-# differs by ~1e-5 of the 40 (seen with the tests' XLA flags: conftest.TEST_XLA_FLAGS), hence scale_rtol.
+# differs by ~1e-5 of the 40 (seen at the tests' LLVM level, set in conftest), hence scale_rtol.
 TOL = dict(rtol=1e-4, atol=5e-5, scale_rtol=2e-5)
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CHEAP_DIAGNOSTICS, ROOT, TEST_XLA_FLAGS, cheap_diagnostics, load_config, poisoned_scr
+from conftest import CHEAP_DIAGNOSTICS, ROOT, cheap_diagnostics, load_config, poisoned_scr
 
 PoisonedSeed = poisoned_scr()
 from ddl import config as config_lib
@@ -36,11 +36,13 @@ def _scr(variants):
   return cheap_diagnostics(load_config(SCR, f'smoke,{variants}'))
 
 
-def _launch(args, env=None, variants='bp,cbp', **kwargs):
+def _launch(args, variants='bp,cbp', host_devices=None, **kwargs):
   """launch/main.py on the SCR smoke config (cheap diagnostics, as `_scr`) in a subprocess, sharing
-  the tests' compilation cache."""
+  the tests' compilation cache and XLA flags; `host_devices`: that many CPU devices."""
   env = {'PYTHONPATH': ROOT, 'JAX_COMPILATION_CACHE_DIR': jax.config.jax_compilation_cache_dir,
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5', **(env or {})}
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0.5'}
+  if host_devices:
+    env['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={host_devices}"
   return subprocess.Popen([sys.executable, MAIN, SMOKE + variants, *CHEAP_DIAGNOSTICS, *args],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}, **kwargs)
 
@@ -174,7 +176,7 @@ def test_runs_sharded_over_eight_devices_match_one_device(tmp_path):
   config.runs_per_call = 2
   run_lib.run(config, str(tmp_path / 'eight'), stop_after_chunks=2, figures=False)
   proc = _launch([f'--workdir={tmp_path / "eight"}', '--config.runs_per_call=2'],
-                 env={'XLA_FLAGS': f'--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}'})
+                 host_devices=8)
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-2000:]
   assert 'in 4 call(s) per chunk, over 8 device(s) (26 padding runs)' in err and 'Resumed' in err
@@ -192,7 +194,7 @@ def test_split_cpu_runs_one_run_per_device_and_refuses_a_resume_with_other_calls
   config.runs_per_call = 2
   run_lib.run(config, str(tmp_path / 'split'), stop_after_chunks=2, figures=False)
   proc = _launch([f'--workdir={tmp_path / "split"}', '--config.runs_per_call=2'], variants='bp',
-                 env={'XLA_FLAGS': f'--xla_force_host_platform_device_count=2 {TEST_XLA_FLAGS}'})
+                 host_devices=2)
   _, err = proc.communicate(timeout=400)
   assert proc.returncode == 0, err[-2000:]
   assert '3 runs in 2 call(s) per chunk, over 2 device(s) (1 padding runs)' in err and 'Resumed' in err

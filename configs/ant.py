@@ -72,7 +72,7 @@ def get_config(arg: str = ''):
   config.env = dict(model='gymnasium', backend='mjx', num_envs=1, episode_length=1000, starts=8,
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
-  config.network = dict(hidden=(256, 256), weight_init='lecun', layer_norm='')
+  config.network.update(hidden=(256, 256), weight_init='lecun', layer_norm='')
   config.ppo = dict(rollout_steps=2048, epochs=10, minibatches=16, gamma=0.99, lam=0.95, clip=0.2,
                     value_coef=1.0, normalise_advantages=True)
   config.optimizer.name = 'adam'

@@ -93,7 +93,7 @@ def get_config(arg: str = ''):
                      val_per_class=50, train_per_class=450, test_per_class=100, augment_test=True,
                      mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
   # conv: per platform; blocks_per_stage 2: ResNet-18 (1: a ResNet-10, the smoke's)
-  config.network = dict(width=64, conv=platform_defaults.auto(str), layer_norm='', blocks_per_stage=2)
+  config.network.update(width=64, conv=platform_defaults.auto(str), layer_norm='', blocks_per_stage=2)
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.cbp.update(cbp_lib.PRESETS['resgnt'])    # the original's ResGnT

@@ -87,7 +87,7 @@ def get_config(arg: str = ''):
   config.checkpoint_every = 10
   config.figure_step_sizes = [name('idbd', 1e-3), name('autostep', 1e-2)]   # Figure 4's curves ([]: all)
   config.data = dict(num_inputs=20, num_relevant=5, flip_period=20)
-  config.network = dict(bias=False, weight_init='zeros')   # Sutton's linear unit: no bias, w = 0
+  config.network.update(bias=False, weight_init='zeros')   # Sutton's linear unit: no bias, w = 0
   config.optimizer.name = 'sgd'
   config.hparams.meta_step_size = 1e-3
   config.hparams.initial_step_size = 0.05

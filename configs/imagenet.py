@@ -81,7 +81,7 @@ def get_config(arg: str = ''):
   config.figure_bin = 50              # figures: accuracy per task in bins of 50 tasks
   config.data = dict(source='tfds', data_dir='', cache_dir='~/.cache/ddl', order_file='', num_classes=1000,
                      images_per_class=700, train_per_class=600, pixel_scale=1.0 / 255)
-  config.network = dict(kind='convnet', conv=platform_defaults.auto(str), layer_norm='')   # conv: per platform
+  config.network.update(kind='convnet', conv=platform_defaults.auto(str), layer_norm='')   # conv: per platform
   # On CPU: 2 JAX devices, one seed each, running concurrently: ~15 % more examples/s on 2 cores
   # than vmapping the seeds on one device or running them one after another (launch/benchmark.py).
   config.cpu_devices = 2

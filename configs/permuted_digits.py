@@ -39,7 +39,7 @@ def get_config(arg: str = ''):
   config.probe_size = 500
   config.diagnostics.every = 20     # the evaluator then takes ~4.5 % of the run (launch/benchmark.py)
   config.data = dict(source='digits', data_dir='', cache_dir='', download=False, input_size=64, num_classes=10, mock_examples=0)
-  config.network = dict(layers=2, hidden=64, activation='relu', weight_init='kaiming', layer_norm='')
+  config.network.update(layers=2, hidden=64, activation='relu', weight_init='kaiming', layer_norm='')
   config.optimizer.name = 'sgd'
   config.cbp.util_type = 'adaptable_contribution'
   config.cbp.count_mode = 'accumulate'

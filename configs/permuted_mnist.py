@@ -41,7 +41,7 @@ def get_config(arg: str = ''):
   config.diagnostics.every = 5
   config.data = dict(source='mnist', data_dir='', cache_dir='~/.cache/ddl', download=False, input_size=784, num_classes=10,
                      mock_examples=1000)
-  config.network = dict(layers=3, hidden=2000, activation='relu', weight_init='kaiming', layer_norm='')
+  config.network.update(layers=3, hidden=2000, activation='relu', weight_init='kaiming', layer_norm='')
   config.optimizer.name = 'sgd'
   config.cbp.util_type = 'adaptable_contribution'
   config.cbp.count_mode = 'accumulate'

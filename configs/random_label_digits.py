@@ -85,7 +85,7 @@ def get_config(arg: str = ''):
   config.batch_size = 16
   config.probe_size = 256
   config.data = dict(num_images=256)
-  config.network = dict(layers=1, hidden=256, activation='relu', weight_init='kaiming', layer_norm='')
+  config.network.update(layers=1, hidden=256, activation='relu', weight_init='kaiming', layer_norm='')
   config.optimizer.name = 'adam'
   config.hparams.learning_rate = 1e-3
   config.diagnostics.hessian_iterations = 20
@@ -101,5 +101,8 @@ def get_config(arg: str = ''):
       injection=dict(schedule=dict(injection_first=10, injection_every=10)),
       reset=dict(schedule=dict(reset_first=10, reset_every=10, reset_layers=1)),
   )
+  # every other registered method with its declared example (CReLU, spectral norm, Parseval, TRAC,
+  # ...); growth is a different network (a layer that starts narrow), not an intervention on this one
+  config_lib.add_method_variants(config, skip=('growth',))
   config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'paper': paper})
   return config

@@ -44,7 +44,7 @@ def get_config(arg: str = ''):
   config.diagnostics.every = 2      # the evaluator then takes ~2.5 % of the run (launch/benchmark.py)
   config.data = dict(num_inputs=20, num_flipping=15, target_hidden=100, beta=0.7,
                      flip_period=10_000, generator='redraw')
-  config.network = dict(layers=1, hidden=5, activation='relu', weight_init='kaiming', layer_norm='')
+  config.network.update(layers=1, hidden=5, activation='relu', weight_init='kaiming', layer_norm='')
   config.optimizer.name = 'sgd'
   config.cbp.util_type = 'adaptable_contribution'
   config.cbp.count_mode = 'bernoulli'

@@ -97,7 +97,7 @@ def get_config(arg: str = ''):
   config.env = dict(model='gymnasium', backend='mjx', episode_length=1000, starts=8, refill_every=1000,
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
-  config.network = dict(hidden=(128, 128), activation='leaky_relu', weight_init='sparse', layer_norm='plain')
+  config.network.update(hidden=(128, 128), activation='leaky_relu', weight_init='sparse', layer_norm='plain')
   config.stream = dict(entropy_coef=0.01)
   config.optimizer.name = 'obgd'
   config.obgd.per_network = True          # actor (kappa_policy) and critic (kappa): one ObGD each

@@ -1,7 +1,7 @@
 """Shared config pieces, the config checks and the expansion of variants into sweep groups.
 
 A config names an experiment, its static settings, default `hparams` (the traced
-hyperparameters, `ddl.learners.HPARAMS`) and `variants`: each variant overrides some hparams
+hyperparameters of every method, `ddl.learners.registry`) and `variants`: each variant overrides some hparams
 (a point of the sweep, same program) and may override static settings (e.g. `network.layers`),
 which puts it in a group of its own (another program). Seeds x variants of a group are vmapped.
 """
@@ -9,20 +9,17 @@ import copy
 import dataclasses
 import difflib
 import json
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import ml_collections
 
+from ddl import nets
 from ddl import platform_defaults
-from ddl.learners import growth as growth_lib
-from ddl.learners import idbd as idbd_lib
-from ddl.learners import learner as learner_lib
+from ddl.learners import method as method_lib
 from ddl.learners import registry
-from ddl.learners import topology
-
-HPARAMS = registry.HPARAMS
 
 WANDB_MODES = ('disabled', 'offline', 'online')
+DEFAULT_OPTIMIZER = next(iter(registry.OPTIMIZERS))
 PLATFORMS = ('', 'cpu', 'gpu', 'tpu')
 
 
@@ -61,16 +58,14 @@ def base_config() -> ml_collections.ConfigDict:
   # (AUTO): the platform's choice (ddl.platform_defaults: False on CPU, True on GPU and TPU).
   config.fuse_variants = platform_defaults.auto(bool)
   # Every method's hyperparameters, with the defaults they declare (ddl.learners.registry): the
-  # traced ones in `hparams`, the static ones in their method's section.
-  statics = {section: {h.name: h.default for h in hypers} for section, hypers in registry.static_hypers().items()}
-  config.optimizer = dict(name='sgd', **statics['optimizer'])
-  config.cbp = dict(method='cbp', **statics['cbp'])   # method 'cbp' (ddl.learners.cbp) or 'redo'
-  config.upgd = statics['upgd']
-  config.idbd = statics['idbd']                       # IDBD and Autostep (ddl.learners.idbd)
-  config.metaoptimize = statics['metaoptimize']       # MetaOptimize (ddl.learners.metaoptimize)
-  config.obgd = statics['obgd']                       # ObGD (ddl.learners.obgd)
-  config.schedule = statics['schedule']               # resets and plasticity injection
-  config.growth = statics['growth']                   # a growing last hidden layer (ddl.learners.growth)
+  # traced ones in `hparams`, the static ones in their method's section; the optimizer by name
+  # (`registry.OPTIMIZERS`), the network's activation (`ddl.nets.activations`).
+  config.optimizer = dict(name=DEFAULT_OPTIMIZER)
+  config.network = dict(activation='relu')
+  for section, hypers in registry.static_hypers().items():
+    if section not in config:
+      config[section] = {}
+    config[section].update({h.name: h.default for h in hypers})
   config.hparams = {h.name: h.default for h in registry.traced_hypers()}
   # The evaluator (ddl.experiments.evaluation): every `every` chunks, on a fixed probe batch; the
   # Hessian's power iterations (0: not measured), whether to measure UPGD's plasticity (a learner
@@ -97,10 +92,28 @@ def config_module(name: str):
   return module
 
 
+def method_presets() -> Dict[str, Any]:
+  """The presets that methods declare (`Method.presets`), each adding its methods' variants."""
+  found: Dict[str, list] = {}
+  for method in registry.all_methods():
+    for preset, variants in method.presets:
+      found.setdefault(preset, []).append(variants)
+
+  def apply(makers):
+    def add(config):
+      for make in makers:
+        config.variants.update(make(config))
+    return add
+
+  return {preset: apply(makers) for preset, makers in found.items()}
+
+
 def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[str, Any]) -> None:
   """Applies the `--config=file.py:a,b` argument: each token is a preset of the file (e.g.
-  'smoke', applied in place by the callable in `presets`) or the name of a variant to keep."""
-  presets = {'step_sizes': step_size_variants, **presets}
+  'smoke', applied in place by the callable in `presets`), a preset the methods declare (e.g.
+  'step_sizes': the level-2 learners that learn their step sizes, `Method.presets`) or the name of
+  a variant to keep."""
+  presets = {**method_presets(), **presets}
   keep = []
   for token in filter(None, (t.strip() for t in (arg or '').split(','))):
     if token in presets:
@@ -117,16 +130,17 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[
         del config.variants[name]
 
 
-def step_size_variants(config: ml_collections.ConfigDict) -> None:
-  """The preset 'step_sizes' of every config (`--config=configs/X.py:step_sizes`): adds the
-  level-2 learners of dynamic deep learning as variants. IDBD and Autostep start every weight at the
-  config's learning rate (meta step sizes 1e-3 and 1e-2: Sutton 1992's and Autostep's usual
-  choices); MetaOptimize (one step size per network) starts at the authors' 1e-3 for its AdamW
-  base. Per-weight MetaOptimize is `metaoptimize.blocks='weight'` in a variant of its own."""
-  start = float(config.hparams.learning_rate)
-  config.variants.idbd = dict(optimizer=dict(name='idbd'), initial_step_size=start, meta_step_size=1e-3)
-  config.variants.autostep = dict(optimizer=dict(name='autostep'), initial_step_size=start, meta_step_size=1e-2)
-  config.variants.metaoptimize = dict(optimizer=dict(name='metaoptimize'), learning_rate=1e-3)
+def add_method_variants(config: ml_collections.ConfigDict, skip: Sequence[str] = ()) -> None:
+  """Adds a variant per example (`Method.examples`) of every registered method that changes the
+  learner around its optimizer (not an optimizer, not always in the program), unless a variant of
+  that name is there or the method is in `skip`: a config that compares interventions then covers
+  every method registered, a new one included, with no line of its own."""
+  for method in registry.all_methods():
+    if method.kind == 'optimizer' or method.active is method_lib.always or method.name in skip:
+      continue
+    for name, variant in method.variants().items():
+      if name not in config.variants:
+        config.variants[name] = variant
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:
@@ -143,18 +157,9 @@ class Group:
   hparams: List[Dict[str, float]]
 
   @property
-  def max_replacement_rate(self) -> float:
-    """Largest CBP rate of the group: 0 leaves CBP out of the program."""
-    return max(h['replacement_rate'] for h in self.hparams)
-
-  @property
-  def perturbation(self) -> bool:
-    """Whether the program holds the S&P noise transform."""
-    return self.uses('snp')
-
-  def uses(self, method: str) -> bool:
-    """Whether the program holds a gated intervention (`registry.GATES`): some variant switches it on."""
-    return any(h[registry.GATES[method]] > 0 for h in self.hparams)
+  def methods(self) -> Tuple[method_lib.Method, ...]:
+    """The methods this group's program holds (`registry.active`)."""
+    return registry.active(self.config, self.hparams)
 
 
 def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -167,6 +172,19 @@ def _flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
   return out
 
 
+def _overridden(config: ml_collections.ConfigDict, static: Dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with a variant's static settings."""
+  out = copy.deepcopy(config)
+  with out.unlocked():
+    for key, value in _flatten(static).items():
+      target = out
+      *parents, leaf = key.split('.')
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = value
+  return out
+
+
 def groups(config: ml_collections.ConfigDict) -> List[Group]:
   """Splits the variants into groups of identical static settings (and, unless
   `fuse_variants`, the same use of S&P noise and CBP), in config order. A launch resolves
@@ -174,21 +192,16 @@ def groups(config: ml_collections.ConfigDict) -> List[Group]:
   result: Dict[str, Group] = {}
   for name, variant in config.variants.items():
     variant = variant.to_dict()
-    static = {k: v for k, v in variant.items() if k not in HPARAMS}
-    hparams = {k: float(config.hparams[k]) for k in HPARAMS}
-    hparams.update({k: float(v) for k, v in variant.items() if k in HPARAMS})
-    uses = {} if config.fuse_variants else {name: hparams[gate] > 0 for name, gate in registry.GATES.items()}
+    names = registry.hparam_names()
+    static = {k: v for k, v in variant.items() if k not in names}
+    hparams = {k: float(config.hparams[k]) for k in names}
+    hparams.update({k: float(v) for k, v in variant.items() if k in names})
+    # a gated method (S&P noise, CBP, ...) only in the programs of the variants that switch it on
+    uses = {} if config.fuse_variants else {
+        m.name: m.active(method_lib.Program(_overridden(config, static), [hparams])) for m in registry.all_methods()}
     signature = json.dumps([static, uses], sort_keys=True)
     if signature not in result:
-      group_config = copy.deepcopy(config)
-      with group_config.unlocked():
-        for key, value in _flatten(static).items():
-          target = group_config
-          *parents, leaf = key.split('.')
-          for parent in parents:
-            target = target[parent]
-          target[leaf] = value
-      result[signature] = Group(name='', config=group_config, variants=[], hparams=[])
+      result[signature] = Group(name='', config=_overridden(config, static), variants=[], hparams=[])
     group = result[signature]
     group.variants.append(name)
     group.hparams.append(hparams)
@@ -217,92 +230,113 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
   _check(config.wandb.mode in WANDB_MODES, 'wandb.mode', f'{config.wandb.mode!r} is not known; use one of {WANDB_MODES}')
   _check(len(config.variants) > 0, 'variants', 'at least one variant is needed')
   top_level = set(config.keys())
+  names = registry.hparam_names()
   for name, variant in config.variants.items():
     _check(isinstance(variant, ml_collections.ConfigDict), f'variants.{name}',
            'must be a dict of hparams and setting overrides')
     for key in variant.keys():
-      _check(key in HPARAMS or key in top_level, f'variants.{name}.{key}',
-             f'is neither a hyperparameter {HPARAMS} nor a config key{_suggest(key, list(HPARAMS) + sorted(top_level))}')
+      _check(key in names or key in top_level, f'variants.{name}.{key}',
+             f'is neither a hyperparameter {names} nor a config key{_suggest(key, list(names) + sorted(top_level))}')
   traced = registry.traced_hypers()
   for group in groups(config):
-    _check_methods(group.config, f'variant(s) {", ".join(group.variants)}: ')
+    where = f'variant(s) {", ".join(group.variants)}'
+    _check_methods(group.config, f'{where}: ')
     for variant, hparams in zip(group.variants, group.hparams):
       for h in traced:
         problem = h.problem(hparams[h.name])
         _check(problem is None, f'variant {variant}: hparams.{h.name}', str(problem))
-    _check(group.config.optimizer.name != 'obgd' or getattr(experiment_cls, 'td_errors', False),
-           f'variant(s) {", ".join(group.variants)}: optimizer.name',
-           f'obgd needs a TD error and the episode ends in every step, which experiment {config.experiment} does '
-           'not give (experiment stream_ac does)')
+    methods = group.methods
     try:
       checks = experiment_cls.checks(group.config)
     except (ZeroDivisionError, TypeError, KeyError, AttributeError) as e:
-      raise ConfigError(f'variant(s) {", ".join(group.variants)}: a size or type is impossible ({e!r})') from None
+      raise ConfigError(f'{where}: a size or type is impossible ({e!r})') from None
     for ok, message in checks:
-      _check(ok, f'variant(s) {", ".join(group.variants)}', message)
-    _check_applies(config.experiment, experiment_cls, group)
+      _check(ok, where, message)
+    _check_applies(config.experiment, experiment_cls, group, methods)
+    for variant in group.variants:
+      _check_belongs(variant, config.variants[variant].to_dict(), methods)
 
 
 def _check_methods(c: ml_collections.ConfigDict, where: str = '') -> None:
-  """The static settings of the methods (optimizer, reset method, each method's section) in the
+  """The static settings of the methods (the optimizer by name, each method's section) in the
   base config or, with `where` naming them, in a group of variants."""
   _check(c.optimizer.name in registry.OPTIMIZERS, f'{where}optimizer.name',
-         f'{c.optimizer.name!r} is not known; use one of {tuple(registry.OPTIMIZERS)}')
-  _check(c.cbp.method in learner_lib.RESETS, f'{where}cbp.method',
-         f'{c.cbp.method!r} is not known; use one of {learner_lib.RESETS}')
+         f'{c.optimizer.name!r} is not known{_suggest(c.optimizer.name, list(registry.OPTIMIZERS))}; use one of '
+         f'{tuple(registry.OPTIMIZERS)}')
   for section, hypers in registry.static_hypers().items():
     for h in hypers:
       if section in c and h.name in c[section]:
         problem = h.problem(c[section][h.name])
         _check(problem is None, f'{where}{section}.{h.name}', str(problem))
-  _check(c.cbp.utility_statistic == 'ema' or c.cbp.util_type in ('contribution', 'weight'),
-         f'{where}cbp.utility_statistic', "'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'")
-  step_sizes = c.obgd.get('step_sizes', 'fixed') if 'obgd' in c else 'fixed'
-  _check(step_sizes == 'fixed' or c.optimizer.name == 'obgd', f'{where}obgd.step_sizes',
-         f"{step_sizes!r} (per-weight step sizes inside ObGD's bound) needs optimizer.name='obgd', got "
-         f"{c.optimizer.name!r}; set obgd.step_sizes='fixed' or use optimizer obgd")
-  beta_min, beta_max = (c.obgd.get(name, default) if 'obgd' in c else default
-                        for name, default in zip(('beta_min', 'beta_max'), idbd_lib.BETA_RANGE))
-  _check(step_sizes == 'fixed' or beta_min < beta_max, f'{where}obgd.beta_min',
-         f'must be < obgd.beta_max, got {beta_min} and {beta_max}')
+  activation = c.network.get('activation', 'relu') if 'network' in c else 'relu'
+  _check(activation in nets.activation_names(), f'{where}network.activation',
+         f'{activation!r} is not known{_suggest(str(activation), nets.activation_names())}; use one of '
+         f'{nets.activation_names()}')
 
 
-def _check_applies(experiment: str, experiment_cls: Any, group: Group) -> None:
-  """Each intervention a group switches on must find what it needs in the experiment's network
-  (registry.Method.needs): hidden units for CBP and ReDo, named layers for a head."""
-  c = group.config
-  wanted = []
-  if group.max_replacement_rate > 0 or c.cbp.method == 'redo':
-    wanted.append(registry.INTERVENTIONS['redo' if c.cbp.method == 'redo' else 'cbp'])
-  if c.schedule.injection_first > 0:
-    wanted.append(registry.INTERVENTIONS['injection'])
-  if c.schedule.reset_first > 0 and c.schedule.reset_layers > 0:
-    wanted.append(dataclasses.replace(registry.INTERVENTIONS['reset'], needs='head'))
-  if c.growth.initial_units > 0:
-    wanted.append(registry.INTERVENTIONS['growth'])
-    if c.schedule.reset_first > 0 or c.schedule.injection_first > 0:
-      raise ConfigError(f'variant(s) {", ".join(group.variants)}: growth does not combine with resets or plasticity '
-                        'injection (schedule.reset_first, schedule.injection_first); set those to 0 or '
-                        'growth.initial_units to 0.')
-  if not any(m.needs for m in wanted):
-    return
-  network = experiment_cls.make_network(c)
-  for method in wanted:
-    name = type(network).__name__
-    if method.needs == 'units' and not topology.unit_layers(network):
-      missing = f'its network ({name}) has no hidden units'
-    elif method.needs == 'head' and not hasattr(network, 'layer_names'):
-      missing = f'its network ({name}) declares no named layers to form a head (networks with one: MLP, ConvNet)'
-    elif method.needs == 'grow' and growth_lib.problem(network, c.growth):
-      missing = growth_lib.problem(network, c.growth)
-    else:
+def _check_belongs(variant: str, overrides: Dict[str, Any], methods: Sequence[method_lib.Method]) -> None:
+  """A variant sets only hyperparameters of methods its program holds (a value other than the
+  declared default for a method it does not use is a mistake: it would change nothing)."""
+  traced = {h.name: h for m in registry.all_methods() for h in m.traced}
+  static = {(m.section, h.name): h for m in registry.all_methods() for h in m.static}
+  used_traced = {h.name for m in methods for h in m.traced} | {registry.LEARNING_RATE.name}
+  used_static = {(m.section, h.name) for m in methods for h in m.static}
+  owners = lambda test: sorted(m.name for m in registry.all_methods() if test(m))
+  for key, value in _flatten(overrides).items():
+    if key in traced and key not in used_traced and value != traced[key].default:
+      raise ConfigError(
+          f'variant {variant}: hparams.{key} belongs to {", ".join(owners(lambda m: key in [h.name for h in m.traced]))}, '
+          f'which this variant does not use (it uses {", ".join(m.name for m in methods)}); remove {key} from the '
+          'variant or switch the method on.')
+    section, _, name = key.rpartition('.')
+    h = static.get((section, name))
+    if h is not None and (section, name) not in used_static and value != h.default:
+      belongs = owners(lambda m: m.section == section and name in [x.name for x in m.static])
+      raise ConfigError(
+          f'variant {variant}: {key} belongs to {", ".join(belongs)}, which this variant does not use (it uses '
+          f'{", ".join(m.name for m in methods)}); remove {key} from the variant or switch the method on.')
+
+
+def _check_applies(experiment: str, experiment_cls: Any, group: Group, methods: Sequence[method_lib.Method]) -> None:
+  """Each method a group's program holds runs where it applies (its own `check`), gets the extra
+  arguments its update takes, and the experiment's optimizer takes what the experiment gives it."""
+  where = f'variant(s) {", ".join(group.variants)}'
+  given = tuple(getattr(experiment_cls, 'step_args', ()))
+  for method in methods:
+    missing = [a for a in method.extra_args if a not in method_lib.LEARNER_ARGS and a not in given]
+    if missing:
+      raise ConfigError(f'{where}: {method.name} ({method.doc}) does not apply to experiment {experiment}: its update '
+                        f'needs {", ".join(missing)} in every step, which this experiment does not give; remove the '
+                        'variant or choose another method.')
+  optimizer = next(m for m in methods if m.kind == 'optimizer')
+  if given and not set(given) <= set(optimizer.extra_args):
+    takes = tuple(m.name for m in registry.OPTIMIZERS.values() if set(given) <= set(m.extra_args))
+    raise ConfigError(f'{where}: optimizer.name={optimizer.name}: experiment {experiment} steps its optimizer with '
+                      f'{", ".join(given)}, which {optimizer.name} does not take; use one of {takes}.')
+  located = method_lib.Where(experiment, experiment_cls, group.config)
+  for method in methods:
+    if method.check is None:
       continue
-    raise ConfigError(f'variant(s) {", ".join(group.variants)}: {method.name} ({method.doc}) does not apply to '
-                      f'experiment {experiment}: {missing}; remove the variant or choose another network.')
+    missing = method.check(located)
+    if missing:
+      raise ConfigError(f'{where}: {method.name} ({method.doc}) does not apply to experiment {experiment}: '
+                        f'{missing}; remove the variant or choose another network or method.')
+
+
+def declared_defaults() -> Dict[str, Any]:
+  """{dotted config key: declared default} of every registered method's hyperparameters."""
+  out = {f'hparams.{h.name}': h.default for h in registry.traced_hypers()}
+  for section, hypers in registry.static_hypers().items():
+    out.update({f'{section}.{h.name}': h.default for h in hypers})
+  return out
 
 
 def differing_keys(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
-  """Dotted keys whose values differ between two (nested) config dicts."""
+  """Dotted keys whose values differ between a saved config `a` and a new one `b` (nested dicts).
+  A key only `b` has that holds a registered method's declared default is no difference: a method
+  registered since `a` was saved, left off (its default), changes nothing of the run."""
   fa, fb = _flatten(a), _flatten(b)
-  return sorted(k for k in set(fa) | set(fb) if fa.get(k, '<absent>') != fb.get(k, '<absent>'))
+  defaults = declared_defaults()
+  added = lambda k: k not in fa and k in defaults and fb[k] == defaults[k]
+  return sorted(k for k in set(fa) | set(fb) if fa.get(k, '<absent>') != fb.get(k, '<absent>') and not added(k))
 

@@ -9,6 +9,7 @@ no-affine variant over all of a sample's features (as in streaming RL). Networks
 layers (`layer_names()`: MLP, ConvNet) also run from a hidden layer on (`start`): the head that
 plasticity injection and head resets act on.
 """
+import dataclasses
 import functools
 import math
 from typing import Callable, Dict, Sequence, Tuple
@@ -27,6 +28,49 @@ ACTIVATIONS: Dict[str, Callable[[jax.Array], jax.Array]] = {
 # PyTorch `calculate_gain`; swish and elu use relu's gain as in the original's CBP bounds.
 GAINS = {'relu': math.sqrt(2.0), 'tanh': 5.0 / 3.0, 'sigmoid': 1.0, 'linear': 1.0, 'elu': math.sqrt(2.0),
          'swish': math.sqrt(2.0), 'leaky_relu': math.sqrt(2.0 / (1 + 0.01 ** 2)), 'selu': 1.0}
+
+
+
+def _registered_activations():
+  """Activations that network-option methods declare (`Method.activation`, e.g. CReLU)."""
+  from ddl.learners import registry  # pylint: disable=g-import-not-at-top
+  return {m.name: m for m in registry.NETWORK_OPTIONS.values() if m.activation is not None}
+
+
+def activation_names() -> Tuple[str, ...]:
+  """Every activation a network accepts: the built-in ones and those methods declare."""
+  return tuple(ACTIVATIONS) + tuple(_registered_activations())
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  """The activation function `name` (it may change the width, e.g. CReLU doubles it: the next layer
+  reads what it gives)."""
+  if name in ACTIVATIONS:
+    return ACTIVATIONS[name]
+  registered = _registered_activations()
+  if name in registered:
+    return registered[name].activation
+  raise ValueError(f'network.activation={name!r} is not known; use one of {activation_names()}.')
+
+
+def gain(name: str) -> float:
+  """The initialisation gain of activation `name` (PyTorch's `calculate_gain` or the method's)."""
+  if name in GAINS:
+    return GAINS[name]
+  registered = _registered_activations()
+  if name in registered:
+    return registered[name].gain
+  raise ValueError(f'network.activation={name!r} is not known; use one of {activation_names()}.')
+
+
+def build(cls, network_config, **fields):
+  """`cls(**fields)` plus every field of `cls` that the config's network section sets (its options:
+  activation, layer_norm, weight_init, conv, ...), so an experiment passes a network's options
+  without naming them; `fields` win."""
+  names = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (network_config or {}).items() if k in names}
+  return cls(**{**options, **fields})
+
 
 INITS = ('kaiming', 'lecun', 'xavier', 'default', 'zeros', 'sparse')
 LAYER_NORMS = ('', 'affine', 'plain')
@@ -56,15 +100,15 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
   """
   if init == 'sparse':
     return sparse_uniform()
-  gain = GAINS[activation]
+  g = gain(activation)
   if init == 'kaiming':
-    return nn.initializers.variance_scaling(gain ** 2, 'fan_in', 'uniform')
+    return nn.initializers.variance_scaling(g ** 2, 'fan_in', 'uniform')
   if init == 'lecun':
     return nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform')
   if init == 'default':
     return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
   if init == 'xavier':
-    return nn.initializers.variance_scaling(gain ** 2, 'fan_avg', 'uniform')
+    return nn.initializers.variance_scaling(g ** 2, 'fan_avg', 'uniform')
   if init == 'zeros':
     return nn.initializers.zeros
   raise ValueError(f'init={init!r} is not known; use one of {INITS}.')
@@ -107,7 +151,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     features = {}
-    act = ACTIVATIONS[self.activation]
+    act = activation(self.activation)
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden):
       if i < start:
@@ -258,10 +302,12 @@ class ConvNet(nn.Module):
   dense layers from the flattened last conv map). widths, dense: the three conv and two dense
   widths (the paper's by default; smaller ones for tests). The last conv map is flattened in NHWC
   order, (position, channel); the original flattens channel-major, a permutation of the first
-  dense layer's input rows that changes nothing else."""
+  dense layer's input rows that changes nothing else. activation: after every hidden layer (the
+  paper's ReLU by default; one that changes the width, as CReLU, widens what the next layer reads)."""
   outputs: int = 2
   conv: str = 'patches'
   layer_norm: str = ''
+  activation: str = 'relu'
   widths: Tuple[int, int, int] = (32, 64, 128)
   dense: Tuple[int, int] = (128, 128)
 
@@ -272,19 +318,20 @@ class ConvNet(nn.Module):
   def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     features = {}
     init = initializer('default')
+    act = activation(self.activation)
     for i, (name, width, size) in enumerate(zip(('conv_0', 'conv_1', 'conv_2'), self.widths, (5, 3, 3))):
       if i < start:
         continue
       fan_in = x.shape[-1] * size * size
       x = Conv(width, (size, size), self.conv, init, torch_default_bias(fan_in), name=name)(x)
-      x = max_pool_2x2(nn.relu(normalize(self.layer_norm, f'{name}_norm', x)))
+      x = max_pool_2x2(act(normalize(self.layer_norm, f'{name}_norm', x)))
       features[name] = x
     x = x.reshape(x.shape[0], -1)
     for i, (name, width) in enumerate(zip(('dense_0', 'dense_1'), self.dense), start=3):
       if i < start:
         continue
       x = nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x)
-      x = nn.relu(normalize(self.layer_norm, f'{name}_norm', x))
+      x = act(normalize(self.layer_norm, f'{name}_norm', x))
       features[name] = x
     out = nn.Dense(self.outputs, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name='output')(x)
     return out, features
@@ -429,26 +476,29 @@ class ResNet18(nn.Module):
   'block{i}_conv1' (after bn1 + ReLU) and 'block{i}_out' (after the residual add + ReLU); the last
   block's output is replaced by the pooled (batch, 8w) vector.
 
-  norm: 'batch' (the paper) or 'layer' (the `layer_norm` option: Flax LayerNorm over channels in
-  place of every BatchNorm, same names, no running statistics).
+  layer_norm: '' batch norm (the paper), else the `layer_norm` option: Flax LayerNorm over channels
+  in place of every BatchNorm (affine, same names, no running statistics).
 
   blocks_per_stage: 2 is ResNet-18 (the paper); 1 (a ResNet-10, what the `:smoke` config uses) has
-  the same kinds of layers and joins, half of them to compile."""
+  the same kinds of layers and joins, half of them to compile.
+
+  activation: inside each block, after conv1 and bn1 (ReLU, the paper's, by default); the stem's and
+  the blocks' outputs keep ReLU, since the identity shortcuts need their width (an activation that
+  changes the width, as CReLU, then widens only what conv2 reads)."""
   outputs: int = 100
   width: int = 64
   conv: str = 'patches'
-  norm: str = 'batch'
+  layer_norm: str = ''
   blocks_per_stage: int = 2
+  activation: str = 'relu'
 
   def _conv(self, features, size, strides, name):
     return Conv(features, (size, size), self.conv, he_normal(), nn.initializers.zeros, strides=strides,
                 padding='SAME', name=name)
 
   def _bn(self, train, name):
-    if self.norm == 'layer':
+    if self.layer_norm:
       return nn.LayerNorm(epsilon=1e-5, name=name)
-    if self.norm != 'batch':
-      raise ValueError(f"ResNet18 norm={self.norm!r} is not known; use 'batch' or 'layer'.")
     return BatchNorm(use_running_average=not train, name=name)
 
   @nn.compact
@@ -457,7 +507,8 @@ class ResNet18(nn.Module):
     x = nn.relu(self._bn(train, 'stem_bn')(self._conv(self.width, 3, 1, 'stem')(x)))
     features['stem'] = x
     for i, (width, strides) in enumerate(self.blocks()):
-      h = nn.relu(self._bn(train, f'block{i}_bn1')(self._conv(width, 3, strides, f'block{i}_conv1')(x)))
+      h = activation(self.activation)(self._bn(train, f'block{i}_bn1')(self._conv(width, 3, strides,
+                                                                                  f'block{i}_conv1')(x)))
       features[f'block{i}_conv1'] = h
       h = self._bn(train, f'block{i}_bn2')(self._conv(width, 3, 1, f'block{i}_conv2')(h))
       if strides != 1 or x.shape[-1] != width:

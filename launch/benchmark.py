@@ -42,6 +42,7 @@ import time
 import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddl import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -94,21 +95,39 @@ flags.DEFINE_bool('interventions', False, 'Replace the variants by one per inter
 flags.DEFINE_integer('read_metrics_rows', 0, 'Instead of a workload: seconds to read a synthetic metrics.csv of this '
                      'many rows with ddl.plotting.read_metrics (the figures\' and notebooks\' reader).')
 
-# One variant per intervention and per learner (ddl.learners.registry), for --interventions, each a
-# program of its own; coupled L2 is left out: it is a traced point of plain backprop's program (the
-# same cost). The dynamic-deep-learning learners: IDBD/Autostep on the whole network (per-example
-# Gauss-Newton diagonal), MetaOptimize per network and per weight, a growing last hidden layer.
-INTERVENTION_VARIANTS = {
-    'bp': {}, 'snp': dict(weight_decay=1e-4, noise_scale=1e-4),
-    'l2_init': dict(l2_init=1e-3), 'cbp': dict(replacement_rate=1e-4), 'redo': dict(cbp=dict(method='redo')),
-    'layer_norm': dict(network=dict(layer_norm='affine')), 'upgd': dict(optimizer=dict(name='upgd')),
-    'reset': dict(schedule=dict(reset_first=1, reset_every=1, reset_layers=1)),
-    'injection': dict(schedule=dict(injection_first=1)),
-    'adam': dict(optimizer=dict(name='adam')), 'idbd': dict(optimizer=dict(name='idbd')),
-    'autostep': dict(optimizer=dict(name='autostep')), 'metaoptimize': dict(optimizer=dict(name='metaoptimize')),
-    'metaoptimize_weight': dict(optimizer=dict(name='metaoptimize'), metaoptimize=dict(blocks='weight')),
-    'growth': dict(growth=dict(initial_units=1)),
-}
+def intervention_variants():
+  """For --interventions: plain backprop ('bp') and one variant per example of every registered
+  method (`Method.examples`), each a program of its own; coupled L2 is left out: it is a traced point
+  of plain backprop's program (the same cost), and so is the default optimizer."""
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl.learners import method as method_lib  # pylint: disable=g-import-not-at-top
+  from ddl.learners import registry  # pylint: disable=g-import-not-at-top
+  out = {'bp': {}}
+  for method in registry.all_methods():
+    if method.active is not method_lib.always and method.name != config_lib.DEFAULT_OPTIMIZER:
+      out.update(method.variants())
+  return out
+
+
+def applicable(config):
+  """The config with only the variants whose methods apply to its experiment (a method that does
+  not, e.g. an optimizer that needs a TD error on a supervised task, is left out with a log line)."""
+  import copy  # pylint: disable=g-import-not-at-top
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl import experiments  # pylint: disable=g-import-not-at-top
+  from ddl import platform_defaults  # pylint: disable=g-import-not-at-top
+  keep = {}
+  for name, variant in config.variants.items():
+    one = copy.deepcopy(config)
+    one.variants = {name: variant.to_dict()}
+    try:
+      config_lib.validate(platform_defaults.resolve(one), experiments.get(one.experiment))
+    except config_lib.ConfigError as e:
+      logging.info('--interventions: %s left out: %s', name, e)
+      continue
+    keep[name] = variant.to_dict()
+  config.variants = keep
+  return config
 
 
 def _set(config, key, value):
@@ -128,7 +147,7 @@ def _config():
   variant = '' if flags.FLAGS.interventions else flags.FLAGS.variant
   config = module.get_config(','.join(filter(None, [flags.FLAGS.config_arg, variant])))
   if flags.FLAGS.interventions:
-    config.variants = {k: v for k, v in INTERVENTION_VARIANTS.items()
+    config.variants = {k: v for k, v in intervention_variants().items()
                        if not flags.FLAGS.variant or k in flags.FLAGS.variant.split(',')}
   config.num_seeds = flags.FLAGS.seeds
   if flags.FLAGS.fuse_variants is not None:
@@ -144,7 +163,7 @@ def _config():
     if 'num_tasks' in config.variants[name]:
       with config.variants[name].unlocked():
         del config.variants[name]['num_tasks']
-  return config
+  return applicable(config) if flags.FLAGS.interventions else config
 
 
 def _line(config, variant, runs, per_call, examples, seconds, compile_sec, device_mb, evaluate_sec, evaluate_share,

@@ -16,17 +16,43 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import traverse_util
 
 import trace_replay
+from ddl import config as config_lib
 from ddl import nets
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import learner as learner_lib
+from ddl.learners.method import map_reset_state
 
 CONV_NAMES = {'conv1': 'conv_0', 'conv2': 'conv_1', 'conv3': 'conv_2', 'fc1': 'dense_0', 'fc2': 'dense_1',
               'fc3': 'output'}
+
+
+def sgd_cbp_learner(network, momentum, rate, cbp_options):
+  """The learner of coupled L2, SGD with `momentum` and CBP with `cbp_options` (max rate `rate`)."""
+  config = config_lib.base_config()
+  config.optimizer.update(name='sgd', momentum=momentum)
+  config.cbp.update(cbp_options)
+  learner = learner_lib.Learner.of(network, 'cross_entropy', ('l2', 'sgd', 'cbp'), config=config,
+                                   replacement_rate=rate)
+  assert learner.replaces_units
+  return learner
+
+
+def with_momentum(params, opt_state, momentum):
+  """`opt_state` with its params-shaped subtree (SGD's momentum buffer) set to `momentum`."""
+  return map_reset_state(opt_state, params, lambda _: momentum, lambda _: momentum)
+
+
+def momentum_of(params, opt_state):
+  """The params-shaped subtree (SGD's momentum buffer) of `opt_state`."""
+  moments = []
+  collect = lambda sub: moments.append(sub) or sub
+  map_reset_state(opt_state, params, collect, collect)
+  assert len(moments) == 1, len(moments)
+  return moments[0]
 
 
 def convnet_tree(T, key, t, spatial_out):
@@ -57,16 +83,14 @@ def test_convgnt_matches_torch_trace():
   network = nets.ConvNet(outputs=2, widths=widths[:3], dense=widths[3:])
   util_type = str(T['util_types'][int(T['util_type'])])
   rate = float(T['replacement_rate'])
-  cbp = ml_collections.ConfigDict(dict(cbp_lib.PRESETS['convgnt'], util_type=util_type,
-                                       reset_optimizer_state=False, next_bias_correction=False))
-  optimizer = ml_collections.ConfigDict(dict(name='sgd', momentum=float(T['momentum'])))
-  learner = learner_lib.Learner(network=network, loss='cross_entropy', optimizer=optimizer, cbp=cbp,
-                                max_replacement_rate=rate, perturbation=False)
+  learner = sgd_cbp_learner(network, float(T['momentum']), rate, dict(
+      cbp_lib.PRESETS['convgnt'], util_type=util_type, reset_optimizer_state=False, next_bias_correction=False))
   layers = learner.unit_layers
   assert [l.features for l in layers] == [CONV_NAMES[h] for h in hidden]
   hp = {k: jnp.asarray(v, jnp.float32) for k, v in dict(
-      learning_rate=float(T['lr']), weight_decay=0.0, noise_scale=0.0, replacement_rate=rate,
+      learning_rate=float(T['lr']), weight_decay=0.0, replacement_rate=rate,
       maturity_threshold=float(T['maturity_threshold']), decay_rate=float(T['decay_rate'])).items()}
+  assert set(hp) == {n for n, _ in learner.traced}
   bounds = {CONV_NAMES[h]: float(b) for h, b in zip(hidden, T['init_bound'])}
   decay = float(T['decay_rate'])
 
@@ -79,17 +103,16 @@ def test_convgnt_matches_torch_trace():
 
   @jax.jit
   def step(params, momentum, state, x, y, key):
-    opt_state = cbp_lib.map_optimizer_moments(lambda _: momentum, params, learner.make_optimizer(hp).init(params))
-    lstate = learner_lib.LearnerState(params=params, opt_state=opt_state, cbp_state=state, hparams=hp)
+    opt_state = with_momentum(params, learner.make_optimizer(hp).init(params), momentum)
+    lstate = learner_lib.LearnerState(params=params, opt_state=opt_state, hparams=hp, methods={'cbp': state})
     new, out = learner.step(lstate, x, y, key)
-    moments = []
-    cbp_lib.map_optimizer_moments(lambda sub: moments.append(sub) or sub, params, new.opt_state)
+    new_momentum = momentum_of(params, new.opt_state)
     # the ranking utility: the same CBP step with rate 0 (nothing reset) from the post-SGD weights
-    sgd = jax.tree.map(lambda a, m: a - hp['learning_rate'] * m, params, moments[0])
-    _, _, stats, _ = learner.make_cbp(dict(hp, replacement_rate=jnp.zeros(()))).update(
+    sgd = jax.tree.map(lambda a, m: a - hp['learning_rate'] * m, params, new_momentum)
+    _, _, stats, _ = learner.hooks['cbp'].transform(dict(hp, replacement_rate=jnp.zeros(()))).update(
         sgd, new.opt_state, state, out.features, key)
     rank = {n: s.utility / (1.0 - decay ** s.ages.astype(jnp.float32)) for n, s in stats.layers.items()}
-    return new, out.loss, moments[0], rank
+    return new, out.loss, new_momentum, rank
 
   replaced_total = np.zeros(len(hidden), int)
   ties = []
@@ -103,7 +126,7 @@ def test_convgnt_matches_torch_trace():
     ours, refs = {}, {}
     for i, h in enumerate(hidden):
       n = CONV_NAMES[h]
-      s = new.cbp_state.layers[n]
+      s = new.methods['cbp'].layers[n]
       mask, ref = np.asarray(s.ages) == 0, T['replaced/' + h][t]
       ref_rank = T['cbp/%s/bc_util' % h][t + 1] if t + 1 < N else T['final/cbp/%s/bc_util' % h]
       trace_replay.assert_close(rank[n], ref_rank, msg + ' %s ranking utility' % h)
@@ -185,18 +208,16 @@ def test_resgnt_matches_torch_trace():
   features = {h: ('block%s_out' % resnet_name(h)[5:-6] if h.endswith('conv2') else
                   resnet_name(h)) for h in hidden}
   rate = float(T['replacement_rate'])
-  cbp = ml_collections.ConfigDict(dict(cbp_lib.PRESETS['resgnt'], reset_optimizer_state=False,
-                                       next_bias_correction=False))
-  optimizer = ml_collections.ConfigDict(dict(name='sgd', momentum=float(T['momentum'])))
   network = nets.ResNet18(outputs=int(T['num_classes']), width=int(T['width']))
-  learner = learner_lib.Learner(network=network, loss='cross_entropy', optimizer=optimizer, cbp=cbp,
-                                max_replacement_rate=rate, perturbation=False)
+  learner = sgd_cbp_learner(network, float(T['momentum']), rate, dict(
+      cbp_lib.PRESETS['resgnt'], reset_optimizer_state=False, next_bias_correction=False))
   layers = learner.unit_layers
   assert [l.features for l in layers] == [features[h] for h in hidden]
   hp = {k: jnp.asarray(v, jnp.float32) for k, v in dict(
-      learning_rate=float(T['lr']), weight_decay=float(T['weight_decay']), noise_scale=0.0,
+      learning_rate=float(T['lr']), weight_decay=float(T['weight_decay']),
       replacement_rate=rate, maturity_threshold=float(T['maturity_threshold']),
       decay_rate=float(T['decay_rate'])).items()}
+  assert set(hp) == {n for n, _ in learner.traced}
   classes = T['classes']
   mask = jnp.zeros(int(T['num_classes']), bool).at[classes].set(True)
 
@@ -209,13 +230,11 @@ def test_resgnt_matches_torch_trace():
 
   @jax.jit
   def step(params, momentum, batch_stats, state, x, y, key):
-    opt_state = cbp_lib.map_optimizer_moments(lambda _: momentum, params, learner.make_optimizer(hp).init(params))
-    lstate = learner_lib.LearnerState(params=params, opt_state=opt_state, cbp_state=state, hparams=hp,
-                                      batch_stats=batch_stats)
+    opt_state = with_momentum(params, learner.make_optimizer(hp).init(params), momentum)
+    lstate = learner_lib.LearnerState(params=params, opt_state=opt_state, hparams=hp, batch_stats=batch_stats,
+                                      methods={'cbp': state})
     new, out = learner.step(lstate, x, y, key, output_mask=mask)
-    moments = []
-    cbp_lib.map_optimizer_moments(lambda sub: moments.append(sub) or sub, params, new.opt_state)
-    return new, out.loss, moments[0]
+    return new, out.loss, momentum_of(params, new.opt_state)
 
   replaced_total = np.zeros(len(hidden), int)
   ties = []
@@ -234,7 +253,7 @@ def test_resgnt_matches_torch_trace():
     after = cbp_state(t + 1)
     for i, h in enumerate(hidden):
       n = features[h]
-      s = new.cbp_state.layers[n]
+      s = new.methods['cbp'].layers[n]
       mine, ref = np.asarray(s.ages) == 0, T['replaced/' + h][t]
       agree, tie = trace_replay.same_up_to_ties(mine, ref, T['rank/' + h][t], T['cbp/%s/ages' % h][t] + 1 > T['maturity_threshold'])
       assert agree, '%s %s: replaced ours %s, trace %s' % (msg, h, np.flatnonzero(mine), np.flatnonzero(ref))

@@ -21,12 +21,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from trace_replay import assert_close, load, same_up_to_ties
+from ddl import config as config_lib
 from ddl import nets
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import learner as learner_lib
@@ -60,18 +60,19 @@ class Replay:
     assert str(T['activation']) == 'relu'
     network = nets.MLP(hidden=(widths.pop(),) * len(self.hidden),
                        outputs=T['p/out/weight'].shape[1], activation='relu', weight_init='kaiming')
-    optimizer = ml_collections.ConfigDict(dict(name='sgd', momentum=0.0, b1=0.9, b2=0.999, eps=1e-8))
-    cbp = ml_collections.ConfigDict(dict(
+    config = config_lib.base_config()
+    config.optimizer.update(name='sgd', momentum=0.0, eps=1e-8)
+    config.cbp.update(
         util_type=self.util_type, count_mode='accumulate' if self.accumulate else 'bernoulli',
-        count_base='eligible', reset_optimizer_state=False, next_bias_correction=False))
-    self.learner = learner_lib.Learner(
-        network=network, loss=self.loss, optimizer=optimizer, cbp=cbp,
-        max_replacement_rate=float(T['replacement_rate']), perturbation=False)
-    assert self.learner.uses_cbp
-    hp = dict(learning_rate=float(T['lr']), weight_decay=0.0, noise_scale=0.0,
+        count_base='eligible', reset_optimizer_state=False, next_bias_correction=False)
+    self.learner = learner_lib.Learner.of(network, self.loss, ('l2', 'sgd', 'cbp'), config=config,
+                                          replacement_rate=float(T['replacement_rate']))
+    assert self.learner.replaces_units
+    hp = dict(learning_rate=float(T['lr']), weight_decay=0.0,
               replacement_rate=float(T['replacement_rate']),
               maturity_threshold=float(T['maturity_threshold']), decay_rate=float(T['decay_rate']))
     self.hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
+    assert set(self.hparams) == {n for n, _ in self.learner.traced}
     self.step = jax.jit(self._step)
 
   # --- trace <-> ours ---
@@ -110,21 +111,22 @@ class Replay:
     opt_state = optimizer.init(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     sgd_params = optax.apply_updates(params, updates)
-    new_params, _, new_state, info = learner.make_cbp(hp).update(
+    make_cbp = learner.hooks['cbp'].transform
+    new_params, _, new_state, info = make_cbp(hp).update(
         sgd_params, opt_state, cbp_state, features, key, draws=draws)
     # The same CBP step with replacement rate 0: the pre-reset running utility, from which the
     # bias-corrected utility that ranked the units (for judging ties).
-    _, _, stats, _ = learner.make_cbp(dict(hp, replacement_rate=jnp.zeros((), jnp.float32))).update(
+    _, _, stats, _ = make_cbp(dict(hp, replacement_rate=jnp.zeros((), jnp.float32))).update(
         sgd_params, opt_state, cbp_state, features, key, draws=draws)
     decay = hp['decay_rate']
     bc = {name: s.utility / (1.0 - decay ** s.ages.astype(jnp.float32)) for name, s in stats.layers.items()}
     out = dict(loss=loss, params=new_params, state=new_state, replaced=info.replaced,
                num_replaced=info.num_replaced, bc=bc, sgd_params=sgd_params)
     if draws is None:   # the Learner draws its own Bernoulli samples: only comparable without draws
-      lstate = learner_lib.LearnerState(params=params, opt_state=optimizer.init(params),
-                                        cbp_state=cbp_state, hparams=hp)
+      lstate = learner_lib.LearnerState(params=params, opt_state=optimizer.init(params), hparams=hp,
+                                        methods={'cbp': cbp_state})
       lstate, lout = learner.step(lstate, x, y, key)
-      out['learner'] = dict(params=lstate.params, state=lstate.cbp_state, loss=lout.loss,
+      out['learner'] = dict(params=lstate.params, state=lstate.methods['cbp'], loss=lout.loss,
                             num_replaced=lout.num_replaced)
     return out
 

@@ -9,6 +9,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import assert_resume_is_identical, ROOT, load_config
@@ -22,6 +23,7 @@ from ddl.experiments import ClassIncremental
 from ddl.experiments import class_incremental as ci
 from ddl.learners import Learner
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import idbd
 
 
 def _rows(workdir):
@@ -90,7 +92,7 @@ def test_learning_rate_schedule_per_increment():
   np.testing.assert_allclose(factors, [1, 1, 0.2, 0.2, 0.04, 0.04, 0.008, 0.008], rtol=1e-6)
   # the factor scales the step: lr 0.1 with factor 0.5 is lr 0.05
   config = load_config('cifar100', 'smoke,base')
-  learner = Learner(network=nets.MLP(hidden=(4,), outputs=3), loss='cross_entropy', optimizer=config.optimizer)
+  learner = Learner.of(nets.MLP(hidden=(4,), outputs=3), 'cross_entropy', ('l2', config.optimizer.name), config=config)
   x, y = jnp.ones((5, 2)), jnp.arange(5) % 3
   hparams = dict(config.hparams)
   state = learner.init(jax.random.PRNGKey(0), x, hparams)
@@ -122,8 +124,8 @@ def test_early_stopping_restores_the_best_state(retrained):
   jax.tree.map(np.testing.assert_array_equal, last.learner.params, first.learner.params)
   jax.tree.map(np.testing.assert_array_equal, last.learner.batch_stats, first.learner.batch_stats)
   assert float(last.best_val) == -1.0 and int(last.epoch) == 2
-  assert not np.array_equal(last.learner.opt_state[1][0].trace['fc']['kernel'],
-                            first.learner.opt_state[1][0].trace['fc']['kernel'])   # momentum not rolled back
+  momentum = lambda s: idbd.find_state(s.learner.opt_state, optax.TraceState).trace['fc']['kernel']
+  assert not np.array_equal(momentum(last), momentum(first))   # momentum not rolled back
 
 
 def test_diagnostics_are_taken_on_the_model_before_the_increment_reset(retrained):
@@ -195,14 +197,16 @@ def test_resnet18_size_topology_and_convolutions():
 def test_cbp_in_the_resnet_resets_bn_statistics_of_chosen_channels_only():
   config = load_config('cifar100', 'smoke,cbp')
   network = nets.ResNet18(width=4, outputs=6, conv='lax', blocks_per_stage=1)   # every kind of layer and join
-  make = lambda rate: Learner(network=network, loss='cross_entropy', optimizer=config.optimizer, cbp=config.cbp,
-                              max_replacement_rate=rate)
+  make = lambda rate: Learner.of(network, 'cross_entropy', ('l2', config.optimizer.name) + (('cbp',) if rate else ()),
+                                 config=config, replacement_rate=rate)
   hparams = {**dict(config.hparams), 'replacement_rate': 0.3, 'maturity_threshold': 0.0}
   x = jax.random.normal(jax.random.PRNGKey(0), (6, 32, 32, 3))
   y = jnp.arange(6)
   state = jax.jit(make(0.3).init)(jax.random.PRNGKey(1), x, hparams)   # jitted: compiles faster than op by op
   with_cbp, out = jax.jit(make(0.3).step)(state, x, y, jax.random.PRNGKey(2))
-  without, _ = jax.jit(make(0.0).step)(state.replace(cbp_state=None), x, y, jax.random.PRNGKey(2))
+  no_cbp = make(0.0)   # the same step without CBP: no CBP state, no CBP hyperparameters
+  without, _ = jax.jit(no_cbp.step)(state.replace(methods={}, hparams={n: state.hparams[n] for n, _ in no_cbp.traced}),
+                                    x, y, jax.random.PRNGKey(2))
   assert int(out.num_replaced) > 0
   changed = {}
   for layer in topology.unit_layers(network):

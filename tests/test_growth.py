@@ -25,8 +25,7 @@ def growing_learner(hidden=(8,), initial=3, loss='half_mse', outputs=1, **option
   config.growth.initial_units = initial
   config.growth.update(options)
   net = nets.MLP(hidden=hidden, outputs=outputs, activation='relu')
-  return learner_lib.Learner(network=net, loss=loss, optimizer=config.optimizer, perturbation=False,
-                             growth=config.growth)
+  return learner_lib.Learner.of(net, loss, ('l2', 'sgd', 'growth'), config=config)
 
 
 def batch(seed=0, n=16, outputs=1):
@@ -53,13 +52,13 @@ def test_promotion_leaves_outputs_unchanged():
   assert np.abs(np.asarray(state.params['fringe_output']['kernel'][3:])).min() > 0   # candidates learned
   hparams = {**state.hparams, 'growth_maturity': jnp.asarray(0.0), 'promote_threshold': jnp.asarray(-1e9),
              'demote_threshold': jnp.asarray(-1e9)}
-  signals = learner.objective(state.params, state, x, jnp.zeros(16))[1][4]
-  params, _, grown, info = growth_lib.update(learner.network, state.params, state.opt_state, state.growth, signals,
-                                             hparams, jax.random.key(1), learner.growth)
+  signals = learner.objective(state.params, state, x, jnp.zeros(16))[1][4]['growth']
+  params, _, grown, info = growth_lib.update(learner.network, state.params, state.opt_state, state.methods['growth'],
+                                             signals, hparams, jax.random.key(1), learner.options['growth'])
   assert int(info.promoted.sum()) == 1 and not bool(info.demoted.any())
   assert int(grown.active.sum()) == 4
   before = learner.predict(state, x)[0]
-  after = learner.predict(state.replace(params=params, growth=grown), x)[0]
+  after = learner.predict(state.replace(params=params, methods={**state.methods, 'growth': grown}), x)[0]
   np.testing.assert_allclose(np.asarray(after), np.asarray(before), rtol=1e-6, atol=1e-6)
   unit = int(np.argmax(np.asarray(info.promoted)))
   assert float(jnp.abs(params['output']['kernel'][unit]).sum()) == 0.0      # joins with zero outgoing weight
@@ -70,7 +69,7 @@ def test_fringe_has_zero_gradient_and_zero_effect_and_its_loss_reaches_nothing_e
   learner = growing_learner(hidden=(5, 8))
   state = trained_state(learner)
   x, y = batch(2)
-  fringe = ~np.asarray(state.growth.active)
+  fringe = ~np.asarray(state.methods['growth'].active)
   loss = lambda p: learner.objective(p, state, x, y)[1][0]
   total = lambda p: learner.objective(p, state, x, y)[0]
   grads = jax.grad(loss)(state.params)
@@ -99,15 +98,16 @@ def test_utilities_follow_their_equations():
   state = trained_state(learner, steps=0)
   state = state.replace(params=jax.tree.map(lambda p: p + 0.1, state.params))
   x, y = batch(3, outputs=2)
-  _, (_, output, features, _, signals) = learner.objective(state.params, state, x, y)
-  growth = state.growth.replace(candidate_utility=jnp.full(8, 0.3), backbone_utility=jnp.full(8, 0.2), error=jnp.asarray(0.5))
+  _, (_, output, features, _, aux, _) = learner.objective(state.params, state, x, y)
+  signals = aux['growth']
+  growth = state.methods['growth'].replace(candidate_utility=jnp.full(8, 0.3), backbone_utility=jnp.full(8, 0.2), error=jnp.asarray(0.5))
   hp = {**state.hparams, 'growth_decay': jnp.asarray(0.9), 'growth_maturity': jnp.asarray(1e9)}
   _, _, new, _ = growth_lib.update(learner.network, state.params, state.opt_state, growth, signals, hp,
-                                   jax.random.key(0), learner.growth)
+                                   jax.random.key(0), learner.options['growth'])
   # numpy: residual y - ŷ, candidates h_i s_i, contributions h_i w_i
   p = jax.tree.map(np.asarray, state.params)
   h = np.maximum(np.asarray(x) @ p['hidden_0']['kernel'] + p['hidden_0']['bias'], 0)
-  active = np.asarray(state.growth.active)
+  active = np.asarray(state.methods['growth'].active)
   e = np.asarray(y) - ((h * active) @ p['output']['kernel'] + p['output']['bias'])
   np.testing.assert_allclose(np.asarray(signals.residual), e, rtol=1e-5, atol=1e-6)
   c = (h * ~active)[:, :, None] * p['fringe_output']['kernel'][None]
@@ -130,7 +130,7 @@ def test_backbone_stays_within_bounds_and_changes_both_ways():
 
   def run(key):
     state = learner.init(key, x[:1], hparams)
-    body = lambda s, i: (lambda s2: (s2, s2.growth.active.sum()))(learner.step(s, x[i % 64][None], y[i % 64][None],
+    body = lambda s, i: (lambda s2: (s2, s2.methods['growth'].active.sum()))(learner.step(s, x[i % 64][None], y[i % 64][None],
                                                                               jax.random.fold_in(key, i))[0])
     return jax.lax.scan(body, state, jnp.arange(300))
 

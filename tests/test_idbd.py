@@ -21,9 +21,9 @@ from conftest import load_config
 from ddl import config as config_lib
 from ddl import experiments
 from ddl import nets
-from ddl.learners import cbp as cbp_lib
 from ddl.learners import idbd as idbd_lib
 from ddl.learners import learner as learner_lib
+from ddl.learners.method import map_reset_state
 
 N_IN, N_STEPS = 6, 8
 
@@ -81,8 +81,7 @@ def make_learner(name, bias=True, tau=1e4):
   config = optimizer_config(name)
   config.idbd.autostep_tau = tau
   net = nets.MLP(hidden=(), outputs=1, weight_init='zeros', bias=bias)
-  return learner_lib.Learner(network=net, loss='half_mse', optimizer=config.optimizer, perturbation=False,
-                             idbd=config.idbd)
+  return learner_lib.Learner.of(net, 'half_mse', ('l2', name), config=config)
 
 
 def run_learner(learner, x, y, hparams, key=0):
@@ -179,7 +178,8 @@ def test_missing_curvature_is_a_clear_error():
 
 def test_reset_keeps_step_sizes_zeroes_traces():
   state = idbd_lib.IDBDState(beta={'w': jnp.full(3, -2.0)}, h={'w': jnp.ones(3)}, v={'w': jnp.ones(3)})
-  out = cbp_lib.map_optimizer_moments(lambda t: jax.tree.map(jnp.zeros_like, t), {'w': jnp.zeros(3)}, (state,))[0]
+  zero = lambda t: jax.tree.map(jnp.zeros_like, t)
+  out = map_reset_state((state,), {'w': jnp.zeros(3)}, zero, zero)[0]
   np.testing.assert_array_equal(np.asarray(out.beta['w']), -2.0)
   assert float(jnp.abs(out.h['w']).sum() + jnp.abs(out.v['w']).sum()) == 0.0
 
@@ -284,4 +284,4 @@ def test_tracking_smoke_run(tmp_path):
   errors = experiments.tracking.asymptotic_errors(str(tmp_path))
   assert set(errors) == set(config.variants) and errors['lms_0p04'].shape == (2,)
   text = experiments.tracking.summary(str(tmp_path))
-  assert 'best LMS' in text and 'idbd_0p001' in text
+  assert 'best fixed step size (LMS)' in text and 'idbd_0p001' in text

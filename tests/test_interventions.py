@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from conftest import cheap_diagnostics, load_config, trace_programs
@@ -14,17 +15,20 @@ from ddl import run as run_lib
 from ddl.experiments import EXPERIMENTS
 from ddl.learners import Learner
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import idbd
+from ddl.learners import registry
 from ddl.learners import schedules
 from ddl.learners import topology
 
 
-def _learner(network, optimizer='adam', schedule=None, num_chunks=10, **kwargs):
+def _learner(network, optimizer='adam', schedule=None, num_chunks=10):
+  """The learner of a config with `optimizer` and `schedule`: the methods its program holds."""
   config = config_lib.base_config()
   config.optimizer.name = optimizer
   if schedule:
     config.schedule.update(schedule)
-  return Learner(network=network, loss='cross_entropy', optimizer=config.optimizer, cbp=config.cbp,
-                 upgd=config.upgd, schedule=config.schedule, num_chunks=num_chunks, **kwargs), config
+  names = [m.name for m in registry.active(config, [config.hparams.to_dict()])]
+  return Learner.of(network, 'cross_entropy', names, config=config, num_chunks=num_chunks), config
 
 
 def _batch(key, n=16, inputs=8, classes=3):
@@ -36,7 +40,7 @@ def _batch(key, n=16, inputs=8, classes=3):
 def test_injection_leaves_the_output_unchanged_and_freezes_the_old_head(layers):
   network = nets.MLP(hidden=(6, 5), outputs=3)
   learner, config = _learner(network, schedule=dict(injection_first=2, injection_layers=layers))
-  assert learner.injections == 1
+  assert learner.hooks['injection'].injections() == 1
   x, y = _batch(jax.random.key(0))
   state = learner.init(jax.random.key(1), x[:1], config.hparams)
   for i in range(3):
@@ -47,17 +51,19 @@ def test_injection_leaves_the_output_unchanged_and_freezes_the_old_head(layers):
   injected = learner.boundary(state, jnp.asarray(2), jax.random.key(5), x[:1])
   after, _ = learner.predict(injected, x)
   np.testing.assert_allclose(after, before, atol=1e-5)
-  head = schedules.head_names(network, x[:1], learner.head_start)
+  head = schedules.head_names(network, x[:1], learner.hooks['injection'].start)
   assert len(head) == layers
   for name in head:   # a fresh trainable head, and the old one in slot 0 with its fresh copy in slot 1
     assert not np.allclose(injected.params[name]['kernel'], state.params[name]['kernel'])
-    np.testing.assert_array_equal(injected.injection.heads[name]['kernel'][0], state.params[name]['kernel'])
-    np.testing.assert_array_equal(injected.injection.heads[name]['kernel'][1], injected.params[name]['kernel'])
-  np.testing.assert_array_equal(injected.injection.signs, [1.0, -1.0])
+    np.testing.assert_array_equal(injected.methods['injection'].heads[name]['kernel'][0], state.params[name]['kernel'])
+    np.testing.assert_array_equal(injected.methods['injection'].heads[name]['kernel'][1],
+                                  injected.params[name]['kernel'])
+  np.testing.assert_array_equal(injected.methods['injection'].signs, [1.0, -1.0])
   stepped = injected
   for i in range(3):
     stepped, _ = learner.step(stepped, x, y, jax.random.key(20 + i))
-  jax.tree.map(np.testing.assert_array_equal, stepped.injection.heads, injected.injection.heads)   # frozen
+  jax.tree.map(np.testing.assert_array_equal, stepped.methods['injection'].heads,
+               injected.methods['injection'].heads)   # frozen
   assert not np.allclose(stepped.params[head[0]]['kernel'], injected.params[head[0]]['kernel'])     # theta' learns
   trunk = [n for n in state.params if n not in head]
   for name in trunk:
@@ -68,7 +74,7 @@ def test_injection_of_a_conv_net_head_and_vmapped_seeds():
   network = nets.ConvNet(outputs=2)
   learner, config = _learner(network, schedule=dict(injection_first=1, injection_every=1, injection_layers=2),
                              num_chunks=3)
-  assert learner.injections == 2
+  assert learner.hooks['injection'].injections() == 2
   x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   init = jax.jit(jax.vmap(lambda k: learner.init(k, x[:1], config.hparams)))   # jitted: compiles faster
   states = init(jax.random.split(jax.random.key(1), 2))                         # than op by op
@@ -79,7 +85,7 @@ def test_injection_of_a_conv_net_head_and_vmapped_seeds():
   states = boundary(boundary(states, keys, 1), keys, 2)
   after = predict(states)
   np.testing.assert_allclose(after, before, atol=1e-4)
-  np.testing.assert_array_equal(states.injection.done, [2, 2])
+  np.testing.assert_array_equal(states.methods['injection'].done, [2, 2])
 
 
 def test_reset_reinitialises_the_head_and_zeroes_its_optimizer_state():
@@ -95,7 +101,7 @@ def test_reset_reinitialises_the_head_and_zeroes_its_optimizer_state():
   np.testing.assert_array_equal(reset.params['hidden_0']['kernel'], state.params['hidden_0']['kernel'])
   assert not np.allclose(reset.params['output']['kernel'], state.params['output']['kernel'])
   np.testing.assert_array_equal(reset.params['output']['bias'], 0.0)            # the layer's own init
-  adam = reset.opt_state[1][0]
+  adam = idbd.find_state(reset.opt_state, optax.ScaleByAdamState)
   np.testing.assert_array_equal(adam.mu['output']['kernel'], 0.0)
   assert np.any(np.asarray(adam.mu['hidden_0']['kernel']) != 0)
   assert schedules.count(2, 2, 10) == 4 and schedules.count(3, 0, 10) == 1 and schedules.count(0, 1, 10) == 0
@@ -136,7 +142,7 @@ def test_layer_norm_normalises_before_the_activation_and_cbp_restores_it(kind):
 def test_layer_norm_in_the_resnet_and_the_actor_critic():
   """ResNet-18 with layer norm in place of batch norm: no running statistics, the same unit topology
   (CBP restores a replaced channel's scale and offset); the actor-critic's MLPs get norm layers."""
-  resnet = nets.ResNet18(outputs=3, width=2, norm='layer', blocks_per_stage=1)
+  resnet = nets.ResNet18(outputs=3, width=2, layer_norm='affine', blocks_per_stage=1)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   variables = jax.jit(resnet.init)(jax.random.key(1), x)   # jitted: compiles faster than op by op
   assert 'batch_stats' not in variables and 'scale' in variables['params']['stem_bn']
@@ -204,6 +210,9 @@ def _compose(config, with_cbp: bool):
       else:
         config.schedule.injection_first = 1
     else:
+      for h in cbp_lib.METHOD.traced:   # CBP is off: a variant may not set its hyperparameters
+        if h.name in variant:
+          del variant[h.name]
       variant.replacement_rate = 0.0
       config.cbp.method = 'redo'
       config.cbp.redo_period = 2

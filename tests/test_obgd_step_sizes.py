@@ -4,13 +4,12 @@ the clip; theta = 0 is ObGD exactly; the 'policy' entry keeps ObGD; jit + vmap o
 traced meta step size; CBP's optimizer-state reset; the config checks."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from ddl.learners import cbp as cbp_lib
 from ddl.learners import obgd as obgd_lib
 from ddl.learners import optimizers
+from ddl.learners.method import map_reset_state
 
 GAMMA, LAM = 0.99, 0.8
 DELTAS = [0.3, -0.7, 2.5, 0.1, -1.5, 0.4]
@@ -146,24 +145,25 @@ def test_policy_keeps_obgd_and_the_critic_differs():
 
 
 def test_jit_vmap_over_seeds_and_a_traced_meta_step_size():
-  """Through optimizers.from_config (as the learner builds it): seeds x meta step sizes vmapped in one
-  program, each against the numpy loop."""
-  config = ml_collections.ConfigDict(dict(name='obgd', momentum=0.0, eps=1e-8))
+  """Through optimizers.build_chain (the learner's composition: coupled L2, then ObGD) and ObGD's
+  declared reading of its step sizes: seeds x meta step sizes vmapped in one program, each against the
+  numpy loop."""
   obgd_config = dict(per_network=True, step_sizes='tidbd', beta_min=-10.0, beta_max=2.0)
+  options = {h.name: obgd_config.get(h.name, h.default) for h in obgd_lib.METHOD.static}
   thetas, seeds = [0.0, 0.1, 1.0], [0, 1]
   problems = [_problem(seed) for seed in seeds]
   stack = lambda trees: jax.tree.map(lambda *x: jnp.stack([jnp.asarray(a, jnp.float32) for a in x]), *trees)
 
   def run(params, grads, theta):
-    hparams = dict(learning_rate=1.0, weight_decay=0.0, noise_scale=0.0, discount=GAMMA, trace_lambda=LAM,
+    hparams = dict(learning_rate=1.0, weight_decay=0.0, discount=GAMMA, trace_lambda=LAM,
                    kappa=2.0, kappa_policy=3.0, meta_step_size=theta)
-    opt = optimizers.from_config(config, hparams, False, obgd_config=obgd_config)
+    opt = optimizers.build_chain(('l2', 'obgd'), hparams, options=obgd_config)
     state = opt.init(params)
     for t in range(len(DELTAS)):
       updates, state = opt.update(jax.tree.map(lambda g: g[t], grads), state, params, td_error=DELTAS[t],
                                   done=DONES[t], key=jax.random.PRNGKey(0), loss=0.0)
       params = jax.tree.map(lambda p, u: p + u, params, updates)
-    return params, optimizers.learned_step_sizes(state, params, config, obgd_config=obgd_config)[0]
+    return params, obgd_lib.METHOD.step_sizes(state, params, options, hparams)[0]
 
   runs = [(s, t) for s in range(len(seeds)) for t in thetas]
   got, sizes = jax.jit(jax.vmap(run))(stack([problems[s][0] for s, _ in runs]),
@@ -183,7 +183,7 @@ def test_a_replaced_unit_loses_its_traces_and_keeps_its_step_sizes():
   opt = obgd_lib.obgd(1.0, GAMMA, LAM, per_network=True, step_sizes='tidbd', meta_step_size=1.0)
   _, state, _ = _run(opt, params, grads, DELTAS, [False] * len(DELTAS))
   zero_value = lambda sub: {k: jax.tree.map(jnp.zeros_like, v) if k == 'value' else v for k, v in sub.items()}
-  reset = cbp_lib.map_optimizer_moments(zero_value, params, (state,))[0]
+  reset = map_reset_state((state,), params, zero_value, zero_value)[0]
   for field in ('trace', 'h'):
     jax.tree.map(lambda x: np.testing.assert_array_equal(x, 0), getattr(reset, field)['value'])
     jax.tree.map(np.testing.assert_array_equal, getattr(reset, field)['policy'], getattr(state, field)['policy'])
@@ -191,7 +191,7 @@ def test_a_replaced_unit_loses_its_traces_and_keeps_its_step_sizes():
   jax.tree.map(np.testing.assert_array_equal, reset.beta, state.beta)
   # fixed step sizes: the state keeps its one field's behaviour (z zeroed), beta and h stay None
   _, plain, _ = _run(obgd_lib.obgd(1.0, per_network=True), params, grads, DELTAS, [False] * len(DELTAS))
-  reset = cbp_lib.map_optimizer_moments(zero_value, params, (plain,))[0]
+  reset = map_reset_state((plain,), params, zero_value, zero_value)[0]
   assert reset.beta is None and reset.h is None
   jax.tree.map(lambda x: np.testing.assert_array_equal(x, 0), reset.trace['value'])
 
@@ -199,6 +199,7 @@ def test_a_replaced_unit_loses_its_traces_and_keeps_its_step_sizes():
 def test_step_sizes_are_validated():
   from conftest import load_config  # pylint: disable=g-import-not-at-top
   from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl import experiments  # pylint: disable=g-import-not-at-top
   from ddl.experiments import StreamAC  # pylint: disable=g-import-not-at-top
   config = load_config('stream_ant', 'tidbd')
   config_lib.validate(config, StreamAC)
@@ -206,12 +207,20 @@ def test_step_sizes_are_validated():
   with pytest.raises(config_lib.ConfigError, match=r"variant\(s\) tidbd: obgd.step_sizes: 'idbd' is not known"):
     config_lib.validate(config, StreamAC)
   config = load_config('stream_ant', 'tidbd')
-  config.optimizer.name = 'adam'
-  with pytest.raises(config_lib.ConfigError, match="obgd.step_sizes: 'tidbd' .* needs optimizer.name='obgd'"):
+  config.optimizer.name = 'adam'   # stream AC steps its optimizer with td_error and done: only ObGD takes them
+  with pytest.raises(config_lib.ConfigError, match=r"variant\(s\) tidbd: optimizer.name=adam: experiment stream_ac "
+                                                   r"steps its optimizer with td_error, done, which adam does not "
+                                                   r"take; use one of \('obgd',\)"):
     config_lib.validate(config, StreamAC)
+  # TIDBD's settings in a variant whose program holds another optimizer: they belong to ObGD
+  config = load_config('slowly_changing_regression', 'smoke,bp')
+  config.variants.bp.obgd = dict(step_sizes='tidbd')
+  with pytest.raises(config_lib.ConfigError, match='variant bp: obgd.step_sizes belongs to obgd, which this '
+                                                   'variant does not use'):
+    config_lib.validate(config, experiments.get(config.experiment))
   config = load_config('stream_ant', 'tidbd')
   config.obgd.beta_min = 3.0
-  with pytest.raises(config_lib.ConfigError, match='obgd.beta_min: must be < obgd.beta_max'):
+  with pytest.raises(config_lib.ConfigError, match=r'variant\(s\) tidbd: obgd .* obgd.beta_min must be < obgd.beta_max, got 3.0 and 2.0'):
     config_lib.validate(config, StreamAC)
   config = load_config('stream_ant', 'tidbd')
   config.variants.tidbd.meta_step_size = -1.0

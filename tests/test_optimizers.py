@@ -13,8 +13,10 @@ import numpy as np
 import optax
 import pytest
 
+from ddl import config as config_lib
 from ddl.learners import optimizers
 from ddl.learners import registry
+from ddl.learners.learner import Learner
 
 ATOL = 1e-6
 RTOL = 1e-5
@@ -41,6 +43,18 @@ def make_grads(n_steps=N_STEPS):
         }
         for _ in range(n_steps)
     ]
+
+
+STATIC = ('momentum', 'eps')   # static options of the optimizers (their config section); the rest is traced
+
+
+def make_optimizer(name, perturbation=False, key=None, **kwargs):
+    """The chain a program of coupled L2, optimizer `name` and (with `perturbation`) S&P noise
+    holds: `optimizers.build_chain` with the traced values and the static options of `kwargs`."""
+    hparams = {k: v for k, v in kwargs.items() if k not in STATIC}
+    options = {k: v for k, v in kwargs.items() if k in STATIC}
+    names = ('l2', name, 'snp') if perturbation else ('l2', name)
+    return optimizers.build_chain(names, hparams, options=options, key=key)
 
 
 def to_jax(tree):
@@ -139,7 +153,7 @@ def test_matches_numpy_reference(case):
     kwargs = dict(kwargs)
     name = kwargs.pop('name')
     params, grads = make_params(), make_grads()
-    opt = optimizers.make_optimizer(name, perturbation=False, **kwargs)
+    opt = make_optimizer(name, perturbation=False, **kwargs)
     got, _ = run_optax(opt, params, grads)
     assert_history_close(got, ref(params, grads))
 
@@ -147,7 +161,7 @@ def test_matches_numpy_reference(case):
 def test_sgd_momentum_first_step_is_plain_gradient():
     # PyTorch starts the buffer at the first gradient (not (1 - mu) * g, not 0).
     params, grads = make_params(), make_grads(1)
-    opt = optimizers.make_optimizer('sgd', learning_rate=0.1, momentum=0.9, perturbation=False)
+    opt = make_optimizer('sgd', learning_rate=0.1, momentum=0.9, perturbation=False)
     got, _ = run_optax(opt, params, grads)
     want = {k: params[k] - 0.1 * grads[0][k] for k in params}
     for k in params:
@@ -162,9 +176,9 @@ def test_zero_noise_perturbation_is_identity(case):
     kwargs = dict(CASES[case][0])
     name = kwargs.pop('name')
     params, grads = make_params(), make_grads()
-    plain, _ = run_optax(optimizers.make_optimizer(name, perturbation=False, **kwargs), params, grads)
+    plain, _ = run_optax(make_optimizer(name, perturbation=False, **kwargs), params, grads)
     perturbed, _ = run_optax(
-        optimizers.make_optimizer(name, perturbation=True, noise_scale=0.0, key=jax.random.key(3),
+        make_optimizer(name, perturbation=True, noise_scale=0.0, key=jax.random.key(3),
                                   **kwargs),
         params, grads)
     for p, q in zip(plain, perturbed):
@@ -184,7 +198,7 @@ def zero_params():
 
 
 def noise_optimizer(key, sigma=SIGMA, name='sgd'):
-    return optimizers.make_optimizer(name, learning_rate=0.0, weight_decay=0.0, noise_scale=sigma,
+    return make_optimizer(name, learning_rate=0.0, weight_decay=0.0, noise_scale=sigma,
                                      perturbation=True, key=key)
 
 
@@ -272,11 +286,11 @@ def test_noise_lands_after_the_step():
     key = jax.random.key(7)
     lr, wd, sigma = 0.1, 0.01, 0.05
     got, _ = run_optax(
-        optimizers.make_optimizer('sgd', learning_rate=lr, weight_decay=wd, noise_scale=sigma,
+        make_optimizer('sgd', learning_rate=lr, weight_decay=wd, noise_scale=sigma,
                                   perturbation=True, key=key),
         params, grads)
     # Reference: the numpy SGD step, with the noise read from the optimizer's own key stream.
-    opt0 = optimizers.make_optimizer('sgd', learning_rate=0.0, noise_scale=sigma,
+    opt0 = make_optimizer('sgd', learning_rate=0.0, noise_scale=sigma,
                                      perturbation=True, key=key)
     zeros = jax.tree.map(jnp.zeros_like, to_jax(params))
     state0 = opt0.init(zeros)
@@ -317,13 +331,13 @@ def test_traced_hyperparameters(name, extra):
     @jax.jit
     @jax.vmap
     def sweep(lr, wd, ns):
-        opt = optimizers.make_optimizer(name, learning_rate=lr, weight_decay=wd, noise_scale=ns,
+        opt = make_optimizer(name, learning_rate=lr, weight_decay=wd, noise_scale=ns,
                                         perturbation=True, key=key, **extra)
         return _run_steps(opt, params, grads)[0]
 
     batched = sweep(SWEEP['learning_rate'], SWEEP['weight_decay'], SWEEP['noise_scale'])
     for i in range(3):
-        opt = optimizers.make_optimizer(
+        opt = make_optimizer(
             name, learning_rate=float(SWEEP['learning_rate'][i]),
             weight_decay=float(SWEEP['weight_decay'][i]), noise_scale=float(SWEEP['noise_scale'][i]),
             perturbation=True, key=key, **extra)
@@ -339,12 +353,17 @@ def test_traced_hyperparameters(name, extra):
 
 
 def test_unknown_optimizer_name_raises():
-    with pytest.raises(ValueError, match='rmsprop') as info:
-        optimizers.make_optimizer('rmsprop', learning_rate=0.1)
-    for allowed in optimizers.OPTIMIZERS:
+    with pytest.raises(KeyError, match='rmsprop') as info:
+        make_optimizer('rmsprop', learning_rate=0.1)
+    for allowed in registry.OPTIMIZERS:
         assert allowed in str(info.value)
-    assert set(optimizers.OPTIMIZERS) == {'sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize', 'obgd'}
-    assert set(optimizers.OPTIMIZERS) == set(registry.OPTIMIZERS)
+    assert set(registry.OPTIMIZERS) == {'sgd', 'adam', 'upgd', 'idbd', 'autostep', 'metaoptimize', 'obgd'}
+    # Every registered optimizer is one and builds a chain with coupled L2 (and S&P's noise).
+    params = to_jax(make_params())
+    for name, method in registry.OPTIMIZERS.items():
+        assert method.name == name and method.kind == 'optimizer'
+        state = make_optimizer(name, perturbation=True, key=jax.random.key(0), learning_rate=0.1).init(params)
+        assert isinstance(state[-1], optimizers.PerturbState), name
 
 
 def test_perturb_init_without_key_raises():
@@ -352,9 +371,9 @@ def test_perturb_init_without_key_raises():
     with pytest.raises(ValueError, match='key'):
         optimizers.perturb(0.1).init(params)
     with pytest.raises(ValueError, match='key'):
-        optimizers.make_optimizer('sgd', learning_rate=0.1, perturbation=True).init(params)
+        make_optimizer('sgd', learning_rate=0.1, perturbation=True).init(params)
     # Without the perturbation no key is needed.
-    optimizers.make_optimizer('sgd', learning_rate=0.1, perturbation=False).init(params)
+    make_optimizer('sgd', learning_rate=0.1, perturbation=False).init(params)
 
 
 def test_perturb_update_without_key_uses_state_key():
@@ -369,27 +388,47 @@ def test_perturb_update_without_key_uses_state_key():
     np.testing.assert_array_equal(key_bits(sa.key), key_bits(sb.key))
 
 
-# --- 6. from_config ---
+# --- 6. a learner's optimizer, built from a config ---
 
 
 @pytest.mark.parametrize('name,momentum,b1,b2', [('sgd', 0.9, 0.9, 0.999), ('sgd', 0.0, 0.9, 0.999),
                                                  ('adam', 0.0, 0.99, 0.99)])
 def test_from_config_matches_make_optimizer(name, momentum, b1, b2):
-    cfg = ml_collections.ConfigDict(dict(name=name, momentum=momentum, b1=b1, b2=b2, eps=1e-8))
+    # The program of a config's variant holds coupled L2, the configured optimizer and, for a
+    # variant with noise, S&P's noise; its optimizer step is the chain of those methods.
+    cfg = config_lib.base_config()
+    cfg.optimizer.name = name
+    cfg.optimizer.momentum = momentum
+    cfg.optimizer.eps = 1e-8
+    cfg.hparams.update(b1=b1, b2=b2)
     hparams = dict(learning_rate=0.05, weight_decay=0.01, noise_scale=0.1)
     params, grads = make_params(), make_grads()
     key = jax.random.key(2)
+
+    def from_config(variant):
+        with cfg.unlocked():
+            cfg.variants = ml_collections.ConfigDict({'v': variant})
+        (group,) = config_lib.groups(cfg)
+        learner = Learner.from_config(None, 'mse', group.config, group, num_chunks=1)
+        return learner.make_optimizer(learner_hparams(learner, group.hparams[0]), key)
+
+    def learner_hparams(learner, values):
+        return {n: values[n] for n, _ in learner.traced}
+
     for perturbation in (False, True):
-        got, _ = run_optax(optimizers.from_config(cfg, hparams, perturbation, key=key), params, grads)
+        variant = dict(hparams, noise_scale=hparams['noise_scale'] if perturbation else 0.0)
+        opt = from_config(variant)
+        assert isinstance(opt.init(to_jax(params))[-1], optimizers.PerturbState) == perturbation
+        got, _ = run_optax(opt, params, grads)
         want, _ = run_optax(
-            optimizers.make_optimizer(name, momentum=momentum, b1=b1, b2=b2, eps=1e-8,
-                                      perturbation=perturbation, key=key, **hparams),
+            make_optimizer(name, momentum=momentum, b1=b1, b2=b2, eps=1e-8,
+                           perturbation=perturbation, key=key, **variant),
             params, grads)
         for p, q in zip(got, want):
             for k in p:
                 np.testing.assert_array_equal(np.asarray(p[k]), np.asarray(q[k]))
     # And it is the numpy reference when unperturbed.
-    got, _ = run_optax(optimizers.from_config(cfg, hparams, False), params, grads)
+    got, _ = run_optax(from_config(dict(hparams, noise_scale=0.0)), params, grads)
     if name == 'sgd':
         ref = ref_sgd(params, grads, lr=0.05, wd=0.01, momentum=momentum)
     else:

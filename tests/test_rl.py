@@ -9,10 +9,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ml_collections
 import pytest
 
 from conftest import assert_resume_is_identical, load_config
+from ddl import config as config_lib
 from ddl import nets
 from ddl import run as run_lib
 from ddl.learners import topology
@@ -138,11 +138,10 @@ class TrivialEnv:
 def test_ppo_learns_a_trivial_task():
   env = TrivialEnv()
   network = nets.ActorCritic((16, 16), 1)
-  optimizer = ml_collections.ConfigDict(dict(name='adam', momentum=0.0, eps=1e-8))
-  learner = Learner(network=network, loss=functools.partial(ppo.ppo_loss, clip=0.2), optimizer=optimizer,
-                    perturbation=False)
-  hparams = dict(learning_rate=3e-3, weight_decay=0.0, noise_scale=0.0, replacement_rate=0.0,
-                 maturity_threshold=0.0, decay_rate=0.0, b1=0.9, b2=0.999)
+  config = config_lib.base_config()
+  config.optimizer.update(name='adam', momentum=0.0, eps=1e-8)
+  learner = Learner.of(network, functools.partial(ppo.ppo_loss, clip=0.2), ('l2', 'adam'), config=config)
+  hparams = dict(learning_rate=3e-3, weight_decay=0.0, b1=0.9, b2=0.999)
   schedule = jnp.ones(1)
 
   def seed_run(key):
@@ -194,13 +193,15 @@ def test_slippery_ant_smoke_through_run_and_exact_resume(tmp_path):
 def test_adam_betas_are_traced_hyperparameters():
   """std (0.9, 0.999) and proper Adam (0.99, 0.99) as points of one vmapped program."""
   from ddl.learners import optimizers  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(name='adam', momentum=0.0, eps=1e-8))
+  cfg = config_lib.base_config()
+  cfg.optimizer.update(name='adam', momentum=0.0, eps=1e-8)
+  learner = Learner.of(None, 'mse', ('l2', 'adam'), config=cfg)   # the learner's optimizer step
   params = {'w': jnp.array([1.0, -2.0])}
   grads = [{'w': jnp.array([0.5, 1.0])}, {'w': jnp.array([-1.0, 0.2])}, {'w': jnp.array([0.3, 0.3])}]
 
   def run(b1, b2):
-    hparams = dict(learning_rate=0.1, weight_decay=0.0, noise_scale=0.0, b1=b1, b2=b2)
-    opt = optimizers.from_config(cfg, hparams, False)
+    hparams = dict(learning_rate=0.1, weight_decay=0.0, b1=b1, b2=b2)
+    opt = learner.make_optimizer(hparams)
     p, s = params, opt.init(params)
     for g in grads:
       u, s = opt.update(g, s, p)
@@ -209,7 +210,7 @@ def test_adam_betas_are_traced_hyperparameters():
 
   got = jax.jit(jax.vmap(run))(jnp.array([0.9, 0.99]), jnp.array([0.999, 0.99]))
   for i, (b1, b2) in enumerate(((0.9, 0.999), (0.99, 0.99))):
-    opt = optimizers.make_optimizer('adam', learning_rate=0.1, b1=b1, b2=b2, perturbation=False)
+    opt = optimizers.build_chain(('l2', 'adam'), dict(learning_rate=0.1, b1=b1, b2=b2), options=dict(eps=1e-8))
     p, s = params, opt.init(params)
     for g in grads:
       u, s = opt.update(g, s, p)

@@ -19,10 +19,10 @@ from ddl import experiments
 from ddl import nets
 from ddl import platform_defaults
 from ddl.experiments import evaluation
-from ddl.learners import cbp as cbp_lib
 from ddl.learners import idbd as idbd_lib
 from ddl.learners import learner as learner_lib
 from ddl.learners import metaoptimize as mo
+from ddl.learners.method import map_reset_state
 
 
 # --- MetaOptimize ---
@@ -103,7 +103,8 @@ def test_metaoptimize_reset_keeps_step_sizes():
   opt = mo.metaoptimize(0.01, 0.01, blocks='weight')
   state = opt.update({'w': jnp.ones(3)}, opt.init(params), params)[1]
   state = opt.update({'w': jnp.ones(3)}, state, params)[1]
-  out = cbp_lib.map_optimizer_moments(lambda t: jax.tree.map(jnp.zeros_like, t), params, (state,))[0]
+  zero = lambda t: jax.tree.map(jnp.zeros_like, t)
+  out = map_reset_state((state,), params, zero, zero)[0]
   np.testing.assert_array_equal(np.asarray(out.beta['w']), np.asarray(state.beta['w']))
   assert np.all(np.asarray(out.beta['w']) > np.log(0.01))   # grew on a persistent gradient
   assert float(jnp.abs(out.h['w']).sum() + jnp.abs(out.mu['w']).sum() + jnp.abs(out.nu['w']).sum()) == 0.0
@@ -117,8 +118,7 @@ def mlp_learner(name='idbd', loss='half_mse', outputs=1, estimator='sketch', hid
   config.optimizer.name = name
   config.idbd.curvature_estimator = estimator
   net = nets.MLP(hidden=hidden, outputs=outputs, activation='tanh')
-  return learner_lib.Learner(network=net, loss=loss, optimizer=config.optimizer, perturbation=False,
-                             idbd=config.idbd, metaoptimize=config.metaoptimize)
+  return learner_lib.Learner.of(net, loss, ('l2', name), config=config)
 
 
 def jacobian_rows(learner, state, example):
@@ -245,8 +245,7 @@ def test_step_size_diagnostics_per_layer():
     alphas = np.concatenate([np.ravel(np.exp(np.asarray(b))) for b in jax.tree.leaves(beta[layer])])
     assert float(values[f'step_size_{layer}']) == pytest.approx(alphas.mean(), rel=1e-5)
     assert float(values[f'step_size_spread_{layer}']) == pytest.approx(alphas.std(), rel=1e-4)
-  sgd = learner_lib.Learner(network=learner.network, loss='half_mse', optimizer=config_lib.base_config().optimizer,
-                            perturbation=False)
+  sgd = learner_lib.Learner.of(learner.network, 'half_mse', ('l2', 'sgd'), config=config_lib.base_config())
   plain = evaluation.diagnose(sgd, sgd.init(jax.random.key(0), x[:1], {}), x, jnp.zeros(4), jax.random.key(0), options)
   assert not any(k.startswith('step_size') for k in plain)
 
@@ -295,7 +294,8 @@ def test_permuted_digits_runs_growth_with_autostep(tmp_path):
     ('dynamic_scr', dict(optimizer=dict(name='metaoptimize'), learning_rate=0.0), 'hparams.learning_rate: must be > 0'),
     ('dynamic_scr', dict(optimizer=dict(name='idbd'), meta_step_size=-1.0), 'hparams.meta_step_size: must be >= 0'),
     ('dynamic_scr', dict(optimizer=dict(name='rmsprop')), "variant\\(s\\) v: optimizer.name: 'rmsprop' is not known"),
-    ('ant', dict(optimizer=dict(name='autostep')), 'optimizer.name=autostep needs one prediction'),
+    ('ant', dict(optimizer=dict(name='autostep')),
+     "variant\\(s\\) v: autostep .* does not apply to experiment ppo: needs one prediction to differentiate"),
 ])
 def test_bad_step_size_settings_in_a_variant_name_the_key(config_name, variant, match):
   from conftest import load_config  # pylint: disable=g-import-not-at-top

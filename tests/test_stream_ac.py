@@ -9,12 +9,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import struct
 
 from conftest import assert_resume_is_identical, load_config
+from ddl import config as config_lib
 from ddl import nets
 from ddl.learners import Learner
 from ddl.learners import obgd as obgd_lib
@@ -91,15 +91,15 @@ def test_obgd_matches_the_official_equations():
 
 
 def test_obgd_from_config_vmaps_over_seeds_and_needs_its_arguments():
-  """Through optimizers.from_config (as the learner builds it), the seeds vmapped: each its own step."""
-  config = ml_collections.ConfigDict(dict(name='obgd', momentum=0.0, eps=1e-8))
-  hparams = dict(learning_rate=1.0, weight_decay=0.0, noise_scale=0.0, discount=0.99, trace_lambda=0.8,
+  """Through optimizers.build_chain (the learner's composition: coupled L2, then ObGD), the seeds
+  vmapped: each its own step."""
+  hparams = dict(learning_rate=1.0, weight_decay=0.0, discount=0.99, trace_lambda=0.8,
                  kappa=2.0, kappa_policy=3.0)
   problems = [_problem(seed) for seed in range(3)]
   stack = lambda trees: jax.tree.map(lambda *x: jnp.stack([jnp.asarray(a) for a in x]), *trees)
 
   def run(params, grads, deltas, dones):
-    opt = optimizers.from_config(config, hparams, False, obgd_config=dict(per_network=True))
+    opt = optimizers.build_chain(('l2', 'obgd'), hparams, options=dict(per_network=True))
     state = opt.init(params)
     for t in range(len(deltas)):
       updates, state = opt.update(jax.tree.map(lambda g: g[t], grads), state, params, td_error=deltas[t],
@@ -224,9 +224,11 @@ def test_stream_ac_learns_a_toy_continuous_task():
   `stream_ac.step`) on a 1-D reaching task; the return rises well above a random policy's."""
   env = _Target1D()
   network = nets.StreamActorCritic((32, 32), 1)
-  learner = Learner(network=network, loss=functools.partial(stream_ac.objective, entropy_coef=0.01),
-                    optimizer=ml_collections.ConfigDict(dict(name='obgd', momentum=0.0, eps=1e-8)),
-                    obgd=ml_collections.ConfigDict(dict(per_network=True)), perturbation=False)
+  config = config_lib.base_config()
+  config.optimizer.name = 'obgd'
+  config.obgd.per_network = True
+  learner = Learner.of(network, functools.partial(stream_ac.objective, entropy_coef=0.01), ('l2', 'obgd'),
+                       config=config)
   hparams = dict(learning_rate=1.0, discount=0.99, trace_lambda=0.8, kappa=2.0, kappa_policy=3.0)
 
   def seed_run(key):
@@ -290,9 +292,12 @@ def test_obgd_is_validated_and_refused_where_it_cannot_run():
     config_lib.validate(config, StreamAC)
   config = load_config('stream_ant', 'stream')   # (the smoke's obgd.step_sizes='tidbd' refuses adam first)
   config.optimizer.name = 'adam'
-  with pytest.raises(config_lib.ConfigError, match='stream AC steps with ObGD'):
+  with pytest.raises(config_lib.ConfigError, match=r"variant\(s\) stream: optimizer.name=adam: experiment stream_ac "
+                                                   r"steps its optimizer with td_error, done, which adam does not "
+                                                   r"take; use one of \('obgd',\)"):
     config_lib.validate(config, StreamAC)
   config = load_config('ant', 'smoke')
   config.optimizer.name = 'obgd'
-  with pytest.raises(config_lib.ConfigError, match='obgd needs a TD error'):
+  with pytest.raises(config_lib.ConfigError, match='obgd .* does not apply to experiment ppo: its update needs '
+                                                   'td_error, done in every step, which this experiment does not give'):
     config_lib.validate(config, PPO)

@@ -5,8 +5,10 @@ None when the experiment generates its data), plus `num_chunks`,
 `examples_per_chunk` (per run), `chunk_step(chunk)` (the x-axis value logged for a chunk),
 optionally `metric_every` ({metric: n}: log it only every n chunks; others every chunk), and the
 static `checks(config)`: (condition, message) pairs that config validation enforces, and
-`make_network(config)`: the network of a config (validation checks that the interventions a
-variant switches on find what they need in it). Each builds its learner with
+`make_network(config)`: the network of a config (validation checks that the methods a variant
+switches on find what they need in it: `Method.check`). Traits that methods check: `objective`
+('prediction' by default; 'actor_critic' for a policy and a value trained together) and
+`step_args` (what it passes its optimizer in every step beyond the learner's own, e.g. a TD error). Each builds its learner with
 `Learner.from_config` and calls `Learner.boundary` at the start of every chunk (resets, injection).
 
 Optionally an evaluator: `evaluate(state, data) -> {metric: scalar}` (the diagnostics of one run's

@@ -114,8 +114,7 @@ class ClassIncremental:
     """ResNet-18 (`network.blocks_per_stage` 1: a ResNet-10); `network.layer_norm` puts layer norm
     in place of batch norm."""
     n = config.network
-    return nets.ResNet18(outputs=config.data.num_classes, width=n.width, conv=n.conv,
-                         norm='layer' if n.layer_norm else 'batch', blocks_per_stage=n.blocks_per_stage)
+    return nets.build(nets.ResNet18, n, outputs=config.data.num_classes)
 
   @staticmethod
   def checks(config):
@@ -270,7 +269,7 @@ class ClassIncremental:
         learner, test, train[:, :val], order, increment + 1, mask, test_key if data_config.augment_test else None)
     values['train_accuracy'] = sums.correct / sums.examples
     values['train_loss'] = sums.loss / steps
-    if self.learner.uses_cbp:
+    if self.learner.replaces_units:
       values['replacements'] = sums.replaced.astype(jnp.float32)
 
     # early stopping: keep the best-validation state of the increment, restore it at its end

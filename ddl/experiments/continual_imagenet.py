@@ -51,7 +51,7 @@ class ContinualImageNet:
   def make_network(config):
     n = config.network
     if n.kind == 'convnet':
-      return nets.ConvNet(outputs=2, conv=n.conv, layer_norm=n.layer_norm)
+      return nets.build(nets.ConvNet, n, outputs=2)
     return nets.MLP(hidden=(), outputs=2, weight_init='default')
 
   @staticmethod

@@ -20,7 +20,7 @@ and
 and, for optimizers that learn their step sizes (IDBD, Autostep, MetaOptimize), per top-level layer
   step_size_<layer>         mean step size over the layer's weights and biases
   step_size_spread_<layer>  their standard deviation (per-weight step sizes only)
-and, for a growing layer (ddl.learners.growth),
+and what the program's methods report (`Hooks.diagnostics`), e.g. for a growing layer
   backbone_units            active units of the growing layer
 """
 from typing import Any, Dict, NamedTuple
@@ -74,8 +74,7 @@ def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
     values['hessian_top_eigenvalue'] = metrics.top_hessian_eigenvalue(
         loss, params, jax.random.fold_in(key, 1), iterations=options.hessian_iterations)
   values.update(step_size_values(learner, state))
-  if state.growth is not None:
-    values['backbone_units'] = state.growth.active.sum()
+  values.update(learner.diagnostics(state))
   return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 

@@ -46,8 +46,7 @@ class PermutedInputs:
   @staticmethod
   def make_network(config):
     n = config.network
-    return nets.MLP(hidden=(n.hidden,) * n.layers, outputs=config.data.num_classes, activation=n.activation,
-                    weight_init=n.weight_init, layer_norm=n.layer_norm)
+    return nets.build(nets.MLP, n, hidden=(n.hidden,) * n.layers, outputs=config.data.num_classes)
 
   @staticmethod
   def checks(config):

@@ -90,6 +90,7 @@ def policy_diagnostics(network, params, probe: jax.Array) -> Dict[str, jax.Array
 
 class PPO:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
+  objective = 'actor_critic'   # a policy and a value trained together: no single prediction (methods check it)
 
   def __init__(self, config, group):
     self.config = config
@@ -104,16 +105,12 @@ class PPO:
 
   @staticmethod
   def make_network(config, actions: int = 8):   # Ant: 8 joints
-    return nets.ActorCritic(tuple(config.network.hidden), actions, weight_init=config.network.weight_init,
-                            layer_norm=config.network.layer_norm)
+    return nets.build(nets.ActorCritic, config.network, hidden=tuple(config.network.hidden), actions=actions)
 
   @staticmethod
   def checks(config):
     p, env = config.ppo, config.env
     return [
-        (config.optimizer.name not in ('idbd', 'autostep'),
-         f"optimizer.name={config.optimizer.name} needs one prediction to differentiate (its Gauss-Newton "
-         "diagonal); PPO's loss is over a policy and a value: use sgd, adam, upgd or metaoptimize"),
         *env_checks(config),
         (env.num_envs > 0 and p.rollout_steps % env.num_envs == 0, 'env.num_envs must divide ppo.rollout_steps'),
         (p.minibatches > 0 and p.rollout_steps % p.minibatches == 0, 'ppo.minibatches must divide ppo.rollout_steps'),
@@ -178,10 +175,11 @@ class PPO:
       key = jax.random.fold_in(state.key, state.updates)
       rollout_key, update_key = jax.random.split(key)
       params = state.learner.params
+      acting = self.learner.network_params(state.learner)
       env_state, obs, trajectory, (return_sum, episodes) = ppo.rollout(
-          self.env, network, params, state.env, state.obs, rollout_key, state.updates * p.rollout_steps,
+          self.env, network, acting, state.env, state.obs, rollout_key, state.updates * p.rollout_steps,
           state.schedule, steps)
-      observations, batch = ppo.batch_from(network, params, trajectory, obs, p.gamma, p.lam,
+      observations, batch = ppo.batch_from(network, acting, trajectory, obs, p.gamma, p.lam,
                                            p.normalise_advantages)
       learner, loss, replaced = ppo.update(self.learner, state.learner, observations, batch, update_key,
                                            p.epochs, p.minibatches, config.scan_unroll)
@@ -206,7 +204,7 @@ class PPO:
         'weight_change': sums['weight_change'] / config.updates_per_chunk,
         'friction': self.env.friction(jax.tree.map(lambda x: x[0], state.env), state.schedule),
     }
-    if self.learner.uses_cbp:
+    if self.learner.replaces_units:
       values['replacements'] = sums['replaced'].astype(jnp.float32)
     return state.replace(probe=sums['probe']), values
 
@@ -215,4 +213,4 @@ class PPO:
     observations: dormant units (active in at most 1 % of steps), stable rank (also as % of the
     width, the paper's figure), weight magnitude per layer, and the fraction of active units."""
     del data
-    return policy_diagnostics(self.network, state.learner.params, state.probe)
+    return policy_diagnostics(self.network, self.learner.network_params(state.learner), state.probe)

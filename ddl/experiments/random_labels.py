@@ -58,8 +58,7 @@ class RandomLabels:
   @staticmethod
   def make_network(config):
     n = config.network
-    return nets.MLP(hidden=(n.hidden,) * n.layers, outputs=NUM_CLASSES, activation=n.activation,
-                    weight_init=n.weight_init, layer_norm=n.layer_norm)
+    return nets.build(nets.MLP, n, hidden=(n.hidden,) * n.layers, outputs=NUM_CLASSES)
 
   @staticmethod
   def checks(config):

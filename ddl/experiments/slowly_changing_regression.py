@@ -43,8 +43,7 @@ class SlowlyChangingRegression:
   @staticmethod
   def make_network(config):
     n = config.network
-    return nets.MLP(hidden=(n.hidden,) * n.layers, outputs=1, activation=n.activation, weight_init=n.weight_init,
-                    layer_norm=n.layer_norm)
+    return nets.build(nets.MLP, n, hidden=(n.hidden,) * n.layers, outputs=1)
 
   @staticmethod
   def checks(config):

@@ -47,7 +47,8 @@ class State:
 class StreamAC:
   """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
 
-  td_errors = True   # what ObGD needs: a TD error and the episode end in every learner step
+  objective = 'actor_critic'   # a policy and a value trained together: no single prediction (methods check it)
+  step_args = ('td_error', 'done')   # what it gives its optimizer in every step (ddl.config checks it takes them)
 
   def __init__(self, config, group):
     self.config = config
@@ -63,22 +64,17 @@ class StreamAC:
   @staticmethod
   def make_network(config, actions: int = 8):   # Ant: 8 joints
     n = config.network
-    return nets.StreamActorCritic(tuple(n.hidden), actions, activation=n.activation, weight_init=n.weight_init,
-                                  layer_norm=n.layer_norm)
+    return nets.build(nets.StreamActorCritic, n, hidden=tuple(n.hidden), actions=actions)
 
   @staticmethod
   def checks(config):
     env = config.env
     return [
-        (config.optimizer.name == 'obgd',
-         f'optimizer.name={config.optimizer.name}: stream AC steps with ObGD (eligibility traces and the TD error); '
-         'use obgd'),
         *ppo_experiment.env_checks(config),
         (env.refill_every > 0 and config.steps_per_chunk % env.refill_every == 0,
          'env.refill_every must divide steps_per_chunk'),
         (config.steps_per_chunk > 0 and config.total_steps > 0, 'steps_per_chunk and total_steps must be > 0'),
         (0 < config.probe_steps <= config.steps_per_chunk, 'probe_steps must be in [1, steps_per_chunk]'),
-        (config.network.activation in nets.ACTIVATIONS, f'network.activation must be one of {tuple(nets.ACTIVATIONS)}'),
         (config.network.weight_init in nets.INITS, f'network.weight_init must be one of {nets.INITS}'),
         (config.stream.entropy_coef >= 0, 'stream.entropy_coef must be >= 0'),
     ]
@@ -142,7 +138,7 @@ class StreamAC:
         'weight_change': sums['weight_change'] / steps,
         'friction': self.env.friction(state.env, state.schedule),
     }
-    if self.learner.uses_cbp:
+    if self.learner.replaces_units:
       values['replacements'] = sums['replaced'].astype(jnp.float32)
     return state, values
 
@@ -151,6 +147,6 @@ class StreamAC:
     `probe_steps` observations acted on; with obgd.step_sizes='tidbd' also the critic's learned step
     sizes (mean and spread over its weights, `evaluation.step_size_values`)."""
     del data
-    values = ppo_experiment.policy_diagnostics(self.network, state.learner.params, state.probe)
+    values = ppo_experiment.policy_diagnostics(self.network, self.learner.network_params(state.learner), state.probe)
     values.update(evaluation.step_size_values(self.learner, state.learner))
     return values

@@ -30,10 +30,10 @@ from flax import struct
 from ddl import nets
 from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
-from ddl.learners import idbd as idbd_lib
+from ddl.learners import registry
 
 # Sutton (1992), as restated in beyond_reference.md §a.1 (Figures 3 and 4).
-PAPER = dict(lms_best_step_size=0.04, lms_best_error=3.5, idbd_error=1.5,
+PAPER = dict(lms_best_step_size=0.04, lms_best_error=3.5, meta_learned_error=1.5,
              step_size_relevant=0.13, step_size_irrelevant_below=0.007)
 
 
@@ -58,7 +58,7 @@ class Tracking:
   @staticmethod
   def make_network(config):
     n = config.network
-    return nets.MLP(hidden=(), outputs=1, weight_init=n.weight_init, bias=n.bias)
+    return nets.build(nets.MLP, n, hidden=(), outputs=1)
 
   @staticmethod
   def checks(config):
@@ -70,8 +70,6 @@ class Tracking:
          'data.flip_period must be > 0 and chunk_size a multiple of it'),
         (0 < data.num_relevant <= data.num_inputs, 'data.num_relevant must be in [1, data.num_inputs]'),
         (0 <= config.asymptotic_from < config.num_examples, 'asymptotic_from must be in [0, num_examples)'),
-        (config.optimizer.name in ('sgd',) + idbd_lib.NAMES,
-         f"optimizer.name must be 'sgd' (LMS) or one of {idbd_lib.NAMES} for the tracking task"),
     ]
 
   def chunk_step(self, chunk: int) -> int:
@@ -115,8 +113,9 @@ class Tracking:
     learner, sums = online.learn(self.learner, learner, lambda i: (x[i][None], y[i][None]), count,
                                  state.step_key, state.examples, self.config.scan_unroll)
     values = {'error': 2 * sums.loss / count}
-    if self.learner.needs_curvature:
-      alpha = jnp.exp(idbd_lib.find_state(learner.opt_state).beta['output']['kernel'][:, 0])
+    found = self.learner.step_sizes(learner)
+    if found is not None and found[1]:   # per-weight step sizes: relevant and irrelevant inputs apart
+      alpha = found[0]['output']['kernel'][:, 0]
       r = self.config.data.num_relevant
       values['step_size_relevant'] = jnp.mean(alpha[:r])
       values['step_size_irrelevant'] = jnp.mean(alpha[r:])
@@ -129,14 +128,20 @@ class Tracking:
     return figures(workdir)
 
 
+def learns_step_sizes(optimizer: str) -> bool:
+  """Whether an optimizer learns its step sizes (IDBD, Autostep: the right panel) or keeps the fixed
+  one (LMS is SGD on this linear unit: the left panel)."""
+  return registry.OPTIMIZERS[optimizer].step_sizes is not None
+
+
 def _variants(config: dict) -> Dict[str, Tuple[str, float, float]]:
-  """{variant: (optimizer name, its swept value: learning rate for LMS, else the meta step size,
-  initial step size)} from a config.json dict."""
+  """{variant: (optimizer name, its swept value: the learning rate for a fixed step size, else the
+  meta step size, initial step size)} from a config.json dict."""
   out = {}
   for name, variant in config['variants'].items():
     hp = {**config['hparams'], **variant}
     opt = variant.get('optimizer', {}).get('name', config['optimizer']['name'])
-    value = hp['learning_rate'] if opt == 'sgd' else hp['meta_step_size']
+    value = hp['meta_step_size'] if learns_step_sizes(opt) else hp['learning_rate']
     out[name] = (opt, float(value), float(hp['initial_step_size']))
   return out
 
@@ -176,8 +181,11 @@ def figures(workdir: str) -> Sequence[str]:
   start, end = config['asymptotic_from'], config['num_examples']
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  for ax, opts, xlabel in ((axes[0], ('sgd',), 'LMS step size α'),
-                           (axes[1], idbd_lib.NAMES, 'meta step size θ (IDBD) / μ (Autostep)')):
+  optimizers = sorted({v[0] for v in variants.values()})
+  fixed = [o for o in optimizers if not learns_step_sizes(o)]
+  learned = [o for o in optimizers if learns_step_sizes(o)]
+  for ax, opts, xlabel in ((axes[0], fixed, 'fixed step size α (LMS: sgd)'),
+                           (axes[1], learned, 'meta step size θ (IDBD) / μ (Autostep)')):
     for opt in opts:
       points = sorted((v[1], errors[n]) for n, v in variants.items() if v[0] == opt and n in errors)
       if not points:
@@ -185,8 +193,7 @@ def figures(workdir: str) -> Sequence[str]:
       x = np.asarray([p[0] for p in points])
       mean, se = zip(*(plotting.mean_and_se(p[1][:, None]) for p in points))
       mean, se = np.concatenate(mean), np.concatenate(se)
-      label = {'sgd': 'LMS', 'idbd': 'IDBD', 'autostep': 'Autostep'}[opt]
-      ax.errorbar(x, mean, yerr=se, marker='o', capsize=3, label=f'{label} (n={len(points[0][1])} seeds)')
+      ax.errorbar(x, mean, yerr=se, marker='o', capsize=3, label=f'{opt} (n={len(points[0][1])} seeds)')
       for xi, mi, (_, e) in zip(x, mean, points):   # runs stopped on NaN/inf: the mean is over the rest
         if np.any(~np.isfinite(e)):
           ax.annotate(f'{np.sum(~np.isfinite(e))}/{e.size} diverged', (xi, min(mi, 9.5)), fontsize=7,
@@ -197,7 +204,7 @@ def figures(workdir: str) -> Sequence[str]:
   axes[0].axhline(PAPER['lms_best_error'], color='gray', ls='--')
   axes[0].plot([PAPER['lms_best_step_size']], [PAPER['lms_best_error']], 'k*', ms=12,
                label=f"Sutton 1992: best LMS α≈{PAPER['lms_best_step_size']}, MSE≈{PAPER['lms_best_error']}")
-  axes[1].axhline(PAPER['idbd_error'], color='gray', ls='--', label=f"Sutton 1992: IDBD MSE≈{PAPER['idbd_error']}")
+  axes[1].axhline(PAPER['meta_learned_error'], color='gray', ls='--', label=f"Sutton 1992: IDBD MSE≈{PAPER['meta_learned_error']}")
   axes[1].axhline(PAPER['lms_best_error'], color='gray', ls=':', label='Sutton 1992: best LMS')
   axes[0].set_ylabel(f'asymptotic error (MSE over examples {start}-{end})')
   axes[0].set_ylim(0, 10)
@@ -250,7 +257,8 @@ def summary(workdir: str) -> str:
   errors = asymptotic_errors(workdir)
   table = plotting.read_metrics(os.path.join(workdir, 'metrics.csv'))
   lines = []
-  for opt in ('sgd',) + idbd_lib.NAMES:
+  optimizers = sorted({v[0] for v in variants.values()}, key=lambda o: (learns_step_sizes(o), o))
+  for opt in optimizers:
     rows = sorted((v[1], n) for n, v in variants.items() if v[0] == opt and n in errors)
     for value, n in rows:
       e = errors[n]
@@ -260,8 +268,8 @@ def summary(workdir: str) -> str:
         rel, irr = table[(n, 'step_size_relevant')][1][:, -1], table[(n, 'step_size_irrelevant')][1][:, -1]
         line += f'; final step sizes: relevant {np.nanmean(rel):.4f}, irrelevant {np.nanmean(irr):.5f}'
       lines.append(line)
-  lms = [(np.nanmean(errors[n]), v[1]) for n, v in variants.items() if v[0] == 'sgd' and n in errors]
+  lms = [(np.nanmean(errors[n]), v[1]) for n, v in variants.items() if not learns_step_sizes(v[0]) and n in errors]
   if lms:
     best = min(lms)
-    lines.append(f'best LMS: step size {best[1]:g}, asymptotic error {best[0]:.3f} (paper: 0.04, 3.5)')
+    lines.append(f'best fixed step size (LMS): step size {best[1]:g}, asymptotic error {best[0]:.3f} (paper: 0.04, 3.5)')
   return '\n'.join(lines)

@@ -24,10 +24,7 @@ import jax.numpy as jnp
 from flax import struct
 from flax import traverse_util
 
-from ddl.learners import idbd
-from ddl.learners import l2_init
-from ddl.learners import metaoptimize
-from ddl.learners import obgd
+from ddl.learners import method as method_lib
 from ddl.learners.hyper import Hyper
 
 Path = Tuple[str, ...]
@@ -203,30 +200,14 @@ def reset_units(unit_layers: Tuple[UnitLayer, ...], tree, picks, fresh: bool, ne
 
 
 def reset_optimizer_units(unit_layers: Tuple[UnitLayer, ...], params, opt_state, picks):
-  """Zeroes the picked units' entries in every params-shaped subtree of an optimizer state."""
-  return map_optimizer_moments(lambda sub: reset_units(unit_layers, sub, picks, fresh=False), params, opt_state)
-
-
-def map_optimizer_moments(fn: Callable[[Any], Any], params, opt_state):
-  """Applies `fn` to every params-shaped subtree of an optimizer state that holds per-weight
-  statistics (momentum, Adam moments, UPGD utilities, IDBD's h and v, MetaOptimize's moments and
-  h, ObGD's traces z and, with TIDBD, h, but not their log step sizes beta or meta momentum); L2
-  Init's anchor (the initial weights, also params-shaped) is left as it is."""
-  params_def = jax.tree.structure(params)
-  is_params = lambda sub: jax.tree.structure(sub) == params_def
-  is_leaf = lambda sub: is_params(sub) or isinstance(
-      sub, (l2_init.L2InitState, idbd.IDBDState, metaoptimize.MetaOptimizeState, obgd.ObGDState))
-
-  def apply(sub):   # learned step sizes (beta) are kept; the traces and moments follow fn
-    if isinstance(sub, obgd.ObGDState):
-      return sub._replace(trace=fn(sub.trace), h=None if sub.h is None else fn(sub.h))
-    if isinstance(sub, idbd.IDBDState):
-      return sub._replace(h=fn(sub.h), v=fn(sub.v))
-    if isinstance(sub, metaoptimize.MetaOptimizeState):
-      return sub._replace(mu=fn(sub.mu), nu=fn(sub.nu), h=fn(sub.h))
-    return fn(sub) if is_params(sub) else sub
-
-  return jax.tree.map(apply, opt_state, is_leaf=is_leaf)
+  """Re-initialises the picked units' entries in the optimizer state as each method declares
+  (`ddl.learners.method.map_reset_state`): momentum and moments zeroed, learned step sizes kept,
+  an anchor re-set to the unit's fresh weights where a method asks for that ('reinit')."""
+  ones = jax.tree.map(jnp.ones_like, params)
+  kept = reset_units(unit_layers, ones, picks, fresh=False)     # 0 where a unit was re-initialised
+  reinit = lambda sub: jax.tree.map(lambda k, p, s: jnp.where(k == 0, p, s).astype(s.dtype), kept, params, sub)
+  return method_lib.map_reset_state(opt_state, params, lambda sub: reset_units(unit_layers, sub, picks, fresh=False),
+                                    reinit)
 
 
 def continual_backprop(unit_layers: Tuple[UnitLayer, ...], *, replacement_rate: chex.Numeric,
@@ -375,3 +356,51 @@ def restore_norms(unit_layers: Tuple[UnitLayer, ...], tree: Any, replaced: Mappi
   for layer in unit_layers:
     _restore_norm(flat, layer, replaced[layer.features])
   return traverse_util.unflatten_dict(flat)
+
+
+class Hooks(method_lib.Hooks):
+  """CBP inside the learner: its state at init, its step after every optimizer step (with the
+  step's activations), and batch norm's running statistics of replaced units restored."""
+
+  def transform(self, hparams) -> ResetTransform:
+    o, learner = self.context.options, self.context.learner
+    return continual_backprop(
+        learner.unit_layers, replacement_rate=hparams['replacement_rate'],
+        maturity_threshold=hparams['maturity_threshold'], decay_rate=hparams['decay_rate'],
+        util_type=o['util_type'], count_mode=o['count_mode'], count_base=o['count_base'],
+        max_replacement_rate=self.context.largest['replacement_rate'],
+        reset_optimizer_state=bool(o['reset_optimizer_state']), next_bias_correction=bool(o['next_bias_correction']),
+        utility_statistic=o['utility_statistic'])
+
+  def init(self, key, params, sample_input, hparams):
+    del key, sample_input
+    return params, self.transform(hparams).init(params)
+
+  def after_step(self, state, step):
+    params, opt_state, state, info = self.transform(step.hparams).update(
+        step.params, step.opt_state, state, step.features, step.key)
+    batch_stats = step.batch_stats
+    if batch_stats is not None:
+      batch_stats = restore_norms(self.context.learner.unit_layers, batch_stats, info.replaced)
+    return step._replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
+                         num_replaced=step.num_replaced + info.num_replaced), state
+
+
+def _check(where) -> Optional[str]:
+  from ddl.learners import topology  # pylint: disable=g-import-not-at-top
+  options = METHOD.options(where.config)
+  if options['utility_statistic'] == 'cumulative' and options['util_type'] not in ('contribution', 'weight'):
+    return "cbp.utility_statistic 'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'"
+  network = where.network()
+  if not topology.unit_layers(network):
+    return f'its network ({type(network).__name__}) has no hidden units'
+  return None
+
+
+def _active(program) -> bool:
+  return program.setting('cbp.method', 'cbp') == 'cbp' and program.largest('replacement_rate') > 0
+
+
+METHOD = method_lib.Method(
+    'cbp', 'unit', 'continual backpropagation (Dohare et al. 2024)', HYPERS, section='cbp', active=_active,
+    check=_check, hooks=Hooks, examples=(('cbp', dict(replacement_rate=1e-4)),))

@@ -38,6 +38,7 @@ from flax import struct
 
 from ddl import nets
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import method as method_lib
 from ddl.learners.hyper import Hyper
 from ddl.learners.topology import UnitLayer
 
@@ -95,20 +96,22 @@ def problem(network, options) -> Optional[str]:
     return f'growth needs an MLP with a hidden layer (the network is {type(network).__name__})'
   if network.layer_norm:
     return 'growth does not support network.layer_norm (set it to "")'
+  if nets.activation(network.activation)(jnp.zeros((1, 1))).shape[-1] != 1:
+    return f'growth needs an activation that keeps the layer width ({network.activation!r} changes it)'
   width = network.hidden[-1]
-  top = options.max_units or width
+  top = options['max_units'] or width
   if top > width:
-    return f'growth.max_units={options.max_units} is wider than the layer it grows (width {width})'
-  if not options.min_units <= options.initial_units <= top:
-    return (f'growth needs min_units <= initial_units <= max_units, got {options.min_units}, '
-            f'{options.initial_units}, {top} (layer width {width})')
+    return f'growth.max_units={options["max_units"]} is wider than the layer it grows (width {width})'
+  if not options['min_units'] <= options['initial_units'] <= top:
+    return (f'growth needs min_units <= initial_units <= max_units, got {options["min_units"]}, '
+            f'{options["initial_units"]}, {top} (layer width {width})')
   return None
 
 
 def init(network, options) -> GrowthState:
   width = network.hidden[-1]
   zeros = jnp.zeros(width, jnp.float32)
-  return GrowthState(active=jnp.arange(width) < options.initial_units, candidate_utility=zeros,
+  return GrowthState(active=jnp.arange(width) < options['initial_units'], candidate_utility=zeros,
                      backbone_utility=zeros, error=jnp.zeros(()), ages=jnp.zeros(width, jnp.int32))
 
 
@@ -131,7 +134,7 @@ def signals(network, params, features, layer_input, active, residual) -> Signals
   pre = jax.lax.stop_gradient(layer_input.reshape(layer_input.shape[0], -1)) @ layer['kernel']
   if 'bias' in layer:
     pre = pre + layer['bias']
-  fringe = nets.ACTIVATIONS[network.activation](pre) * (~active)
+  fringe = nets.activation(network.activation)(pre) * (~active)
   h = features[grown_layer(network).features] * active
   return Signals(residual=jax.lax.stop_gradient(residual),
                  candidate=fringe[:, :, None] * params[FRINGE]['kernel'][None],
@@ -159,7 +162,7 @@ def update(network, params, opt_state, state: GrowthState, s: Signals, hparams, 
   ages = state.ages + 1
   mature = ages >= hparams['growth_maturity']
   count = active.sum()
-  top = options.max_units or active.shape[0]
+  top = options['max_units'] or active.shape[0]
 
   def one(mask, score, allowed):
     """One-hot of the unit of highest score among `mask` (all False if none or not allowed)."""
@@ -169,7 +172,7 @@ def update(network, params, opt_state, state: GrowthState, s: Signals, hparams, 
   promoted = one(~active & mature & (candidate_utility > hparams['promote_threshold'] * error),
                  candidate_utility, count < top)
   demoted = one(active & mature & (backbone_utility <= hparams['demote_threshold'] * error),
-                -backbone_utility, count > options.min_units)
+                -backbone_utility, count > options['min_units'])
   rejected = one(~active & mature & (candidate_utility <= 0) & ~promoted, -candidate_utility, True)
   regenerated = demoted | rejected
   changed = promoted | regenerated
@@ -184,7 +187,7 @@ def update(network, params, opt_state, state: GrowthState, s: Signals, hparams, 
                              'output': {**tree['output'],
                                         'kernel': jnp.where(promoted[:, None], 0.0, tree['output']['kernel'])}}
   params = clear_rows(params)
-  opt_state = cbp_lib.map_optimizer_moments(clear_rows, params, opt_state)
+  opt_state = method_lib.map_reset_state(opt_state, params, clear_rows, clear_rows)   # cleared rows are 0 in params
   state = GrowthState(active=new_active, candidate_utility=jnp.where(changed, 0.0, candidate_utility),
                       backbone_utility=jnp.where(changed, 0.0, backbone_utility), error=error,
                       ages=jnp.where(changed, 0, ages))
@@ -197,3 +200,57 @@ def immature_fringe(cbp_state: Any, network, active: jax.Array) -> Any:
   layers = dict(cbp_state.layers)
   layers[name] = layers[name].replace(ages=jnp.where(active, layers[name].ages, 0))
   return cbp_state.replace(layers=layers)
+
+
+class Hooks(method_lib.Hooks):
+  """The growing layer inside the learner: the fringe's shadow weights and the growth state at
+  init, the backbone's output in the forward pass, the fringe loss in the objective, the tester's
+  step after the optimizer (after CBP, whose state keeps the fringe immature)."""
+
+  def init(self, key, params, sample_input, hparams):
+    del key, sample_input, hparams
+    network = self.context.network
+    return {**params, FRINGE: init_fringe(network)}, init(network, self.context.options)
+
+  def forward(self, state, params, x, output, features):
+    del x, output
+    network = self.context.network
+    name = grown_layer(network).features
+    return backbone_output(network, params, features, state.active), {**features, name: features[name] * state.active}
+
+  def extra_loss(self, state, params, x, y, output, features):
+    learner, network = self.context.learner, self.context.network
+    fixed = jax.lax.stop_gradient(output)
+    residual = -jax.grad(lambda z: learner.loss_of(z, y))(fixed) * output.shape[0]
+    if learner.loss in ('mse', 'half_mse'):   # y - ŷ: undo the loss's scale 2/K or 1/K
+      residual = residual / learner.output_curvature(fixed[0])
+    names = network.layer_names()
+    grown = names.index(grown_layer(network).features)
+    layer_input = x if grown == 0 else features[names[grown - 1]]
+    s = signals(network, params, features, layer_input, state.active, residual.reshape(output.shape[0], -1))
+    return fringe_loss(s), s
+
+  def after_step(self, state, step):
+    params, opt_state, state, _ = update(self.context.network, step.params, step.opt_state, state, step.aux['growth'],
+                                         step.hparams, jax.random.fold_in(step.key, 3), self.context.options)
+    states = {name: immature_fringe(s, self.context.network, state.active) if isinstance(s, cbp_lib.CBPState) else s
+              for name, s in step.states.items()}
+    return step._replace(params=params, opt_state=opt_state, states=states), state
+
+  def diagnostics(self, state, params):
+    del params
+    return {'backbone_units': state.active.sum()}
+
+
+def _check(where) -> Optional[str]:
+  c = where.config
+  if c.schedule.reset_first > 0 or c.schedule.injection_first > 0:
+    return ('growth does not combine with resets or plasticity injection (schedule.reset_first, '
+            'schedule.injection_first); set those to 0 or growth.initial_units to 0')
+  return problem(where.network(), METHOD.options(c))
+
+
+METHOD = method_lib.Method(
+    'growth', 'unit', 'a growing last hidden layer: backbone units and a fringe of candidates trained on its '
+    'residual (generate-and-test)', HYPERS, section='growth', active=method_lib.positive('growth.initial_units'),
+    check=_check, hooks=Hooks, examples=(('growth', dict(growth=dict(initial_units=1))),))

@@ -45,7 +45,7 @@ to ~1e-3 and below); it keeps a run with a too-large meta step size finite inste
 The learner's `learning_rate` plays no part: α is the state. The returned update is α δ x = −α g,
 so new params = params + updates (optax.apply_updates). State `IDBDState(beta, h, v)`, every field
 params-shaped (vmap over seeds and over traced meta step sizes, checkpoints); IDBD keeps v at 0.
-When a reset zeroes a weight's optimizer state (`cbp.map_optimizer_moments`), h and v are zeroed
+When a reset zeroes a weight's optimizer state (`method.map_reset_state`, as declared in `state_fields`), h and v are zeroed
 and β, the learned step size of that position, is kept.
 """
 from typing import Any, NamedTuple, Optional, Tuple
@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import optax
 
 from ddl.learners.hyper import Hyper
+from ddl.learners.method import Method, selected
 
 NAMES = ('idbd', 'autostep')
 BETA_RANGE = (-10.0, 2.0)
@@ -152,3 +153,40 @@ def idbd(meta_step_size: chex.Numeric, initial_step_size: chex.Numeric, *, autos
     return new_updates, IDBDState(beta=beta, h=h, v=v)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _transform(autostep: bool):
+  return lambda b: idbd(b.hparams['meta_step_size'], b.hparams['initial_step_size'], autostep=autostep,
+                        tau=float(b.options['autostep_tau']),
+                        beta_range=(float(b.options['beta_min']), float(b.options['beta_max'])))
+
+
+def _learned(opt_state, params, options, hparams):
+  del params, options, hparams
+  return step_sizes(find_state(opt_state)), True
+
+
+def _check(where) -> Optional[str]:
+  if getattr(where.experiment_cls, 'objective', 'prediction') != 'prediction':
+    return ('needs one prediction to differentiate (its Gauss-Newton diagonal), and this experiment trains a '
+            'policy and a value together; use another optimizer')
+  return None
+
+
+def _variant(name: str, meta_step_size: float):
+  """The preset 'step_sizes' variant: every weight starts at the config's learning rate (meta step
+  sizes 1e-3 and 1e-2: Sutton 1992's and Autostep's usual choices)."""
+  return lambda config: {name: dict(optimizer=dict(name=name), initial_step_size=float(config.hparams.learning_rate),
+                                    meta_step_size=meta_step_size)}
+
+
+_SHARED = dict(hypers=HYPERS, section='idbd', extra_args=('curvature',), check=_check, step_sizes=_learned,
+               state_fields=((IDBDState, dict(beta='keep', h='zero', v='zero')),))
+IDBD = Method('idbd', 'optimizer', 'IDBD (Sutton 1992): per-weight step sizes exp(beta) meta-learned for a '
+              'linear unit', active=selected('optimizer.name', 'idbd'), transform=_transform(False),
+              examples=(('idbd', dict(optimizer=dict(name='idbd'))),),
+              presets=(('step_sizes', _variant('idbd', 1e-3)),), **_SHARED)
+AUTOSTEP = Method('autostep', 'optimizer', 'Autostep (Mahmood et al. 2012): IDBD normalised, effective step '
+                  'bounded', active=selected('optimizer.name', 'autostep'), transform=_transform(True),
+                  examples=(('autostep', dict(optimizer=dict(name='autostep'))),),
+                  presets=(('step_sizes', _variant('autostep', 1e-2)),), **_SHARED)

@@ -7,16 +7,11 @@ gradient. theta_0 is copied from `params` at `init` into the transform's state, 
 checkpointed, vmapped over seeds (each seed anchors to its own initialisation) and restored with
 the rest of the optimizer state. `l` may be traced.
 
-Interaction with CBP / ReDo (`cbp.reset_optimizer_units`, used when `reset_optimizer_state` is
-on): that function zeroes the replaced units' entries of EVERY params-shaped subtree of the
-optimizer state, and `L2InitState.anchor` is params-shaped. So with that option a replaced unit's
-anchor becomes 0 (its incoming weights and bias, and its outgoing weights, which the reset zeroes
-in the parameters anyway): the regulariser then pulls the unit's fresh input weights towards 0,
-i.e. it acts as plain L2 on them, not as "regenerate towards the initialisation". Without
-`reset_optimizer_state` the anchor keeps the unit's ORIGINAL initial weights. A replaced unit's
-anchor should arguably be its fresh weights (`state._replace(anchor=...)` with the new values at
-the replaced entries); that wiring is left to the learner. `tests/test_l2_init.py` shows the
-current behaviour.
+Re-initialised units and layers (CBP, ReDo, resets, injection): the anchor is declared 'keep'
+(`METHOD.state_fields`, `ddl.learners.method.map_reset_state`), so a replaced unit is still pulled
+towards its ORIGINAL initial weights, as before the method seam. 'reinit' (anchor at the fresh
+weights, "regenerate towards the latest initialisation") is one word in the declaration;
+`tests/test_l2_init.py` shows the current behaviour.
 """
 from typing import Any, NamedTuple
 
@@ -26,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from ddl.learners.hyper import Hyper
+from ddl.learners.method import Method, gated
 
 HYPERS = (
     Hyper('l2_init', 0.0, low=0,
@@ -60,3 +56,8 @@ def l2_init(strength: chex.Numeric) -> optax.GradientTransformationExtraArgs:
     return new_updates, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+METHOD = Method('l2_init', 'gradient', 'L2 Init (Kumar et al.): loss + l2_init ||theta - theta_0||^2', HYPERS,
+                active=gated('l2_init'), examples=(('l2_init', dict(l2_init=1e-3)),), transform=lambda b: l2_init(b.hparams['l2_init']),
+                state_fields=((L2InitState, dict(anchor='keep')),))

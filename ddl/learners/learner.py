@@ -1,20 +1,24 @@
-"""The learner: a network, its optimizer and its reset transform, stepped as one pure function.
+"""The learner: a network, its optimizer and the methods around them, stepped as one pure function.
 
-Hyperparameters that a sweep varies live in the state as arrays (`HPARAMS`, declared by the methods
-in `ddl.learners.registry`), so one compiled step serves every point of a seeds x sweep grid under
-`jax.vmap`; the optimizer and the reset transform are rebuilt from them inside the traced step
-(cheap: closures, no compilation). The optimizer is an optax `GradientTransformationExtraArgs`:
-besides the gradient it receives the step's `key` (per seed and step) and `loss`, which per-weight
-methods (UPGD) use, and for IDBD/Autostep the `curvature` (squared gradient of the output).
-Interventions at task boundaries (resets, plasticity injection) run in
-`boundary`, which experiments call at the start of every chunk.
+A learner holds the methods its program uses (`ddl.learners.registry.active`: the optimizer, the
+gradient and update terms, unit and boundary transforms, network options) and composes them
+generically, in the order `ddl.learners.method` documents; it never names a method. Traced
+hyperparameters live in the state as arrays (only those of the program's methods, and the learning
+rate), so one compiled step serves every point of a seeds x sweep grid under `jax.vmap`; the
+optimizer is rebuilt from them inside the traced step (cheap: closures, no compilation). The
+optimizer is an optax `GradientTransformationExtraArgs`: besides the gradient it receives the
+step's `key` (per seed and step) and `loss`, the Gauss-Newton `curvature` when a method asks for
+it, and what the experiment passes (`extra`: e.g. a TD error). The methods' own state (CBP's
+utilities, injected heads, a growing layer's mask, ...) is `LearnerState.methods`, by name.
+Interventions at task boundaries run in `boundary`, which experiments call at every chunk start.
 
 Networks with batch norm (a Flax `batch_stats` collection at init) take `train`: training steps run
 them in train mode and carry the updated running statistics in the state; evaluation runs
 (`predict`) use eval mode.
 """
 import dataclasses
-from typing import Any, Dict, Mapping, NamedTuple, Optional
+import functools
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import chex
 import flax.linen as nn
@@ -23,17 +27,11 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from ddl.learners import cbp as cbp_lib
-from ddl.learners import growth as growth_lib
-from ddl.learners import idbd as idbd_lib
 from ddl.learners import optimizers
-from ddl.learners import redo as redo_lib
 from ddl.learners import registry
-from ddl.learners import schedules
 from ddl.learners import topology
+from ddl.learners.method import Boundary, Build, Context, Hooks, Method, Step, overrides
 
-HPARAMS = registry.HPARAMS
-RESETS = ('cbp', 'redo')
 LOSSES = ('mse', 'half_mse', 'cross_entropy')
 
 
@@ -41,18 +39,16 @@ LOSSES = ('mse', 'half_mse', 'cross_entropy')
 class LearnerState:
   params: Any
   opt_state: Any
-  cbp_state: Optional[cbp_lib.CBPState]
-  hparams: Dict[str, jax.Array]
-  batch_stats: Any = None        # Flax batch-norm running statistics (None: no batch norm)
-  injection: Optional[schedules.InjectionState] = None   # frozen heads of plasticity injection
-  growth: Optional[growth_lib.GrowthState] = None         # backbone/fringe mask of a growing layer
+  hparams: Dict[str, jax.Array]   # the traced hyperparameters of the program's methods
+  batch_stats: Any = None         # Flax batch-norm running statistics (None: no batch norm)
+  methods: Dict[str, Any] = struct.field(default_factory=dict)   # each method's own state, by name
 
 
 class StepOutput(NamedTuple):
   loss: jax.Array                # loss of the batch before the update
   output: jax.Array              # network output before the update (online accuracy/error)
   features: Mapping[str, jax.Array]
-  num_replaced: jax.Array        # units re-initialised by the reset transform in this step
+  num_replaced: jax.Array        # units re-initialised by the unit transforms in this step
 
 
 def loss_fn(kind, output: Any, target: Any) -> jax.Array:
@@ -78,96 +74,91 @@ class Learner:
   network: a Flax module returning (output, features); its unit topology comes from
     `ddl.learners.topology`.
   loss: 'mse', 'half_mse', 'cross_entropy' or a callable (output, target) -> scalar loss.
-  optimizer: config section with name ('sgd', 'adam', 'upgd', 'idbd', 'autostep'), momentum, eps;
-    Adam's b1, b2, UPGD's and IDBD's hyperparameters are traced hparams (UPGD's `protect` in the
-    `upgd` section, Autostep's tau and the clip of log step sizes in the `idbd` section).
-  perturbation: whether the optimizer holds the S&P noise transform.
-  l2_init: whether the optimizer holds the L2 Init regulariser.
-  cbp: config section with util_type, count_mode, count_base, reset_optimizer_state,
-    next_bias_correction, utility_statistic, and optionally method ('cbp' or 'redo',
-    ddl.learners.redo, with redo_threshold and redo_period); None, or for CBP max_replacement_rate
-    0, leaves the reset transform out of the program.
-  max_replacement_rate: the largest replacement rate of the sweep sharing this program.
-  upgd: config section of UPGD's static options (None: defaults).
-  idbd: config section of IDBD's and Autostep's static options (None: defaults), with
-    `curvature_estimator` (see `curvature`).
-  metaoptimize: config section of MetaOptimize's static options (None: defaults).
-  obgd: config section of ObGD's static options (None: defaults: per_network, step_sizes 'fixed' or
-    'tidbd', the clip of log step sizes); its update takes `td_error` and `done`, which `step` passes
-    on from its `extra` argument.
-  schedule: config section with reset_* and injection_* (ddl.learners.schedules); None: neither.
-  growth: config section of a growing last hidden layer (ddl.learners.growth); None or
-    initial_units 0: no growth.
-  num_chunks: chunks of the run (sizes the injection slots).
+  methods: the program's methods (`registry.active`), in composition order.
+  config: the group's config: every method's static options (`Method.options`).
+  largest: (name, value) of each traced hyperparameter's largest value over the program's
+    variants (sizes static shapes, e.g. CBP's selection slots).
+  num_chunks: chunks of the run (sizes e.g. the injection slots).
   """
   network: nn.Module
   loss: Any
-  optimizer: Any
-  cbp: Any = None
-  max_replacement_rate: float = 0.0
-  perturbation: bool = True
-  l2_init: bool = False
-  upgd: Any = None
-  idbd: Any = None
-  metaoptimize: Any = None
-  obgd: Any = None
-  schedule: Any = None
-  growth: Any = None
+  methods: Tuple[Method, ...]
+  config: Any = None
+  largest: Tuple[Tuple[str, float], ...] = ()
   num_chunks: int = 0
 
   @classmethod
   def from_config(cls, network: nn.Module, loss: Any, config: Any, group: Any, num_chunks: int) -> 'Learner':
-    """The learner of a group of variants (ddl.config.Group): what its program holds."""
-    return cls(network=network, loss=loss, optimizer=config.optimizer, cbp=config.cbp,
-               max_replacement_rate=group.max_replacement_rate, perturbation=group.perturbation,
-               l2_init=group.uses('l2_init'), upgd=config.get('upgd'), idbd=config.get('idbd'),
-               metaoptimize=config.get('metaoptimize'), obgd=config.get('obgd'), growth=config.get('growth'), schedule=config.get('schedule'),
+    """The learner of a group of variants (ddl.config.Group): the methods its program holds."""
+    methods = registry.active(config, group.hparams)
+    largest = tuple((h.name, max(float(v[h.name]) for v in group.hparams)) for h in registry.traced_hypers(methods))
+    return cls(network=network, loss=loss, methods=methods, config=config, largest=largest, num_chunks=num_chunks)
+
+  @classmethod
+  def of(cls, network: nn.Module, loss: Any, names=(), config: Any = None, num_chunks: int = 0,
+         **largest: float) -> 'Learner':
+    """A learner of the registered methods `names` (tests, notebooks; the first registered
+    optimizer unless `names` holds one); `largest`: e.g. replacement_rate=1e-4 for CBP's selection
+    slots."""
+    methods = registry.resolve(names)
+    if not any(m.kind == 'optimizer' for m in methods):
+      methods.insert(0, next(iter(registry.OPTIMIZERS.values())))
+    methods = registry.ordered(methods)
+    values = {h.name: h.default for h in registry.traced_hypers(methods)}
+    values.update(largest)
+    return cls(network=network, loss=loss, methods=methods, config=config, largest=tuple(values.items()),
                num_chunks=num_chunks)
+
+  def method(self, name: str) -> Method:
+    return next(m for m in self.methods if m.name == name)
+
+  def uses(self, name: str) -> bool:
+    return any(m.name == name for m in self.methods)
+
+  @functools.cached_property
+  def options(self) -> Dict[str, Dict[str, Any]]:
+    """Each method's static options, by name."""
+    return {m.name: m.options(self.config) for m in self.methods}
+
+  @functools.cached_property
+  def hooks(self) -> Dict[str, Hooks]:
+    """The learner-side parts of the methods that have one (`Method.hooks`), in composition order."""
+    largest = dict(self.largest)
+    return {m.name: m.hooks(Context(self.network, self.loss, self.options[m.name], largest, self.num_chunks, self))
+            for m in self.methods if m.hooks is not None}
+
+  def _hooks_with(self, hook: str):
+    return [(name, h) for name, h in self.hooks.items() if overrides(h, hook)]
+
+  @property
+  def traced(self) -> Tuple[Tuple[str, float], ...]:
+    """(name, default) of the traced hyperparameters the state holds."""
+    return tuple((h.name, h.default) for h in registry.traced_hypers(self.methods))
 
   @property
   def unit_layers(self):
     return topology.unit_layers(self.network)
 
   @property
-  def reset_method(self) -> str:
-    return self.cbp.get('method', 'cbp') if self.cbp is not None else 'cbp'
-
-  @property
-  def uses_cbp(self) -> bool:
-    """Whether the program holds a reset transform (CBP with a positive rate, or ReDo)."""
-    active = self.max_replacement_rate > 0 or self.reset_method == 'redo'
-    return self.cbp is not None and active and bool(self.unit_layers)
-
-  @property
-  def grows(self) -> bool:
-    """Whether the last hidden layer grows and shrinks (ddl.learners.growth)."""
-    return self.growth is not None and self.growth.initial_units > 0
-
-  @property
-  def injections(self) -> int:
-    """Plasticity injections this run makes (static: sizes the frozen-head slots)."""
-    s = self.schedule
-    return 0 if s is None else schedules.count(s.injection_first, s.injection_every, self.num_chunks)
-
-  @property
-  def head_start(self) -> int:
-    return schedules.head_start(self.network, self.schedule.injection_layers)
+  def replaces_units(self) -> bool:
+    """Whether the program holds a unit transform (units re-initialised after steps)."""
+    return any(m.kind == 'unit' for m in self.methods)
 
   def make_optimizer(self, hparams: Mapping[str, chex.Numeric], key=None) -> optax.GradientTransformationExtraArgs:
-    return optimizers.from_config(self.optimizer, hparams, self.perturbation, key, l2_init=self.l2_init,
-                                  upgd_config=self.upgd, idbd_config=self.idbd,
-                                  metaoptimize_config=self.metaoptimize, obgd_config=self.obgd)
+    return optimizers.chain(self.methods, lambda m: Build(hparams, self.options[m.name], key, self.config))
 
   def step_sizes(self, state: 'LearnerState'):
-    """(params-shaped learned step sizes, whether per weight) for IDBD, Autostep, MetaOptimize and
-    ObGD with TIDBD (its critic's); None for optimizers with a fixed step size."""
-    return optimizers.learned_step_sizes(state.opt_state, state.params, self.optimizer, self.metaoptimize,
-                                         self.obgd, state.hparams['learning_rate'])
+    """(params-shaped learned step sizes, whether per weight) of an optimizer that learns them
+    (`Method.step_sizes`); None for optimizers with a fixed step size."""
+    for m in self.methods:
+      if m.step_sizes is not None:
+        return m.step_sizes(state.opt_state, state.params, self.options[m.name], state.hparams)
+    return None
 
   @property
   def needs_curvature(self) -> bool:
-    """Whether the optimizer's update takes `curvature` (IDBD, Autostep)."""
-    return self.optimizer.name in idbd_lib.NAMES
+    """Whether a method's update takes `curvature` (`Method.extra_args`)."""
+    return any('curvature' in m.extra_args for m in self.methods)
 
   def curvature(self, state: LearnerState, x: jax.Array, key: chex.PRNGKey, output_mask=None):
     """Params-shaped Gauss-Newton diagonal that IDBD and Autostep use for x²: the batch mean of
@@ -177,14 +168,15 @@ class Learner:
     a linear unit's weight, 1 for its bias). With K outputs the idbd section's
     `curvature_estimator` picks 'sketch' (default: one backward pass per example with cotangent
     ε_k √c_k, ε_k = ±1 at random, unbiased, O(#weights)) or 'exact' (K backward passes)."""
-    exact = (self.idbd or {}).get('curvature_estimator', 'sketch') == 'exact'
+    estimators = [o['curvature_estimator'] for o in self.options.values() if 'curvature_estimator' in o]
+    exact = (estimators or ['sketch'])[0] == 'exact'
 
     def outputs(params, example):
       return self.forward(params, state, example[None])[0][0].reshape(-1)
 
     def per_example(example, example_key):
       z, pullback = jax.vjp(lambda p: outputs(p, example), state.params)
-      c = self._output_curvature(z, output_mask)
+      c = self.output_curvature(z, output_mask)
       if exact:
         rows = jax.vmap(lambda e: pullback(e * jnp.sqrt(c))[0])(jnp.eye(z.shape[0], dtype=z.dtype))
         return jax.tree.map(lambda g: jnp.sum(g ** 2, axis=0), rows)
@@ -194,7 +186,7 @@ class Learner:
     squares = jax.vmap(per_example)(x, jax.random.split(key, x.shape[0]))
     return jax.tree.map(lambda g: jnp.mean(g, axis=0), squares)
 
-  def _output_curvature(self, z: jax.Array, output_mask=None) -> jax.Array:
+  def output_curvature(self, z: jax.Array, output_mask=None) -> jax.Array:
     """Diagonal of one example's loss Hessian in its K outputs z (see `curvature`)."""
     if self.loss == 'cross_entropy':
       if output_mask is not None:
@@ -204,37 +196,24 @@ class Learner:
     scale = {'half_mse': 1.0, 'mse': 2.0}.get(self.loss, None)
     return jnp.full_like(z, 1.0 if scale is None else scale / z.shape[0])
 
-  def make_cbp(self, hparams: Mapping[str, chex.Numeric]) -> cbp_lib.ResetTransform:
-    if self.reset_method == 'redo':
-      return redo_lib.redo(self.unit_layers, threshold=self.cbp.redo_threshold,
-                           period=int(self.cbp.redo_period), reset_optimizer_state=self.cbp.reset_optimizer_state)
-    return cbp_lib.continual_backprop(
-        self.unit_layers, replacement_rate=hparams['replacement_rate'],
-        maturity_threshold=hparams['maturity_threshold'], decay_rate=hparams['decay_rate'],
-        util_type=self.cbp.util_type, count_mode=self.cbp.count_mode,
-        count_base=self.cbp.count_base, max_replacement_rate=self.max_replacement_rate,
-        reset_optimizer_state=self.cbp.reset_optimizer_state,
-        next_bias_correction=self.cbp.next_bias_correction,
-        utility_statistic=self.cbp.get('utility_statistic', 'ema'))
+  def loss_of(self, output: Any, target: Any) -> jax.Array:
+    return loss_fn(self.loss, output, target)
 
   def init(self, key: chex.PRNGKey, sample_input: jax.Array,
            hparams: Mapping[str, chex.Numeric]) -> LearnerState:
     params_key, noise_key = jax.random.split(key)
     variables = self.network.init(params_key, sample_input)
     params = variables['params']
-    growth = None
-    if self.grows:
-      params = {**params, growth_lib.FRINGE: growth_lib.init_fringe(self.network)}
-      growth = growth_lib.init(self.network, self.growth)
-    hparams = {h.name: jnp.asarray(hparams.get(h.name, h.default), jnp.float32) for h in registry.traced_hypers()}
+    hparams = {name: jnp.asarray(hparams.get(name, default), jnp.float32) for name, default in self.traced}
+    states = {}
+    hook_key = jax.random.fold_in(key, 7)
+    for i, (name, hooks) in enumerate(self.hooks.items()):
+      params, state = hooks.init(jax.random.fold_in(hook_key, i), params, sample_input, hparams)
+      if state is not None:
+        states[name] = state
     opt_state = self.make_optimizer(hparams, noise_key).init(params)
-    cbp_state = self.make_cbp(hparams).init(params) if self.uses_cbp else None
-    injection = None
-    if self.injections:
-      names = schedules.head_names(self.network, sample_input, self.head_start)
-      injection = schedules.init_injection({n: params[n] for n in names}, self.injections)
-    return LearnerState(params=params, opt_state=opt_state, cbp_state=cbp_state, hparams=hparams,
-                        batch_stats=variables.get('batch_stats'), injection=injection, growth=growth)
+    return LearnerState(params=params, opt_state=opt_state, hparams=hparams,
+                        batch_stats=variables.get('batch_stats'), methods=states)
 
   def apply(self, params, x: jax.Array, batch_stats=None):
     """Evaluation forward pass of the network alone (batch norm on its running statistics) ->
@@ -252,65 +231,66 @@ class Learner:
                                       mutable=['batch_stats'])
     return out, updates['batch_stats']
 
-  def _with_injection(self, output, features, x, injection):
-    if injection is None:
-      return output
-    start = self.head_start
-    z = x if start == 0 else features[self.network.layer_names()[start - 1]]
-    return output + schedules.frozen_output(self.network, injection, z, start)
-
-  def forward(self, params, state: LearnerState, x: jax.Array, train: bool = False):
-    """The learner's forward pass -> ((output, features), batch_stats): the network (batch norm in
-    train mode with `train`, updating the running statistics), plus injected frozen heads, with a
-    growing layer's fringe masked out of the output and the features."""
+  def run(self, params, state: LearnerState, x: jax.Array, train: bool = False):
+    """The learner's forward pass -> ((output, features), batch_stats, method states): the
+    parametrisations (`Hooks.parametrize`), the network (batch norm in train mode with `train`,
+    updating the running statistics), then the methods' `Hooks.forward` (frozen heads, a growing
+    layer's mask)."""
+    states = dict(state.methods)
+    for name, hooks in self._hooks_with('parametrize'):
+      params, new = hooks.parametrize(states.get(name), params, train)
+      if new is not None:
+        states[name] = new
     if train:
       (output, features), batch_stats = self.apply_train(params, x, state.batch_stats)
     else:
       (output, features), batch_stats = self.apply(params, x, state.batch_stats), state.batch_stats
-    output = self._with_injection(output, features, x, state.injection)
-    if state.growth is not None:
-      output = growth_lib.backbone_output(self.network, params, features, state.growth.active)
-      name = growth_lib.grown_layer(self.network).features
-      features = {**features, name: features[name] * state.growth.active}
-    return (output, features), batch_stats
+    for name, hooks in self._hooks_with('forward'):
+      output, features = hooks.forward(states.get(name), params, x, output, features)
+    return (output, features), batch_stats, states
+
+  def network_params(self, state: LearnerState):
+    """The parameters the network runs on in evaluation (after the parametrisations, e.g.
+    spectrally normalised kernels): what code that calls the network directly (acting) uses."""
+    params = state.params
+    for name, hooks in self._hooks_with('parametrize'):
+      params, _ = hooks.parametrize(state.methods.get(name), params, False)
+    return params
+
+  def forward(self, params, state: LearnerState, x: jax.Array, train: bool = False):
+    """The learner's forward pass (`run`) -> ((output, features), batch_stats)."""
+    return self.run(params, state, x, train)[:2]
 
   def predict(self, state: LearnerState, x: jax.Array):
     """Evaluation forward pass of the learner -> (output, features): the network on the state's
-    parameters and batch-norm statistics, plus injected frozen heads (`forward`)."""
+    parameters and batch-norm statistics, with every method's part of the forward pass."""
     return self.forward(state.params, state, x)[0]
 
   def objective(self, params, state: LearnerState, x: jax.Array, y: Any, output_mask=None):
     """Training objective of a batch -> (objective, (loss, output, features, new batch_stats,
-    growth signals)): the loss, plus a growing layer's fringe loss (ddl.learners.growth; its
-    signals are None without growth)."""
-    (output, features), batch_stats = self.forward(params, state, x, train=True)
+    the methods' auxiliaries, the methods' states)): the loss plus the methods' terms
+    (`Hooks.extra_loss`, e.g. a growing layer's fringe loss)."""
+    (output, features), batch_stats, states = self.run(params, state, x, train=True)
     if output_mask is not None:
       output = jnp.where(output_mask, output, -1e9)
     loss = loss_fn(self.loss, output, y)
-    if state.growth is None:
-      return loss, (loss, output, features, batch_stats, None)
-    fixed = jax.lax.stop_gradient(output)
-    residual = -jax.grad(lambda z: loss_fn(self.loss, z, y))(fixed) * output.shape[0]
-    if self.loss in ('mse', 'half_mse'):   # y - ŷ: undo the loss's scale 2/K or 1/K
-      residual = residual / self._output_curvature(fixed[0])
-    names = self.network.layer_names()
-    grown = names.index(growth_lib.grown_layer(self.network).features)
-    layer_input = x if grown == 0 else features[names[grown - 1]]
-    signals = growth_lib.signals(self.network, params, features, layer_input, state.growth.active,
-                                 residual.reshape(output.shape[0], -1))
-    return loss + growth_lib.fringe_loss(signals), (loss, output, features, batch_stats, signals)
+    total, aux = loss, {}
+    for name, hooks in self._hooks_with('extra_loss'):
+      term, aux[name] = hooks.extra_loss(states.get(name), params, x, y, output, features)
+      total = total + term
+    return total, (loss, output, features, batch_stats, aux, states)
 
   def step(self, state: LearnerState, x: jax.Array, y: Any, key: chex.PRNGKey,
            lr_factor: chex.Numeric = 1.0, output_mask: Optional[jax.Array] = None,
            extra: Optional[Mapping[str, Any]] = None):
-    """One minibatch: forward, loss, gradient, optimizer step, then the reset transform with the
+    """One minibatch: forward, loss, gradient, optimizer step, then the unit transforms with the
     activations of this forward pass. Returns (new state, StepOutput).
 
     lr_factor: multiplies the learning rate of this step (a schedule). output_mask: bool over the
     outputs; masked-out logits are excluded from the loss and the returned output (classes not
-    seen yet). extra: more extra arguments of the optimizer's update (ObGD's `td_error`, `done`)."""
-    (_, (loss, output, features, batch_stats, signals)), grads = jax.value_and_grad(self.objective, has_aux=True)(
-        state.params, state, x, y, output_mask)
+    seen yet). extra: more extra arguments of the optimizer's update (e.g. a TD error)."""
+    (_, (loss, output, features, batch_stats, aux, states)), grads = jax.value_and_grad(
+        self.objective, has_aux=True)(state.params, state, x, y, output_mask)
     hparams = state.hparams
     if not (isinstance(lr_factor, (int, float)) and lr_factor == 1.0):
       hparams = {**hparams, 'learning_rate': hparams['learning_rate'] * lr_factor}
@@ -320,64 +300,32 @@ class Learner:
     updates, opt_state = self.make_optimizer(hparams).update(
         grads, state.opt_state, state.params, key=jax.random.fold_in(key, 1), loss=loss, **args)
     params = optax.apply_updates(state.params, updates)
-    cbp_state, num_replaced = state.cbp_state, jnp.zeros((), jnp.int32)
-    if self.uses_cbp:
-      params, opt_state, cbp_state, info = self.make_cbp(state.hparams).update(
-          params, opt_state, state.cbp_state, features, key)
-      num_replaced = info.num_replaced
-      if batch_stats is not None:
-        batch_stats = cbp_lib.restore_norms(self.unit_layers, batch_stats, info.replaced)
-    growth = state.growth
-    if growth is not None:
-      params, opt_state, growth, _ = growth_lib.update(self.network, params, opt_state, growth, signals, state.hparams,
-                                                       jax.random.fold_in(key, 3), self.growth)
-      if cbp_state is not None:
-        cbp_state = growth_lib.immature_fringe(cbp_state, self.network, growth.active)
-    new_state = state.replace(params=params, opt_state=opt_state, cbp_state=cbp_state, batch_stats=batch_stats,
-                              growth=growth)
-    return new_state, StepOutput(loss, output, features, num_replaced)
+    after = Step(params, opt_state, batch_stats, features, aux, states, key, state.hparams, jnp.zeros((), jnp.int32))
+    for name, hooks in self._hooks_with('after_step'):
+      after, new = hooks.after_step(after.states.get(name), after)
+      if new is not None:
+        after = after._replace(states={**after.states, name: new})
+    new_state = state.replace(params=after.params, opt_state=after.opt_state, batch_stats=after.batch_stats,
+                              methods=after.states)
+    return new_state, StepOutput(loss, output, features, after.num_replaced)
 
   def boundary(self, state: LearnerState, index: jax.Array, key: chex.PRNGKey, sample_input: jax.Array):
-    """The interventions due at the start of chunk `index` (a task): a reset of the last
-    `reset_layers` layers or the whole network, and a plasticity injection. Their parameters'
-    optimizer state is zeroed. A no-op (nothing in the program) without a schedule."""
-    s = self.schedule
-    if s is None or (s.reset_first <= 0 and not self.injections):
+    """The boundary transforms due at the start of chunk `index` (a task): resets, plasticity
+    injection (`Hooks.boundary`). A no-op (nothing in the program) without one."""
+    hooks = self._hooks_with('boundary')
+    if not hooks:
       return state
-    reset_key, inject_key = jax.random.split(key)
-    params, opt_state, batch_stats, cbp_state = state.params, state.opt_state, state.batch_stats, state.cbp_state
-    if s.reset_first > 0:
-      now = schedules.due(index, s.reset_first, s.reset_every)
-      fresh = self.network.init(reset_key, sample_input)
-      if s.reset_layers > 0:
-        names = schedules.head_names(self.network, sample_input, schedules.head_start(self.network, s.reset_layers))
-      else:
-        names = tuple(params)
-        if batch_stats is not None:
-          batch_stats = _select(now, fresh['batch_stats'], batch_stats)
-        if cbp_state is not None:
-          cbp_state = _select(now, self.make_cbp(state.hparams).init(params), cbp_state)
-      params = {**params, **{n: _select(now, fresh['params'][n], params[n]) for n in names}}
-      opt_state = _zero_optimizer_entries(params, opt_state, names, now)
-    injection = state.injection
-    if self.injections:
-      now = schedules.due(index, s.injection_first, s.injection_every)
-      start = self.head_start
-      z = schedules.head_input_shape(self.network, sample_input, start)
-      fresh_head = self.network.init(inject_key, jnp.zeros(z.shape, z.dtype), start=start)['params']
-      names = tuple(fresh_head)
-      params, injection = schedules.inject(injection, params, fresh_head, names, now)
-      opt_state = _zero_optimizer_entries(params, opt_state, names, now)
-    return state.replace(params=params, opt_state=opt_state, batch_stats=batch_stats, cbp_state=cbp_state,
-                         injection=injection)
+    b = Boundary(state.params, state.opt_state, state.batch_stats, dict(state.methods), index, key, sample_input,
+                 state.hparams)
+    for name, h in hooks:
+      b, new = h.boundary(b.states.get(name), b)
+      if new is not None:
+        b = b._replace(states={**b.states, name: new})
+    return state.replace(params=b.params, opt_state=b.opt_state, batch_stats=b.batch_stats, methods=b.states)
 
-
-def _select(now: jax.Array, new: Any, old: Any) -> Any:
-  return jax.tree.map(lambda n, o: jnp.where(now, n, o), new, old)
-
-
-def _zero_optimizer_entries(params: Any, opt_state: Any, names, now: jax.Array) -> Any:
-  """Zeroes, when `now`, the entries of top-level parameters `names` in the optimizer's per-weight
-  statistics (momentum, Adam moments, UPGD utilities)."""
-  zero = lambda sub: {k: _select(now, jax.tree.map(jnp.zeros_like, v), v) if k in names else v for k, v in sub.items()}
-  return cbp_lib.map_optimizer_moments(zero, params, opt_state)
+  def diagnostics(self, state: LearnerState) -> Dict[str, jax.Array]:
+    """The methods' own diagnostics (`Hooks.diagnostics`, e.g. a growing layer's width)."""
+    values = {}
+    for name, hooks in self._hooks_with('diagnostics'):
+      values.update(hooks.diagnostics(state.methods.get(name), state.params))
+    return values

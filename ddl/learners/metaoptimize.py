@@ -23,7 +23,7 @@ Defaults are the authors': η = 1e-3 (`meta_step_size`, traced), α₀ = the lea
 `learning_rate` (their alpha0 = 1e-3; traced), γ = 0.9999, b1 = 0.9, b2 = 0.999 (the `b1`, `b2` of
 Adam, traced), meta_b1 = 0.99, meta_c1 = 0.9, κ = 0 (their MNIST example uses 0.1), ε = 1e-8.
 State `MetaOptimizeState`: Adam's moments, h, β and μ (params-shaped for 'weight'); when a reset
-zeroes a weight's optimizer state (`cbp.map_optimizer_moments`), its m, v and h are zeroed and
+zeroes a weight's optimizer state (`method.map_reset_state`, as declared in `state_fields`), its m, v and h are zeroed and
 its β kept.
 """
 import math
@@ -35,6 +35,9 @@ import jax.numpy as jnp
 import optax
 
 from ddl.learners.hyper import Hyper
+from ddl.learners import idbd as idbd_lib
+from ddl.learners import optimizers
+from ddl.learners.method import Method, selected
 
 BLOCKS = ('network', 'layer', 'weight')
 
@@ -126,3 +129,26 @@ def metaoptimize(meta_step_size: chex.Numeric, initial_step_size: chex.Numeric, 
     return updates, MetaOptimizeState(count=count, mu=mu, nu=nu, h=h, beta=beta, meta_momentum=meta_momentum)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _learned(opt_state, params, options, hparams):
+  del hparams
+  state = idbd_lib.find_state(opt_state, MetaOptimizeState)
+  return step_sizes(state, params, options['blocks']), options['blocks'] == 'weight'
+
+
+METHOD = Method(
+    'metaoptimize', 'optimizer', 'MetaOptimize-hg (Sharifnassab et al. 2025): AdamW with meta-learned step sizes '
+    'exp(beta) per network, layer or weight (Lion meta update); learning_rate is the initial step size',
+    idbd_lib.HYPERS[:1] + optimizers.ADAM_MOMENTS + HYPERS, section='metaoptimize',
+    active=selected('optimizer.name', 'metaoptimize'), step_sizes=_learned,
+    examples=(('metaoptimize', dict(optimizer=dict(name='metaoptimize'))),
+              ('metaoptimize_weight', dict(optimizer=dict(name='metaoptimize'), metaoptimize=dict(blocks='weight')))),
+    # preset 'step_sizes': one step size per network, from the authors' 1e-3 for its AdamW base
+    # (per weight: metaoptimize.blocks='weight' in a variant of its own)
+    presets=(('step_sizes', lambda config: {'metaoptimize': dict(optimizer=dict(name='metaoptimize'),
+                                                                 learning_rate=1e-3)}),),
+    transform=lambda b: metaoptimize(
+        b.hparams['meta_step_size'], b.hparams['learning_rate'], b1=b.hparams['b1'], b2=b.hparams['b2'],
+        eps=float(b.setting('optimizer.eps', 1e-8)), **{h.name: b.options[h.name] for h in HYPERS}),
+    state_fields=((MetaOptimizeState, dict(mu='zero', nu='zero', h='zero', beta='keep', meta_momentum='keep')),))

@@ -62,7 +62,7 @@ meta-gradient is derived for a prediction's squared error, here the squared TD e
 actor's f = log pi + c H sign(delta) is no prediction); without `per_network` the whole tree is one
 network with TIDBD. The initial step size of every weight is ObGD's alpha (`learning_rate`, 1 in
 stream AC; as MetaOptimize's `learning_rate`): beta is stored as log(alpha_i / alpha), 0 at the
-start, so the clip binds log alpha + beta, and `optimizers.learned_step_sizes` reports alpha e^beta. Under an
+start, so the clip binds log alpha + beta, and `Method.step_sizes` reports alpha e^beta. Under an
 active bound (M > 1, the usual case for a network with alpha = 1) scaling every alpha_j by c leaves
 alpha_eff unchanged: TIDBD then moves step size between the critic's weights, the bound sets the
 total. It also makes h small (alpha_eff delta z_i is roughly 1/(kappa x #weights)), so theta must be
@@ -85,6 +85,7 @@ import optax
 
 from ddl.learners import idbd as idbd_lib
 from ddl.learners.hyper import Hyper
+from ddl.learners.method import Method, selected
 
 STEP_SIZES = ('fixed', 'tidbd')
 
@@ -208,3 +209,33 @@ def obgd(learning_rate: chex.Numeric = 1.0, discount: chex.Numeric = 0.99, trace
     return out, ObGDState(trace=trace, beta=beta if tidbd else None, h=h if tidbd else None)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _learned(opt_state, params, options, hparams):
+  del params
+  state = idbd_lib.find_state(opt_state, ObGDState)
+  if state is None or state.beta is None:
+    return None
+  return step_sizes(state, hparams['learning_rate'], bool(options['per_network'])), True
+
+
+def _check(where) -> Optional[str]:
+  options = METHOD.options(where.config)
+  if options['step_sizes'] != 'fixed' and not options['beta_min'] < options['beta_max']:
+    return f"obgd.beta_min must be < obgd.beta_max, got {options['beta_min']} and {options['beta_max']}"
+  return None
+
+
+METHOD = Method(
+    'obgd', 'optimizer', 'ObGD (Elsayed et al. 2024): eligibility-trace steps alpha delta z bounded against '
+    'overshooting; learning_rate is alpha (1 in the paper); obgd.step_sizes=tidbd: per-weight step sizes '
+    'meta-learned by TIDBD (Kearney et al. 2018) for the critic, from learning_rate',
+    HYPERS + tuple(h for h in idbd_lib.HYPERS if h.name in ('meta_step_size', 'beta_min', 'beta_max')),
+    section='obgd', active=selected('optimizer.name', 'obgd'), examples=(('obgd', dict(optimizer=dict(name='obgd'))),), extra_args=('td_error', 'done'), check=_check,
+    step_sizes=_learned,
+    transform=lambda b: obgd(
+        b.hparams['learning_rate'], discount=b.hparams['discount'], trace_lambda=b.hparams['trace_lambda'],
+        kappa=b.hparams['kappa'], kappa_policy=b.hparams['kappa_policy'], per_network=bool(b.options['per_network']),
+        step_sizes=str(b.options['step_sizes']), meta_step_size=b.hparams['meta_step_size'],
+        beta_range=(float(b.options['beta_min']), float(b.options['beta_max']))),
+    state_fields=((ObGDState, dict(trace='zero', h='zero', beta='keep')),))

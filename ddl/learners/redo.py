@@ -15,9 +15,14 @@ from flax import struct
 from flax import traverse_util
 
 from ddl.learners import cbp as cbp_lib
+from ddl.learners import method as method_lib
 from ddl.learners.hyper import Hyper
 
+UNIT_METHODS = ('cbp', 'redo')   # cbp.method: which unit-replacement method runs
+
 HYPERS = (
+    Hyper('method', 'cbp', choices=UNIT_METHODS, traced=False,
+          doc="which unit replacement runs: 'cbp' (ddl.learners.cbp) or 'redo' (this module)"),
     Hyper('redo_threshold', 0.1, low=0, traced=False, doc='tau: reset units whose normalised score is <= tau'),
     Hyper('redo_period', 1000, low=1, traced=False, doc='steps between ReDo resets'),
 )
@@ -63,3 +68,38 @@ def redo(unit_layers: Tuple[cbp_lib.UnitLayer, ...], *, threshold: chex.Numeric,
     return params, opt_state, new_state, cbp_lib.CBPInfo(masks, num.astype(jnp.int32))
 
   return cbp_lib.ResetTransform(init, update)
+
+
+class Hooks(method_lib.Hooks):
+  """ReDo inside the learner: its call counter, its step after every optimizer step."""
+
+  def transform(self) -> cbp_lib.ResetTransform:
+    o = self.context.options
+    return redo(self.context.learner.unit_layers, threshold=o['redo_threshold'], period=int(o['redo_period']),
+                reset_optimizer_state=bool(o['reset_optimizer_state']))
+
+  def init(self, key, params, sample_input, hparams):
+    del key, sample_input, hparams
+    return params, self.transform().init(params)
+
+  def after_step(self, state, step):
+    params, opt_state, state, info = self.transform().update(step.params, step.opt_state, state, step.features,
+                                                             step.key)
+    batch_stats = step.batch_stats
+    if batch_stats is not None:
+      batch_stats = cbp_lib.restore_norms(self.context.learner.unit_layers, batch_stats, info.replaced)
+    return step._replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
+                         num_replaced=step.num_replaced + info.num_replaced), state
+
+
+def _check(where) -> Optional[str]:
+  from ddl.learners import topology  # pylint: disable=g-import-not-at-top
+  network = where.network()
+  return None if topology.unit_layers(network) else f'its network ({type(network).__name__}) has no hidden units'
+
+
+METHOD = method_lib.Method(
+    'redo', 'unit', 'ReDo (Sokar et al. 2023): reset tau-dormant units (cbp.method=redo)',
+    HYPERS + tuple(h for h in cbp_lib.HYPERS if h.name == 'reset_optimizer_state'), section='cbp',
+    active=method_lib.selected('cbp.method', 'redo'), check=_check, hooks=Hooks,
+    examples=(('redo', dict(cbp=dict(method='redo'))),))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ddl.learners import method as method_lib
 from ddl.learners.hyper import Hyper
 
 RESET_HYPERS = (
@@ -102,3 +103,109 @@ def frozen_output(network, state: InjectionState, z: jax.Array, start: int) -> j
   heads = jax.lax.stop_gradient(state.heads)
   out = jax.vmap(lambda head: network.apply({'params': head}, z, start=start)[0])(heads)
   return jnp.tensordot(state.signs, out, axes=1)
+
+
+def _select(now: jax.Array, new: Any, old: Any) -> Any:
+  return jax.tree.map(lambda n, o: jnp.where(now, n, o), new, old)
+
+
+def reinit_optimizer_entries(params: Any, opt_state: Any, names, now: jax.Array) -> Any:
+  """The optimizer state after the top-level parameters `names` were re-initialised (when `now`):
+  their entries zeroed, kept or re-set to the new parameters as each method declares
+  (`ddl.learners.method.map_reset_state`)."""
+  def entries(new):
+    return lambda sub: {k: _select(now, new(k, v), v) if k in names else v for k, v in sub.items()}
+  zero = entries(lambda k, v: jax.tree.map(jnp.zeros_like, v))
+  reinit = entries(lambda k, v: params[k])
+  return method_lib.map_reset_state(opt_state, params, zero, reinit)
+
+
+class ResetHooks(method_lib.Hooks):
+  """Resets at chunk starts: the last `reset_layers` layers, or the whole network (then batch
+  statistics too, and the unit transforms' states started afresh)."""
+
+  def boundary(self, state, b):
+    o, network, learner = self.context.options, self.context.network, self.context.learner
+    now = due(b.index, o['reset_first'], o['reset_every'])
+    reset_key = jax.random.split(b.key)[0]
+    fresh = network.init(reset_key, b.sample_input)
+    params, batch_stats, states = b.params, b.batch_stats, dict(b.states)
+    if o['reset_layers'] > 0:
+      names = head_names(network, b.sample_input, head_start(network, o['reset_layers']))
+    else:
+      names = tuple(params)
+      if batch_stats is not None:
+        batch_stats = _select(now, fresh['batch_stats'], batch_stats)
+      for name, hooks in learner.hooks.items():
+        if name in states and learner.method(name).kind == 'unit':
+          states[name] = _select(now, hooks.init(reset_key, params, b.sample_input, b.hparams)[1], states[name])
+    params = {**params, **{n: _select(now, fresh['params'][n], params[n]) for n in names}}
+    opt_state = reinit_optimizer_entries(params, b.opt_state, names, now)
+    return b._replace(params=params, opt_state=opt_state, batch_stats=batch_stats, states=states), state
+
+
+def _reset_check(where):
+  o = RESET.options(where.config)
+  if o['reset_layers'] > 0 and not hasattr(where.network(), 'layer_names'):
+    return (f'its network ({type(where.network()).__name__}) declares no named layers to form a head (networks '
+            'with one: MLP, ConvNet)')
+  return None
+
+
+RESET = method_lib.Method(
+    'reset', 'boundary', 'resets of the last layers or the whole network (Nikishin et al. 2022)', RESET_HYPERS,
+    section='schedule', active=method_lib.positive('schedule.reset_first'), check=_reset_check, hooks=ResetHooks,
+    examples=(('reset', dict(schedule=dict(reset_first=1, reset_every=1, reset_layers=1))),))
+
+
+class InjectionHooks(method_lib.Hooks):
+  """Plasticity injection: the frozen-head slots at init, the frozen heads' output in every forward
+  pass, an injection at the chunk starts it is due."""
+
+  @property
+  def start(self) -> int:
+    return head_start(self.context.network, self.context.options['injection_layers'])
+
+  def injections(self) -> int:
+    o = self.context.options
+    return count(o['injection_first'], o['injection_every'], self.context.num_chunks)
+
+  def init(self, key, params, sample_input, hparams):
+    del key, hparams
+    if not self.injections():
+      return params, None
+    names = head_names(self.context.network, sample_input, self.start)
+    return params, init_injection({n: params[n] for n in names}, self.injections())
+
+  def forward(self, state, params, x, output, features):
+    del params
+    if state is None:
+      return output, features
+    z = x if self.start == 0 else features[self.context.network.layer_names()[self.start - 1]]
+    return output + frozen_output(self.context.network, state, z, self.start), features
+
+  def boundary(self, state, b):
+    if state is None:
+      return b, state
+    o, network = self.context.options, self.context.network
+    now = due(b.index, o['injection_first'], o['injection_every'])
+    inject_key = jax.random.split(b.key)[1]
+    z = head_input_shape(network, b.sample_input, self.start)
+    fresh_head = network.init(inject_key, jnp.zeros(z.shape, z.dtype), start=self.start)['params']
+    names = tuple(fresh_head)
+    params, state = inject(state, b.params, fresh_head, names, now)
+    opt_state = reinit_optimizer_entries(params, b.opt_state, names, now)
+    return b._replace(params=params, opt_state=opt_state), state
+
+
+def _injection_check(where):
+  if not hasattr(where.network(), 'layer_names'):
+    return (f'its network ({type(where.network()).__name__}) declares no named layers to form a head (networks '
+            'with one: MLP, ConvNet)')
+  return None
+
+
+INJECTION = method_lib.Method(
+    'injection', 'boundary', 'plasticity injection (Nikishin et al. 2023)', INJECTION_HYPERS, section='schedule',
+    active=method_lib.positive('schedule.injection_first'), check=_injection_check, hooks=InjectionHooks,
+    examples=(('injection', dict(schedule=dict(injection_first=1))),))

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import optax
 
 from ddl.learners.hyper import Hyper
+from ddl.learners.method import Method, selected
 
 HYPERS = (
     Hyper('utility_decay', 0.999, low=0, high=1, open_high=True,
@@ -125,3 +126,12 @@ def upgd(learning_rate: chex.Numeric, *, utility_decay: chex.Numeric = 0.999,
     return new_updates, UPGDState(utility=utility, count=count)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+METHOD = Method(
+    'upgd', 'optimizer', 'UPGD (Elsayed & Mahmood 2024): utility-gated, perturbed SGD', HYPERS, section='upgd',
+    active=selected('optimizer.name', 'upgd'), examples=(('upgd', dict(optimizer=dict(name='upgd'))),),
+    transform=lambda b: upgd(b.hparams['learning_rate'], utility_decay=b.hparams['utility_decay'],
+                             noise_std=b.hparams['upgd_noise'], weight_decay=b.hparams['upgd_weight_decay'],
+                             protect=bool(b.options['protect']),
+                             max_of_raw_utility=bool(b.options['max_of_raw_utility'])))

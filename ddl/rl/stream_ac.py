@@ -124,7 +124,7 @@ def step(learner, learner_state, agent: AgentState, env, env_state, key, global_
   Returns (learner_state, agent, env_state, StepInfo)."""
   network = learner.network
   act_key, learn_key = jax.random.split(key)
-  params = learner_state.params
+  params = learner.network_params(learner_state)   # what the network runs on (e.g. spectrally normalised)
   s = agent.obs[None]
   mean, std = network.policy(params, s)
   action = mean + std * jax.random.normal(act_key, mean.shape)

@@ -11,6 +11,7 @@ import contextlib
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from ddl.learners import cbp
+from ddl.learners import crelu
 from ddl.learners import growth
 from ddl.learners import idbd
 from ddl.learners import l2_init
@@ -26,6 +27,7 @@ from ddl.learners.method import Method, Program
 
 NETWORK_OPTIONS: Dict[str, Method] = {
     'layer_norm': layer_norm.METHOD,
+    'crelu': crelu.METHOD,
 }
 GRADIENT_TERMS: Dict[str, Method] = {
     'l2_init': l2_init.METHOD,

@@ -21,6 +21,7 @@ from ddl.learners import obgd
 from ddl.learners import optimizers
 from ddl.learners import redo
 from ddl.learners import schedules
+from ddl.learners import spectral_norm
 from ddl.learners import upgd
 from ddl.learners.hyper import Hyper
 from ddl.learners.method import Method, Program
@@ -28,6 +29,7 @@ from ddl.learners.method import Method, Program
 NETWORK_OPTIONS: Dict[str, Method] = {
     'layer_norm': layer_norm.METHOD,
     'crelu': crelu.METHOD,
+    'spectral_norm': spectral_norm.METHOD,
 }
 GRADIENT_TERMS: Dict[str, Method] = {
     'l2_init': l2_init.METHOD,

@@ -19,6 +19,7 @@ from ddl.learners import layer_norm
 from ddl.learners import metaoptimize
 from ddl.learners import obgd
 from ddl.learners import optimizers
+from ddl.learners import parseval
 from ddl.learners import redo
 from ddl.learners import schedules
 from ddl.learners import spectral_norm
@@ -34,6 +35,7 @@ NETWORK_OPTIONS: Dict[str, Method] = {
 GRADIENT_TERMS: Dict[str, Method] = {
     'l2_init': l2_init.METHOD,
     'l2': optimizers.L2,
+    'parseval': parseval.METHOD,
 }
 OPTIMIZERS: Dict[str, Method] = {
     'sgd': optimizers.SGD,

@@ -23,6 +23,7 @@ from ddl.learners import parseval
 from ddl.learners import redo
 from ddl.learners import schedules
 from ddl.learners import spectral_norm
+from ddl.learners import trac
 from ddl.learners import upgd
 from ddl.learners.hyper import Hyper
 from ddl.learners.method import Method, Program
@@ -47,6 +48,7 @@ OPTIMIZERS: Dict[str, Method] = {
     'obgd': obgd.METHOD,
 }
 WRAPPERS: Dict[str, Method] = {
+    'trac': trac.METHOD,
 }
 UPDATE_TERMS: Dict[str, Method] = {
     'snp': optimizers.SNP,

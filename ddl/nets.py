@@ -42,25 +42,25 @@ def activation_names() -> Tuple[str, ...]:
   return tuple(ACTIVATIONS) + tuple(_registered_activations())
 
 
+def _declared(name: str):
+  """(function, gain) of activation `name`: built in, or declared by a method."""
+  if name in ACTIVATIONS:
+    return ACTIVATIONS[name], GAINS[name]
+  method = _registered_activations().get(name)
+  if method is None:
+    raise ValueError(f'network.activation={name!r} is not known; use one of {activation_names()}.')
+  return method.activation, method.gain
+
+
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   """The activation function `name` (it may change the width, e.g. CReLU doubles it: the next layer
   reads what it gives)."""
-  if name in ACTIVATIONS:
-    return ACTIVATIONS[name]
-  registered = _registered_activations()
-  if name in registered:
-    return registered[name].activation
-  raise ValueError(f'network.activation={name!r} is not known; use one of {activation_names()}.')
+  return _declared(name)[0]
 
 
 def gain(name: str) -> float:
   """The initialisation gain of activation `name` (PyTorch's `calculate_gain` or the method's)."""
-  if name in GAINS:
-    return GAINS[name]
-  registered = _registered_activations()
-  if name in registered:
-    return registered[name].gain
-  raise ValueError(f'network.activation={name!r} is not known; use one of {activation_names()}.')
+  return _declared(name)[1]
 
 
 def build(cls, network_config, **fields):

@@ -5,6 +5,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import optax
 
 # Runs of the same config in one test session compile the same programs: share them, also with the
 # launches that tests start as subprocesses (launch/main.py), which read the same settings from the
@@ -34,6 +35,19 @@ LONG_FIRST = ('test_cifar100', 'test_rl', 'test_stream_ac', 'test_robust', 'test
 def pytest_collection_modifyitems(items):
   rank = lambda item: LONG_FIRST.index(item.module.__name__) if item.module.__name__ in LONG_FIRST else len(LONG_FIRST)
   items.sort(key=rank)
+
+
+def run_optax(opt, params, grads, **extra):
+  """Applies the optax transform `opt` to `params` with the given per-step gradients (numpy or jax
+  trees; `extra`: the update's extra arguments) -> (the params after each step, the final state)."""
+  params = jax.tree.map(jnp.asarray, params)
+  state = opt.init(params)
+  history = []
+  for g in grads:
+    updates, state = opt.update(jax.tree.map(jnp.asarray, g), state, params, **extra)
+    params = optax.apply_updates(params, updates)
+    history.append(params)
+  return history, state
 
 
 def load_config(name: str, arg: str = ''):

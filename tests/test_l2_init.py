@@ -9,6 +9,7 @@ import pytest
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import l2_init as l2_init_lib
 from ddl.learners import upgd as upgd_lib
+from conftest import run_optax
 
 ATOL = 1e-6
 RTOL = 1e-5
@@ -29,17 +30,6 @@ def make_grads(n_steps=N_STEPS):
 
 def to_jax(tree):
   return jax.tree.map(jnp.asarray, tree)
-
-
-def run_optax(opt, params, grads, **extra):
-  params = to_jax(params)
-  state = opt.init(params)
-  history = []
-  for g in grads:
-    updates, state = opt.update(to_jax(g), state, params, **extra)
-    params = optax.apply_updates(params, updates)
-    history.append(params)
-  return history, state
 
 
 def ref_sgd_l2_init(params, grads, lr=LR, strength=STRENGTH):

@@ -17,6 +17,7 @@ from ddl import config as config_lib
 from ddl.learners import optimizers
 from ddl.learners import registry
 from ddl.learners.learner import Learner
+from conftest import run_optax
 
 ATOL = 1e-6
 RTOL = 1e-5
@@ -63,18 +64,6 @@ def to_jax(tree):
 
 def to_numpy64(tree):
     return {k: np.asarray(v, dtype=np.float64) for k, v in tree.items()}
-
-
-def run_optax(opt, params, grads):
-    """Applies `opt` to `params` with the given per-step gradients; returns the params per step."""
-    params = to_jax(params)
-    state = opt.init(params)
-    history = []
-    for g in grads:
-        updates, state = opt.update(to_jax(g), state, params)
-        params = optax.apply_updates(params, updates)
-        history.append(params)
-    return history, state
 
 
 # --- numpy references (float64) ---

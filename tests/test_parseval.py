@@ -11,6 +11,7 @@ import pytest
 from ddl import nets
 from ddl.learners import parseval as parseval_lib
 from ddl.learners.method import Build, Program
+from conftest import run_optax
 
 ATOL = 1e-6
 RTOL = 1e-5
@@ -112,17 +113,6 @@ def ref_sgd_parseval(params, grads, lr, strength, scale, reference_width, groups
     theta = new
     history.append(theta)
   return history
-
-
-def run_optax(opt, params, grads, **extra):
-  params = to_jax(params)
-  state = opt.init(params)
-  history = []
-  for g in grads:
-    updates, state = opt.update(to_jax(g), state, params, **extra)
-    params = optax.apply_updates(params, updates)
-    history.append(params)
-  return history, state
 
 
 def assert_history_close(got, want):

@@ -11,6 +11,7 @@ import scipy.special
 
 from ddl.learners import method as method_lib
 from ddl.learners import trac as trac_lib
+from conftest import run_optax
 
 RTOL = 1e-5
 ATOL = 1e-7
@@ -82,16 +83,6 @@ def ref_trac(params, grads, base, s_init=trac_lib.S_INIT, delta_mode='params', e
     history.append(theta)
     scales.append(s.sum())
   return history, np.array(scales)
-
-
-def run_optax(opt, params, grads, **extra):
-  state = opt.init(params)
-  history = []
-  for g in grads:
-    updates, state = opt.update(g, state, params, **extra)
-    params = optax.apply_updates(params, updates)
-    history.append(params)
-  return history, state
 
 
 def assert_history_close(got, want, rtol=RTOL, atol=ATOL):

@@ -27,11 +27,23 @@ dead-unit fraction after tasks 1 -> 30:
   injection (every 10)          0.77  0.84  0.83  0.82     7.0   6.8   6.6  10.9         0.08 -> 0.29
   reset (last layer, every 10)  0.77  0.83  0.73  0.58     7.0   4.6   4.5   5.0         0.08 -> 0.67
   upgd (lr 1e-2)                0.26  0.23  0.22  0.22     6.2   4.8   3.6   2.7         0.05 -> 0.06
+  crelu                         0.95  0.98  1.00  1.00     7.1  24.3  30.7  31.1         0.02 -> 0.03
+  spectral_norm (penultimate)   0.49  0.46  0.44  0.42     1.6   7.4  10.5  12.4         0.06 -> 0.32
+  parseval (1e-3)               0.75  0.84  0.86  0.83     6.5  14.1  21.3  21.1         0.06 -> 0.57
+  trac (over Adam)              0.80  0.82  0.81  0.82    10.3   2.7   5.1   5.8         0.16 -> 0.11
 
 So Adam's end-of-task accuracy rises over the first ~10 tasks, then falls to 0.58 (seeds
 0.52-0.66) by task 30 while its training loss rises (1.06 -> 1.41) and 70 % of its units die;
 layer norm stays at ~0.98-1.00 and L2 Init climbs to ~0.86; CBP (0.89), S&P (0.83),
 injection (0.82) and ReDo (0.78, flat) hold too.
+The four methods added through the method seam (2026-12-06, same seeds and settings; the nine
+rows above re-measured identical in accuracy): CReLU keeps every unit alive and memorises each
+task (0.95 -> 1.00, as layer norm); Parseval holds (0.83) though 57 % of its ReLU units die;
+spectral normalisation of the one hidden layer (Gogianu et al.'s single layer) caps what the net
+can memorise (0.42-0.49 from the start: a capacity limit, not a loss of plasticity); TRAC reaches
+0.98-1.00 on 4 of 5 seeds and freezes on seed 0 at chance (0.11): the authors' code recovers its
+displacement from the parameters, and once its scale goes negative the run stays at its reference
+point (`ddl/learners/trac.py`; `optimizer.trac_delta='state'` keeps it in the state instead).
 Resetting the output layer alone does not help (the loss is in the hidden layer). UPGD at lr 1e-2
 under-fits from the start (SGD-like steps; not tuned). The top Hessian eigenvalue does NOT
 separate the runs here: Adam's grows 7.0 -> 9.4 by task 21 while its accuracy falls, then drops
@@ -44,10 +56,12 @@ the lost plasticity. Figures: `figures/train_accuracy.png`, `hessian_top_eigenva
   python launch/main.py --config=configs/random_label_digits.py:smoke
   python launch/main.py --config=configs/random_label_digits.py:paper     # GPU
 
-Expected run time: about 5 minutes on a 2-core CPU for the default (9 variants x 5 seeds; measured
-278 s, ~80 s of it compilation; the evaluator, every 10 tasks, took 12 % of that run including the
-compilation of its 9 programs, 3.3 % in steady state by `launch/benchmark.py`); smoke: under a
-minute.
+The variants: the nine above, tuned by hand, plus every other registered method's example
+(`config_lib.add_method_variants`: a method added to ddl joins this comparison with no line here).
+
+Expected run time: about 6 minutes on a 2-core CPU for the default (13 variants x 5 seeds; measured
+6 min 01 s, 256 s of it the chunks, the rest compilation; the evaluator, every 10 tasks, 2-3 % of
+the chunks' time); smoke: under a minute.
 paper: 400 epochs x 112 steps x 50 tasks = 2.2 M sequential steps per run; a GPU job.
 """
 from ddl import config as config_lib

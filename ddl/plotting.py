@@ -166,11 +166,15 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
   os.makedirs(out_dir, exist_ok=True)
   written = []
   for name, curves, size in figures:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    many = len({v for v, m in curves if m == name}) > 6
+    fig, ax = plt.subplots(figsize=(8.5, 4) if many else (6, 4))
     draw(ax, curves, name, size, band=band, reduce=reduce)
     if size != bin_size:   # pre-binned curves: name the bins all the same
       ax.set_title(f'{name} ({reduce} over bins of {bin_size}): mean over seeds, paired by seed', fontsize=9)
-    ax.legend()
+    if many:   # beside the axes, not over the curves
+      ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    else:
+      ax.legend()
     fig.tight_layout()
     path = os.path.join(out_dir, f'{name}.png')
     fig.savefig(path, dpi=100)
@@ -279,17 +283,19 @@ def draw(ax, data, metric: str, bin_size: int = 1, xlabel: str = 'step', band: s
   error ('se') or the 95 % bootstrap confidence interval ('bootstrap95', the paper's RL figures),
   each seed's values reduced over bins of `bin_size` steps (used by the figures and the
   notebooks). `data`: {(variant, metric): (steps, values[, seeds])}."""
-  for (variant, m), (steps, values, *_) in sorted(data.items()):
-    if m != metric or not values.size:
-      continue
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  curves = [(variant, value) for (variant, m), value in sorted(data.items()) if m == metric and value[1].size]
+  # more curves than the default cycle's 10 colours: 20 distinct ones (tab20), never a repeat
+  colours = [plt.cm.tab20(i % 20) for i in range(len(curves))] if len(curves) > 10 else [None] * len(curves)
+  for colour, (variant, (steps, values, *_)) in zip(colours, curves):
     steps, values = binned(steps, values, bin_size, reduce)
     if band == 'bootstrap95':
       mean, low, high = bootstrap_band(values)
     else:
       mean, se = mean_and_se(values)
       low, high = mean - se, mean + se
-    ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})')
-    ax.fill_between(steps, low, high, alpha=0.25)
+    line, = ax.plot(steps, mean, label=f'{variant} (n={values.shape[0]})', color=colour)
+    ax.fill_between(steps, low, high, alpha=0.25, color=line.get_color())
   ax.set_xlabel(xlabel)
   ax.set_ylabel(metric)
   per_bin = f' ({reduce} over bins of {bin_size})' if bin_size > 1 or reduce != 'mean' else ''

@@ -20,7 +20,7 @@ dead-unit fraction after tasks 1 -> 30:
   variant              accuracy 1-3  9-11 19-21 28-30   top Hessian eig. 1/11/21/30   dead units 1 -> 30
   adam                          0.77  0.80  0.70  0.58     7.0   8.9   9.4   8.0         0.08 -> 0.70
   layer_norm                    1.00  1.00  1.00  0.98    13.9  32.8  28.0  26.6         0.00 -> 0.00
-  l2_init (1e-3)                0.74  0.83  0.87  0.86     7.0   8.6  10.0  10.5         0.08 -> 0.08
+  l2_init (1e-3)                0.76  0.86  0.91  0.91     7.1  10.4  11.4  11.7         0.07 -> 0.09
   cbp (1e-4)                    0.80  0.87  0.89  0.89     7.1  10.0  13.0  14.3         0.00 -> 0.00
   snp (1e-4, 1e-4)              0.78  0.83  0.85  0.83     6.9   9.7  12.3  12.5         0.04 -> 0.42
   redo (every task)             0.77  0.75  0.77  0.78     7.8  11.8  13.0  14.7         0.01 -> 0.01
@@ -34,10 +34,11 @@ dead-unit fraction after tasks 1 -> 30:
 
 So Adam's end-of-task accuracy rises over the first ~10 tasks, then falls to 0.58 (seeds
 0.52-0.66) by task 30 while its training loss rises (1.06 -> 1.41) and 70 % of its units die;
-layer norm stays at ~0.98-1.00 and L2 Init climbs to ~0.86; CBP (0.89), S&P (0.83),
-injection (0.82) and ReDo (0.78, flat) hold too.
+layer norm stays at ~0.98-1.00 and L2 Init climbs to ~0.91 (re-measured 2026-12-06 with the
+authors' l/2 ||theta - theta_0||^2; the paper's form, twice as strong at the same l, gave 0.86);
+CBP (0.89), S&P (0.83), injection (0.82) and ReDo (0.78, flat) hold too.
 The four methods added through the method seam (2026-12-06, same seeds and settings; the nine
-rows above re-measured identical in accuracy): CReLU keeps every unit alive and memorises each
+rows above re-measured identical in accuracy, L2 Init's but for its form): CReLU keeps every unit alive and memorises each
 task (0.95 -> 1.00, as layer norm); Parseval holds (0.83) though 57 % of its ReLU units die;
 spectral normalisation of the one hidden layer (Gogianu et al.'s single layer) caps what the net
 can memorise (0.42-0.49 from the start: a capacity limit, not a loss of plasticity); TRAC reaches

@@ -80,16 +80,6 @@ def stable_rank(features: jax.Array, threshold: float = 0.99) -> jax.Array:
 
 
 @jax.jit
-def approximate_rank(features: jax.Array, threshold: float = 0.99) -> jax.Array:
-    """Approximate rank (Yang et al., 2020), int32: as `stable_rank` but on squared singular values.
-
-    Squared singular values are the variance captured per direction, so this counts the
-    directions needed to explain `threshold` of the features' energy.
-    """
-    return _threshold_rank(jnp.square(singular_values(features)), threshold)
-
-
-@jax.jit
 def unit_activity(features: jax.Array) -> jax.Array:
     """Fraction of entries > 0 per unit, over all leading axes: (..., units) -> (units,), float32.
 

@@ -1,5 +1,6 @@
-"""Checks ddl.learners.l2_init: SGD on L + l ||theta - theta_0||^2 against a numpy loop,
-theta <- theta - lr (g + 2 l (theta - theta_0)), theta_0 the initial parameters."""
+"""Checks ddl.learners.l2_init: SGD on L + l/2 ||theta - theta_0||^2 (the authors' code; the
+paper's l ||theta - theta_0||^2 with l2_init_form='paper') against a numpy loop,
+theta <- theta - lr (g + l (theta - theta_0)), theta_0 the initial parameters."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,12 +33,12 @@ def to_jax(tree):
   return jax.tree.map(jnp.asarray, tree)
 
 
-def ref_sgd_l2_init(params, grads, lr=LR, strength=STRENGTH):
+def ref_sgd_l2_init(params, grads, lr=LR, strength=STRENGTH, factor=1.0):
   theta0 = {k: np.asarray(v, np.float64) for k, v in params.items()}
   theta = dict(theta0)
   history = []
   for g in grads:
-    theta = {k: theta[k] - lr * (g[k] + 2 * strength * (theta[k] - theta0[k])) for k in theta}
+    theta = {k: theta[k] - lr * (g[k] + factor * strength * (theta[k] - theta0[k])) for k in theta}
     history.append(theta)
   return history
 
@@ -62,6 +63,14 @@ def test_sgd_matches_numpy_reference_and_anchor_stays():
   assert not np.allclose(plain[-1]['w'], got[-1]['w'], atol=1e-4)
 
 
+def test_paper_form_doubles_the_term():
+  params, grads = make_params(), make_grads()
+  got, _ = run_optax(optax.chain(l2_init_lib.l2_init(STRENGTH, 'paper'), optax.sgd(LR)), params, grads)
+  assert_history_close(got, ref_sgd_l2_init(params, grads, factor=2.0))
+  with pytest.raises(ValueError, match='l2_init_form'):
+    l2_init_lib.l2_init(STRENGTH, 'book')
+
+
 def test_zero_strength_is_plain_sgd():
   params, grads = make_params(), make_grads()
   got, _ = run_optax(optax.chain(l2_init_lib.l2_init(0.0), optax.sgd(LR)), params, grads)
@@ -80,13 +89,15 @@ def test_anchor_is_a_copy_of_init_params():
     assert state.anchor[k].unsafe_buffer_pointer() != params[k].unsafe_buffer_pointer()
 
 
-def test_gradient_of_penalty():
-  # The added term is the gradient of l ||theta - theta_0||^2.
+@pytest.mark.parametrize('form,half', [('code', 0.5), ('paper', 1.0)])
+def test_gradient_of_penalty(form, half):
+  # The added term is the gradient of l/2 ||theta - theta_0||^2 (the authors' code) or of l ||.||^2.
   params = to_jax(make_params())
   theta0 = jax.tree.map(lambda x: x + 0.5, params)
-  penalty = lambda p: STRENGTH * sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(theta0)))
+  penalty = lambda p: half * STRENGTH * sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p),
+                                                                                 jax.tree.leaves(theta0)))
   zeros = jax.tree.map(jnp.zeros_like, params)
-  added, _ = l2_init_lib.l2_init(STRENGTH).update(zeros, l2_init_lib.L2InitState(anchor=theta0), params)
+  added, _ = l2_init_lib.l2_init(STRENGTH, form).update(zeros, l2_init_lib.L2InitState(anchor=theta0), params)
   want = jax.grad(penalty)(params)
   for k in params:
     np.testing.assert_allclose(np.asarray(added[k]), np.asarray(want[k]), atol=ATOL, rtol=RTOL)
@@ -110,7 +121,7 @@ def test_traced_strength_under_vmap():
 
 def test_in_chain_with_extra_args_before_upgd():
   # l2_init accepts and ignores extra arguments; UPGD after it receives the key and the
-  # regularised gradient g + 2 l (theta - theta_0).
+  # regularised gradient g + l (theta - theta_0).
   params, grads = to_jax(make_params()), [to_jax(g) for g in make_grads(3)]
   keys = jax.random.split(jax.random.key(4), 3)
   make_upgd = lambda: upgd_lib.upgd(LR, utility_decay=0.9, noise_std=0.1, weight_decay=0.01)
@@ -120,7 +131,7 @@ def test_in_chain_with_extra_args_before_upgd():
   p_a, s_a = params, alone.init(params)
   for g, k in zip(grads, keys):
     u_c, s_c = chained.update(g, s_c, p_c, key=k, unused_extra=1.0)
-    reg = jax.tree.map(lambda gi, w, w0: gi + 2 * STRENGTH * (w - w0), g, p_a, params)
+    reg = jax.tree.map(lambda gi, w, w0: gi + STRENGTH * (w - w0), g, p_a, params)
     u_a, s_a = alone.update(reg, s_a, p_a, key=k)
     p_c, p_a = optax.apply_updates(p_c, u_c), optax.apply_updates(p_a, u_a)
   for k in params:
@@ -135,9 +146,10 @@ def test_missing_params_raises():
 
 
 def test_hypers():
-  (h,) = l2_init_lib.HYPERS
+  form, h = l2_init_lib.HYPERS
   assert h.name == 'l2_init' and h.default == 0.0 and h.traced and h.doc
   assert h.problem(-1e-3) and h.problem(1e-3) is None
+  assert form.name == 'l2_init_form' and form.default == 'code' and not form.traced and form.problem('x')
 
 
 def test_cbp_optimizer_reset_keeps_the_anchor():

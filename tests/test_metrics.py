@@ -48,10 +48,6 @@ def ref_stable_rank(features, prop=0.99):
     return _ref_threshold_rank(ref_singular_values(features), prop)
 
 
-def ref_approximate_rank(features, prop=0.99):
-    return _ref_threshold_rank(ref_singular_values(features) ** 2, prop)
-
-
 def ref_unit_activity(features):
     f = np.asarray(features)
     f = f.reshape(-1, f.shape[-1])
@@ -132,36 +128,22 @@ def test_stable_rank(features, threshold):
     assert int(got) == ref_stable_rank(features, threshold)
 
 
-@pytest.mark.parametrize("threshold", [0.9, 0.99])
-def test_approximate_rank(features, threshold):
-    got = metrics.approximate_rank(features, threshold)
-    assert got.dtype == jnp.int32
-    assert int(got) == ref_approximate_rank(features, threshold)
-
-
 def test_ranks_known_values():
     low = MATRICES["low_rank3"]
     assert 1 <= int(metrics.stable_rank(low)) <= 3
-    assert 1 <= int(metrics.approximate_rank(low)) <= 3
     assert 1.0 < float(metrics.effective_rank(low)) < 3.0 + 1e-3
     # Stacked identities: all singular values equal -> every rank is the full width.
     eye = np.tile(np.eye(50, dtype=np.float32), (4, 1))  # 200 x 50, like the other matrices
     assert float(metrics.effective_rank(eye)) == pytest.approx(50.0, rel=1e-5)
     assert int(metrics.stable_rank(eye)) == 50
-    assert int(metrics.approximate_rank(eye)) == 50
     # Threshold 1.0 must not run past the number of singular values.
     assert int(metrics.stable_rank(eye, 1.0)) == 50
-    assert int(metrics.approximate_rank(eye, 1.0)) == 50
-    # Squaring concentrates mass on the top directions.
-    dec = MATRICES["decaying"]
-    assert int(metrics.approximate_rank(dec)) < int(metrics.stable_rank(dec))
 
 
 def test_zero_features():
     zeros = MATRICES["zeros"]
     assert float(metrics.effective_rank(zeros)) == 0.0
     assert int(metrics.stable_rank(zeros)) == 0
-    assert int(metrics.approximate_rank(zeros)) == 0
     assert float(metrics.dormant_fraction(zeros)) == 1.0
 
 
@@ -260,13 +242,12 @@ def _all_metrics(f):
         "singular_values": metrics.singular_values(f),
         "effective_rank": metrics.effective_rank(f),
         "stable_rank": metrics.stable_rank(f),
-        "approximate_rank": metrics.approximate_rank(f, 0.9),
         "unit_activity": metrics.unit_activity(f),
         "dormant_fraction": metrics.dormant_fraction(f, 0.01, True),
     }
 
 
-INT_METRICS = ("stable_rank", "approximate_rank")
+INT_METRICS = ("stable_rank",)
 
 
 def test_jit_and_vmap_match_loop():
@@ -294,9 +275,6 @@ def test_jit_and_vmap_match_loop():
         looped["effective_rank"], [ref_effective_rank(x) for x in batch], rtol=RTOL
     )
     np.testing.assert_array_equal(looped["stable_rank"], [ref_stable_rank(x) for x in batch])
-    np.testing.assert_array_equal(
-        looped["approximate_rank"], [ref_approximate_rank(x, 0.9) for x in batch]
-    )
     np.testing.assert_allclose(
         looped["dormant_fraction"], [ref_dormant_fraction(x, 0.01, True) for x in batch]
     )

@@ -211,6 +211,8 @@ class PPO:
   def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
     """The paper's diagnostics of the policy network on the last rollout's last `probe_steps`
     observations: dormant units (active in at most 1 % of steps), stable rank (also as % of the
-    width, the paper's figure), weight magnitude per layer, and the fraction of active units."""
+    width, the paper's figure), weight magnitude per layer, and the fraction of active units; and
+    what the program's methods report (`Learner.diagnostics`)."""
     del data
-    return policy_diagnostics(self.network, self.learner.network_params(state.learner), state.probe)
+    values = policy_diagnostics(self.network, self.learner.network_params(state.learner), state.probe)
+    return {**values, **self.learner.diagnostics(state.learner)}

@@ -145,8 +145,10 @@ class StreamAC:
   def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
     """PPO's diagnostics of the policy network (`ddl.experiments.ppo.policy_diagnostics`) on the last
     `probe_steps` observations acted on; with obgd.step_sizes='tidbd' also the critic's learned step
-    sizes (mean and spread over its weights, `evaluation.step_size_values`)."""
+    sizes (mean and spread over its weights, `evaluation.step_size_values`), and what the program's
+    methods report (`Learner.diagnostics`)."""
     del data
     values = ppo_experiment.policy_diagnostics(self.network, self.learner.network_params(state.learner), state.probe)
     values.update(evaluation.step_size_values(self.learner, state.learner))
+    values.update(self.learner.diagnostics(state.learner))
     return values

@@ -23,8 +23,9 @@ Departures and quirks, on purpose or as upstream:
 - The official code divides the bias-corrected utility by the max of the RAW (uncorrected)
   utility, i.e. its sigmoid argument is u_hat / max(u) = (u / max(u)) / (1 - b_u^t), which is
   saturated early in training (1 / (1 - 0.999^t) ~ 1000 / t) and tends to the published
-  u_hat / max(u_hat) = u / max(u) as t grows. Default here: the published form;
-  `max_of_raw_utility=True` reproduces the code. Note that in the published form the bias
+  u_hat / max(u_hat) = u / max(u) as t grows. Default here: the code's form
+  (`max_of_raw_utility=True`, the project's rule: the authors' code by default); False gives the
+  published one. Note that in the published form the bias
   correction cancels (u_hat / max(u_hat) = u / max(u)); it only matters in the code's form.
 - The official weight-level code skips parameters named 'gate' (feature-UPGD's gates); ddl has
   none, every leaf is updated.
@@ -85,8 +86,8 @@ def upgd(learning_rate: chex.Numeric, *, utility_decay: chex.Numeric = 0.999,
 
   learning_rate, utility_decay, noise_std, weight_decay: may be traced arrays (a sweep under vmap).
   protect: static. True: update = -a l w - a (g + xi)(1 - s); False: -a l w - a (g + xi (1 - s)).
-  max_of_raw_utility: static. False (default): s = sigmoid(u_hat / max u_hat), the published
-    equation; True: s = sigmoid(u_hat / max u), the official code (see the module docstring).
+  max_of_raw_utility: static. True (default): s = sigmoid(u_hat / max u), the official code;
+    False: s = sigmoid(u_hat / max u_hat), the published equation (see the module docstring).
 
   `update(updates, state, params, *, key, **extra_args)` needs the parameters and a PRNG key for
   this step's noise (other extra arguments are ignored).

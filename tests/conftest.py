@@ -18,7 +18,8 @@ jax.config.update('jax_persistent_cache_min_compile_time_secs', float(os.environ
 
 # Most of the suite's time is XLA compiling programs that then run for a moment: compile with LLVM's
 # cheapest optimisation level (measured: 39 % less CPU for the suite; XLA's own HLO passes still run,
-# results stay IEEE float32, only the rounding of some sums moves, see test_cbp_conv_trace's TOL).
+# results stay IEEE float32, only the rounding of some sums moves). The PyTorch trace replays, the
+# proof of fidelity, compile at the level of real runs instead (`trace_replay.jit`).
 # Launches in a subprocess inherit it. A level already in XLA_FLAGS wins
 # (XLA_FLAGS=--xla_backend_optimization_level=2: XLA's default).
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):

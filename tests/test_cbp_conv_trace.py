@@ -11,6 +11,9 @@ run one step of ours and check that we pick the same units to re-initialise (up 
 ranking utility), that our ranking utility, CBP state, parameters and momentum after the step equal
 the stored ones at t+1 (except the fresh input weights of replaced units: random, checked to lie in
 the layer's init bound), and that replaced units have zero bias and zero outgoing weights.
+
+The step compiles at the LLVM level of real runs, not the suite's (`trace_replay.jit`); its inputs
+are numpy arrays, its key is drawn inside it.
 """
 import time
 
@@ -73,6 +76,7 @@ def convnet_tree(T, key, t, spatial_out):
   return tree
 
 
+@trace_replay.only_jitted_programs()
 def test_convgnt_matches_torch_trace():
   start = time.time()
   T = trace_replay.load('trace_imagenet_cbp.npz')
@@ -87,7 +91,7 @@ def test_convgnt_matches_torch_trace():
       cbp_lib.PRESETS['convgnt'], util_type=util_type, reset_optimizer_state=False, next_bias_correction=False))
   layers = learner.unit_layers
   assert [l.features for l in layers] == [CONV_NAMES[h] for h in hidden]
-  hp = {k: jnp.asarray(v, jnp.float32) for k, v in dict(
+  hp = {k: np.float32(v) for k, v in dict(
       learning_rate=float(T['lr']), weight_decay=0.0, replacement_rate=rate,
       maturity_threshold=float(T['maturity_threshold']), decay_rate=float(T['decay_rate'])).items()}
   assert set(hp) == {n for n, _ in learner.traced}
@@ -97,12 +101,13 @@ def test_convgnt_matches_torch_trace():
   def cbp_state(t):
     at = lambda k: T[k][t] if t < N else T['final/' + k]
     return cbp_lib.CBPState(layers={CONV_NAMES[h]: cbp_lib.LayerState(
-        utility=jnp.asarray(at('cbp/%s/util' % h)), mean_activation=jnp.asarray(at('cbp/%s/mean_act' % h)),
-        ages=jnp.asarray(at('cbp/%s/ages' % h), jnp.int32),
-        accumulated=jnp.asarray(at('cbp/%s/acc' % h), jnp.float32)) for h in hidden})
+        utility=at('cbp/%s/util' % h), mean_activation=at('cbp/%s/mean_act' % h),
+        ages=at('cbp/%s/ages' % h).astype(np.int32), accumulated=np.float32(at('cbp/%s/acc' % h)))
+        for h in hidden})
 
-  @jax.jit
-  def step(params, momentum, state, x, y, key):
+  @trace_replay.jit
+  def step(params, momentum, state, x, y, t):
+    key = jax.random.fold_in(jax.random.key(7), t)
     opt_state = with_momentum(params, learner.make_optimizer(hp).init(params), momentum)
     lstate = learner_lib.LearnerState(params=params, opt_state=opt_state, hparams=hp, methods={'cbp': state})
     new, out = learner.step(lstate, x, y, key)
@@ -117,10 +122,9 @@ def test_convgnt_matches_torch_trace():
   replaced_total = np.zeros(len(hidden), int)
   ties = []
   for t in range(N):
-    x = jnp.asarray(T['x_uint8'][t].transpose(0, 2, 3, 1).astype(np.float32) / np.float32(255))
+    x = T['x_uint8'][t].transpose(0, 2, 3, 1).astype(np.float32) / np.float32(255)
     new, loss, momentum, rank = jax.device_get(step(
-        convnet_tree(T, 'p', t, P), convnet_tree(T, 'm', t, P), cbp_state(t), x,
-        jnp.asarray(T['y'][t], jnp.int32), jax.random.fold_in(jax.random.key(7), t)))
+        convnet_tree(T, 'p', t, P), convnet_tree(T, 'm', t, P), cbp_state(t), x, T['y'][t].astype(np.int32), t))
     msg = 'step %d' % t
     trace_replay.assert_close(loss, T['loss'][t], msg + ' loss')
     ours, refs = {}, {}
@@ -141,7 +145,7 @@ def test_convgnt_matches_torch_trace():
       trace_replay.assert_close(s.utility, after.utility, msg + ' %s utility' % h, where=keep)
       trace_replay.assert_close(s.mean_activation, after.mean_activation, msg + ' %s mean_act' % h, where=keep)
       np.testing.assert_array_equal(np.asarray(s.ages)[keep], np.asarray(after.ages)[keep], err_msg=msg)
-      assert abs(float(s.accumulated) - float(after.accumulated)) <= 1e-5, msg + ' %s acc' % h
+      trace_replay.assert_close(s.accumulated, after.accumulated, msg + ' %s acc' % h, rtol=0, atol=1e-5)
     trace_replay.compare_step(layers, new.params, convnet_tree(T, 'p', t + 1, P), ours, refs, bounds, msg)
     # SGD momentum buffers are not reset by ConvGnT: equal everywhere (teacher-forced step)
     flat_m, want_m = traverse_util.flatten_dict(momentum), traverse_util.flatten_dict(convnet_tree(T, 'm', t + 1, P))
@@ -189,12 +193,13 @@ def resnet_trees(T, key, t):
 # Float32 rounding, amplified by batch norm over as few as 4 values per channel (4 x 1 x 1 in the last
 # stage) and lr 0.1, makes ours and the trace differ by up to ~3e-5 in a gradient where both agree
 # to 1e-8 in float64 (checked by hand for the worst entry); a conv bias before batch norm has a true
-# gradient of 0, so its computed one is rounding noise of that size. The rounding is relative to the
-# terms of a sum, not to their result: an entry that cancels to ~1 in a kernel whose entries reach ~40
-# differs by ~1e-5 of the 40 (seen at the tests' LLVM level, set in conftest), hence scale_rtol.
-TOL = dict(rtol=1e-4, atol=5e-5, scale_rtol=2e-5)
+# gradient of 0, so its computed one is rounding noise of that size. Measured at the LLVM level of real
+# runs (trace_replay.jit): the worst |ours - trace| / tolerance is 0.63 (momentum of block2_down_bn's
+# scale, step 3); at the suite's level 0 it would be 1.42 (momentum of block2_conv1's kernel, step 6).
+TOL = dict(rtol=1e-4, atol=5e-5)
 
 
+@trace_replay.only_jitted_programs()
 def test_resgnt_matches_torch_trace():
   """ResGnT (class-incremental CIFAR-100's CBP): `trace_cifar_resgnt.npz`, written by
   `tests/trace_tools/resgnt_trace.py` (the original's ResGnT and modified ResNet-18 at widths 1-2-4-8,
@@ -213,23 +218,25 @@ def test_resgnt_matches_torch_trace():
       cbp_lib.PRESETS['resgnt'], reset_optimizer_state=False, next_bias_correction=False))
   layers = learner.unit_layers
   assert [l.features for l in layers] == [features[h] for h in hidden]
-  hp = {k: jnp.asarray(v, jnp.float32) for k, v in dict(
+  hp = {k: np.float32(v) for k, v in dict(
       learning_rate=float(T['lr']), weight_decay=float(T['weight_decay']),
       replacement_rate=rate, maturity_threshold=float(T['maturity_threshold']),
       decay_rate=float(T['decay_rate'])).items()}
   assert set(hp) == {n for n, _ in learner.traced}
   classes = T['classes']
-  mask = jnp.zeros(int(T['num_classes']), bool).at[classes].set(True)
+  mask = np.zeros(int(T['num_classes']), bool)
+  mask[classes] = True
 
   def cbp_state(t):
     at = lambda k: T[k][t] if t < N else T['final/' + k]
     return cbp_lib.CBPState(layers={features[h]: cbp_lib.LayerState(
-        utility=jnp.asarray(at('cbp/%s/mag' % h)), mean_activation=jnp.zeros(at('cbp/%s/mag' % h).shape),
-        ages=jnp.asarray(at('cbp/%s/ages' % h), jnp.int32),
-        accumulated=jnp.asarray(at('cbp/%s/acc' % h), jnp.float32)) for h in hidden})
+        utility=at('cbp/%s/mag' % h), mean_activation=np.zeros(at('cbp/%s/mag' % h).shape, np.float32),
+        ages=at('cbp/%s/ages' % h).astype(np.int32), accumulated=np.float32(at('cbp/%s/acc' % h)))
+        for h in hidden})
 
-  @jax.jit
-  def step(params, momentum, batch_stats, state, x, y, key):
+  @trace_replay.jit
+  def step(params, momentum, batch_stats, state, x, y, t):
+    key = jax.random.fold_in(jax.random.key(11), t)
     opt_state = with_momentum(params, learner.make_optimizer(hp).init(params), momentum)
     lstate = learner_lib.LearnerState(params=params, opt_state=opt_state, hparams=hp, batch_stats=batch_stats,
                                       methods={'cbp': state})
@@ -243,10 +250,9 @@ def test_resgnt_matches_torch_trace():
   for t in range(N):
     params, stats = resnet_trees(T, 'p', t)
     momentum, _ = resnet_trees(T, 'm', t)
-    y = jnp.asarray(classes[T['y'][t].argmax(-1)], jnp.int32)
+    y = classes[T['y'][t].argmax(-1)].astype(np.int32)
     new, loss, new_momentum = jax.device_get(step(
-        params, momentum, stats, cbp_state(t), jnp.asarray(T['x'][t].transpose(0, 2, 3, 1)), y,
-        jax.random.fold_in(jax.random.key(11), t)))
+        params, momentum, stats, cbp_state(t), T['x'][t].transpose(0, 2, 3, 1), y, t))
     msg = 'step %d' % t
     trace_replay.assert_close(loss, T['loss'][t], msg + ' loss')
     ours, refs = {}, {}
@@ -265,7 +271,7 @@ def test_resgnt_matches_torch_trace():
       trace_replay.assert_close(s.utility, after.layers[n].utility, msg + ' %s statistic' % h)
       keep = ~(mine ^ ref)
       np.testing.assert_array_equal(np.asarray(s.ages)[keep], np.asarray(after.layers[n].ages)[keep], err_msg=msg)
-      assert abs(float(s.accumulated) - float(after.layers[n].accumulated)) <= 1e-5, msg + ' %s acc' % h
+      trace_replay.assert_close(s.accumulated, after.layers[n].accumulated, msg + ' %s acc' % h, rtol=0, atol=1e-5)
     want_params, want_stats = resnet_trees(T, 'p', t + 1)
     trace_replay.compare_step(layers, new.params, want_params, ours, refs, {n: np.inf for n in ours}, msg,
                               extra=[e for e in norms if e[0][1] in ('scale', 'bias')], **TOL)

@@ -16,6 +16,9 @@ then `ddl.learners.cbp`), and check that
 SCR (20-5-1, MSE, Bernoulli count mode) replays the recorded Bernoulli draws through
 `continual_backprop(...).update(..., draws=...)`; MNIST (784-16-16-16-10, cross-entropy,
 accumulate mode) additionally runs `Learner.step` and checks it matches the direct path.
+
+The step compiles at the LLVM level of real runs, not the suite's (`trace_replay.jit`); its inputs
+are numpy arrays, its key is drawn inside it.
 """
 import time
 
@@ -25,7 +28,7 @@ import numpy as np
 import optax
 import pytest
 
-from trace_replay import assert_close, load, same_up_to_ties
+from trace_replay import assert_close, jit, load, only_jitted_programs, same_up_to_ties
 from ddl import config as config_lib
 from ddl import nets
 from ddl.learners import cbp as cbp_lib
@@ -71,9 +74,9 @@ class Replay:
     hp = dict(learning_rate=float(T['lr']), weight_decay=0.0,
               replacement_rate=float(T['replacement_rate']),
               maturity_threshold=float(T['maturity_threshold']), decay_rate=float(T['decay_rate']))
-    self.hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hp.items()}
+    self.hparams = {k: np.float32(v) for k, v in hp.items()}
     assert set(self.hparams) == {n for n, _ in self.learner.traced}
-    self.step = jax.jit(self._step)
+    self.step = jit(self._step)
 
   # --- trace <-> ours ---
 
@@ -82,25 +85,26 @@ class Replay:
     return self.T[key][t] if t < self.N else self.T['final/' + key]
 
   def params(self, t):
-    return {ours(l): {'kernel': jnp.asarray(self.at('p/%s/weight' % l, t).T),
-                      'bias': jnp.asarray(self.at('p/%s/bias' % l, t))} for l in self.layers}
+    return {ours(l): {'kernel': self.at('p/%s/weight' % l, t).T,
+                      'bias': self.at('p/%s/bias' % l, t)} for l in self.layers}
 
   def cbp_state(self, t):
     return cbp_lib.CBPState(layers={ours(h): cbp_lib.LayerState(
-        utility=jnp.asarray(self.at('cbp/%s/util' % h, t)),
-        mean_activation=jnp.asarray(self.at('cbp/%s/mean_act' % h, t)),
-        ages=jnp.asarray(self.at('cbp/%s/ages' % h, t), jnp.int32),
-        accumulated=jnp.asarray(self.at('cbp/%s/acc' % h, t), jnp.float32)) for h in self.hidden})
+        utility=self.at('cbp/%s/util' % h, t),
+        mean_activation=self.at('cbp/%s/mean_act' % h, t),
+        ages=self.at('cbp/%s/ages' % h, t).astype(np.int32),
+        accumulated=np.float32(self.at('cbp/%s/acc' % h, t))) for h in self.hidden})
 
   def draws(self, t):
     if self.accumulate:
       return None
-    return {ours(h): jnp.asarray(self.T['draw/' + h][t], jnp.float32) for h in self.hidden}
+    return {ours(h): self.T['draw/' + h][t].astype(np.float32) for h in self.hidden}
 
   # --- one step of ours ---
 
-  def _step(self, params, cbp_state, x, y, draws, key):
+  def _step(self, params, cbp_state, x, y, draws, t):
     learner, hp = self.learner, self.hparams
+    key = jax.random.fold_in(jax.random.key(1234), t)
 
     def objective(p):
       output, features = learner.apply(p, x)
@@ -132,6 +136,7 @@ class Replay:
 
 
 @pytest.mark.parametrize('name', TRACES)
+@only_jitted_programs()
 def test_cbp_matches_torch_trace(name):
   start = time.time()
   T = load(name)
@@ -142,10 +147,9 @@ def test_cbp_matches_torch_trace(name):
   n_ours = n_trace = 0
   ties = []
   for t in range(r.N):
-    out = jax.device_get(r.step(r.params(t), r.cbp_state(t), jnp.asarray(T['x'][t]),
-                                jnp.asarray(T['y'][t].astype(np.int32) if r.loss == 'cross_entropy'
-                                            else T['y'][t]),
-                                r.draws(t), jax.random.fold_in(jax.random.key(1234), t)))
+    out = jax.device_get(r.step(r.params(t), r.cbp_state(t), T['x'][t],
+                                T['y'][t].astype(np.int32) if r.loss == 'cross_entropy' else T['y'][t],
+                                r.draws(t), t))
     msg = '%s step %d' % (name, t)
     assert_close(out['loss'], T['loss'][t], msg + ' loss', rtol=1e-5, atol=1e-6)
 
@@ -182,8 +186,7 @@ def test_cbp_matches_torch_trace(name):
       np.testing.assert_array_equal(np.asarray(s.ages)[keep], r.at('cbp/%s/ages' % h, t + 1)[keep],
                                     err_msg=msg + ' %s ages' % h)
       assert s.ages.dtype == np.int32
-      assert abs(float(s.accumulated) - float(r.at('cbp/%s/acc' % h, t + 1))) <= ACC_ATOL, (
-          msg + ' %s acc: ours %r, trace %r' % (h, float(s.accumulated), float(r.at('cbp/%s/acc' % h, t + 1))))
+      assert_close(s.accumulated, r.at('cbp/%s/acc' % h, t + 1), msg + ' %s acc' % h, rtol=0, atol=ACC_ATOL)
 
     # 3. the parameters after the step
     for j, l in enumerate(r.layers):

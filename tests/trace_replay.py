@@ -1,13 +1,65 @@
 """Helpers for replaying recorded PyTorch CBP traces (tests/data/trace_*.npz) with teacher forcing:
 loading, tie-aware comparison of replaced-unit masks, and the comparison of a step's parameters
-with the recorded ones around the units whose input weights were drawn afresh."""
+with the recorded ones around the units whose input weights were drawn afresh; the compilation of
+the replays' programs at the level of real runs."""
+import contextlib
+import logging
 import os
+import threading
 
+import jax
 import numpy as np
 from flax import traverse_util
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 RTOL, ATOL = 1e-5, 1e-6
+
+# The replays are the proof that ours replays the original step by step: their programs compile as in
+# real runs, at XLA's default LLVM level (2), not at the level 0 that conftest sets for the rest of the
+# suite (where some float32 sums round differently). Every program of a replay is made by `jit`; its
+# inputs are built in numpy, not with jnp or jax.random (an op run eagerly is a program of its own,
+# compiled at the suite's level), which `only_jitted_programs` checks.
+COMPILER_OPTIONS = {'xla_backend_optimization_level': 2}
+_JITTED = set()
+
+
+def jit(fn, **kwargs):
+  """`jax.jit(fn)` compiled at the level of real runs (COMPILER_OPTIONS)."""
+  _JITTED.add('jit(%s)' % fn.__name__)
+  return jax.jit(fn, compiler_options=COMPILER_OPTIONS, **kwargs)
+
+
+class _Compiles(logging.Handler):
+  """Collects the names of the programs that this thread asks XLA to compile (JAX logs each at DEBUG
+  level; threads a test left running are not the replay's)."""
+
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.names, self.thread = [], threading.get_ident()
+
+  def emit(self, record):
+    if record.thread == self.thread and str(record.msg).startswith('Compiling %s') and record.args:
+      self.names.append(str(record.args[0]))
+
+
+@contextlib.contextmanager
+def only_jitted_programs():
+  """Fails if a program other than those of `jit` is compiled in the block (an op run eagerly would be
+  compiled at the suite's level 0), or if none of those is (JAX no longer logs compiles as read here).
+  An eager program compiled earlier in the process is not compiled again: running a replay alone shows
+  all of its programs."""
+  logger = logging.getLogger('jax._src.interpreters.pxla')
+  handler, level = _Compiles(), logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.DEBUG)
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+  others = sorted(set(handler.names) - _JITTED)
+  assert not others, 'programs compiled outside trace_replay.jit (at the suite\'s level): %s' % others
+  assert set(handler.names) & _JITTED, 'no trace_replay.jit program compiled: %s' % handler.names
 
 
 def load(name):
@@ -31,12 +83,9 @@ def same_up_to_ties(mask, ref, rank, mature):
   return ok, ok
 
 
-def assert_close(actual, expected, what, rtol=RTOL, atol=ATOL, where=None, scale_rtol=0.0):
-  """allclose where given; `scale_rtol` adds that fraction of the tensor's largest |expected| to atol
-  (rounding in a sum is relative to its terms, which an entry cancelled to near 0 does not show)."""
+def assert_close(actual, expected, what, rtol=RTOL, atol=ATOL, where=None):
+  """allclose where given."""
   actual, expected = np.asarray(actual), np.asarray(expected)
-  if expected.size:
-    atol = atol + scale_rtol * float(np.abs(expected).max())
   if where is not None:
     actual, expected = actual[where], expected[where]
   np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
@@ -53,8 +102,7 @@ def unit_mask(kernel_shape, mask, axis):
   return rows.reshape(kernel_shape)
 
 
-def compare_step(unit_layers, params, expected, ours, refs, bounds, msg, extra=None, rtol=RTOL, atol=ATOL,
-                 scale_rtol=0.0):
+def compare_step(unit_layers, params, expected, ours, refs, bounds, msg, extra=None, rtol=RTOL, atol=ATOL):
   """Checks one step's parameters (ours, after SGD and the reset) against the recorded ones
   (`expected`, both in our layout) with the replaced units `ours` / `refs` (per features name):
   fresh input weights lie in +-bound (per features name) and are not compared; a replaced unit's
@@ -90,5 +138,4 @@ def compare_step(unit_layers, params, expected, ours, refs, bounds, msg, extra=N
       assert np.all(np.asarray(flat[path])[ours[features]] == value), msg + ' %s reset' % '/'.join(path)
       skip[path] |= ours[features] ^ refs[features]
   for path in sorted(want):
-    assert_close(flat[path], want[path], msg + ' ' + '/'.join(path), rtol, atol, where=~skip[path],
-                 scale_rtol=scale_rtol)
+    assert_close(flat[path], want[path], msg + ' ' + '/'.join(path), rtol, atol, where=~skip[path])

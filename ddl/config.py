@@ -268,10 +268,11 @@ def _check_methods(c: ml_collections.ConfigDict, where: str = '') -> None:
       if section in c and h.name in c[section]:
         problem = h.problem(c[section][h.name])
         _check(problem is None, f'{where}{section}.{h.name}', str(problem))
-  activation = c.network.get('activation', 'relu') if 'network' in c else 'relu'
-  _check(activation in nets.activation_names(), f'{where}network.activation',
-         f'{activation!r} is not known{_suggest(str(activation), nets.activation_names())}; use one of '
-         f'{nets.activation_names()}')
+  network = c.get('network') or {}
+  for key, choices in (('activation', nets.activation_names()), ('weight_init', nets.INITS)):
+    if key in network:
+      _check(network[key] in choices, f'{where}network.{key}',
+             f'{network[key]!r} is not known{_suggest(str(network[key]), choices)}; use one of {tuple(choices)}')
 
 
 def _check_belongs(variant: str, overrides: Dict[str, Any], methods: Sequence[method_lib.Method]) -> None:

@@ -98,6 +98,8 @@ CASES = [
          ('optimizer.name', 'adamw')),
     Case('unknown_activation', (SMOKE['slowly_changing_regression'], '--config.network.activation=swish2'),
          ('network.activation', 'swish2', "did you mean 'swish'")),
+    Case('unknown_weight_init', (SMOKE['slowly_changing_regression'], '--config.network.weight_init=kaimnig'),
+         ('network.weight_init', 'kaimnig', "did you mean 'kaiming'")),
     Case('hyperparameter_of_another_method',
          ('--config=configs/dynamic_scr.py:smoke', '--config.variants.idbd_0p001.optimizer.name=sgd'),
          ('variant idbd_0p001', 'belongs to autostep, idbd', 'does not use')),

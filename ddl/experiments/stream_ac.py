@@ -75,7 +75,6 @@ class StreamAC:
          'env.refill_every must divide steps_per_chunk'),
         (config.steps_per_chunk > 0 and config.total_steps > 0, 'steps_per_chunk and total_steps must be > 0'),
         (0 < config.probe_steps <= config.steps_per_chunk, 'probe_steps must be in [1, steps_per_chunk]'),
-        (config.network.weight_init in nets.INITS, f'network.weight_init must be one of {nets.INITS}'),
         (config.stream.entropy_coef >= 0, 'stream.entropy_coef must be >= 0'),
     ]
 

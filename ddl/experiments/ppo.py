@@ -1,4 +1,5 @@
-"""PPO on Brax Ant with a friction schedule (lop_reference.md §5.5): stationary Ant and slippery Ant.
+"""PPO on Ant with a friction schedule (lop_reference.md §5.5): stationary Ant and slippery Ant; the
+paper's Ant (gymnasium's ant.xml, `env.model=gymnasium`, the default) or Brax's (`env.model=brax`).
 
 One run = one seed's agent and its environments. One chunk = `updates_per_chunk` PPO updates
 (rollout of `ppo.rollout_steps` steps, then epochs x minibatches learner steps) in one `lax.scan`.

@@ -3,7 +3,6 @@ composition with CBP / L2 Init / S&P / UPGD on every experiment's network, and t
 where one does not apply."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -12,7 +11,6 @@ from conftest import cheap_diagnostics, load_config, trace_programs
 from ddl import config as config_lib
 from ddl import nets
 from ddl import run as run_lib
-from ddl.experiments import EXPERIMENTS
 from ddl.learners import Learner
 from ddl.learners import cbp as cbp_lib
 from ddl.learners import idbd

@@ -112,9 +112,6 @@ class Learner:
   def method(self, name: str) -> Method:
     return next(m for m in self.methods if m.name == name)
 
-  def uses(self, name: str) -> bool:
-    return any(m.name == name for m in self.methods)
-
   @functools.cached_property
   def options(self) -> Dict[str, Dict[str, Any]]:
     """Each method's static options, by name."""

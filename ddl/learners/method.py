@@ -237,9 +237,8 @@ class Method:
   examples: Tuple[Tuple[str, Mapping[str, Any]], ...] = ()   # (name, a config variant that switches it on)
 
   def variants(self) -> Dict[str, Mapping[str, Any]]:
-    """Config variants that switch this method on with typical values (the benchmark's and the
-    tests' matrix of methods): its `examples`, or for a traced switch (`gated`) the hyperparameter
-    at a small value."""
+    """Config variants that switch this method on with typical values (its `examples`: the
+    benchmark's and the tests' matrix of methods, random-label digits' comparison)."""
     return {name: dict(v) for name, v in self.examples}
 
   def __post_init__(self):

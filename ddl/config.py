@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.fuse_variants = platform_defaults.auto(bool)
   # Every method's hyperparameters, with the defaults they declare (ddl.learners.registry): the
   # traced ones in `hparams`, the static ones in their method's section; the optimizer by name
-  # (`registry.OPTIMIZERS`), the network's activation (`ddl.nets.activations`).
+  # (`registry.OPTIMIZERS`), the network's activation (`ddl.nets.activation_names`).
   config.optimizer = dict(name=DEFAULT_OPTIMIZER)
   config.network = dict(activation='relu')
   for section, hypers in registry.static_hypers().items():

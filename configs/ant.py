@@ -13,7 +13,7 @@ chunk of 122 updates (249 856 steps, the original's 250 k bins), with 95 % boots
 Physics (`env.model`, `env.backend`): 'gymnasium' on 'mjx' by default, the paper's Ant: gym's
 ant.xml (every body geom touches the floor, RK4, Newton solver), frame skip 5, Ant-v4's reward and
 termination, reset noise drawn per episode, simulated by MJX in float32 (the original: MuJoCo 2.1
-in float64; see ddl/rl/env.py and the README). env.model=brax keeps Brax's own Ant (only the feet
+in float64; see ddl/rl/env.py and docs/rl.md). env.model=brax keeps Brax's own Ant (only the feet
 touch the floor, one solver iteration) on any backend; the smoke uses it on 'spring'.
 Expected run time (2026-11-30, 2-core CPU shared with other jobs, load ~3): the paper's Ant is far
 costlier than Brax's (5 RK4 steps = 20 MJX forward passes, 13 geoms against the floor, up to 100

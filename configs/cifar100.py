@@ -34,7 +34,7 @@ PyTorch reference's training steps: ~51, so ~0.6x; two seeds on two CPU devices,
 XLA's analysis on CPU): 128 MB of state (parameters, momentum, the early-stopping copy, CBP
 statistics) plus a call's own ~1.15 GB per seed with `network.conv='lax'` and ~4 GB with
 'patches' (whose im2col copies are kept for the backward pass); 30 seeds of one variant in one
-call therefore need ~38 GB ('lax') or ~120 GB ('patches'); README, Memory. The H200's own compiler
+call therefore need ~38 GB ('lax') or ~120 GB ('patches'); docs/running.md, Memory. The H200's own compiler
 (2026-11-30): 30 seeds of all variants need 18.75 GB of states and 85.3 GB for the largest call
 (base, cbp and snp fused), so AUTO runs them in smaller calls on an 80 GB H100. The convolution, `fuse_variants`
 and `runs_per_call` are left to the platform (`ddl.platform_defaults`): 'lax' and one program per

@@ -199,7 +199,7 @@ class Conv(nn.Module):
   ('patches'). Under `jax.vmap` over parameters the first becomes a grouped convolution, a slow path
   on CPU; the second stays a batched matmul. On CPU, 'lax' takes its gradients from
   `channels_last_conv` (fast inside loops): for one run per device it is the faster and much the
-  leaner choice for the ResNet (README, Benchmarks), while 'patches' wins for the ImageNet net,
+  leaner choice for the ResNet (docs/benchmarks.md), while 'patches' wins for the ImageNet net,
   whose 3-channel 5x5 first layer XLA's convolution handles poorly. The patches are shifted
   (strided) slices of the input (`lax.conv_general_dilated_patches` costs a convolution of its
   own), stacked in two passes, first the kw column shifts, then the kh row shifts of those: XLA's

@@ -131,16 +131,16 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[
 
 
 def add_method_variants(config: ml_collections.ConfigDict, skip: Sequence[str] = ()) -> None:
-  """Adds a variant per example (`Method.examples`) of every registered method that changes the
-  learner around its optimizer (not an optimizer, not always in the program), unless a variant of
-  that name is there or the method is in `skip`: a config that compares interventions then covers
+  """Adds the first (typical) example (`Method.examples`) of every registered method that changes
+  the learner around its optimizer (not an optimizer, not always in the program), unless the method
+  has a variant of its name there or is in `skip`: a config that compares interventions then covers
   every method registered, a new one included, with no line of its own."""
   for method in registry.all_methods():
     if method.kind == 'optimizer' or method.active is method_lib.always or method.name in skip:
       continue
-    for name, variant in method.variants().items():
-      if name not in config.variants:
-        config.variants[name] = variant
+    name, variant = next(iter(method.variants().items()), (None, None))
+    if name is not None and method.name not in config.variants and name not in config.variants:
+      config.variants[name] = variant
 
 
 def _suggest(name: str, choices: Sequence[str]) -> str:

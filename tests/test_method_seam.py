@@ -331,12 +331,15 @@ def _applies(config, experiment_cls, variant):
 
 
 def _composed_variants(config, experiment_cls):
-  """Variants that together hold every registered method's first example that applies to the
-  experiment: one per optimizer that applies, every other method added to the first variant that
-  still validates with it."""
-  examples = {m.name: next(iter(m.variants().values())) for m in registry.all_methods() if m.examples}
-  base = next(iter(config.variants.values())).to_dict()
-  applying = {n: v for n, v in examples.items() if _applies(config, experiment_cls, _merge(base, v))}
+  """Variants that together hold every registered method that applies to the experiment (its first
+  example that does): one per optimizer that applies, every other method added to the first variant
+  that still validates with it. They start from the config's simplest variant."""
+  base = min((v.to_dict() for v in config.variants.values()), key=lambda v: len(config_lib._flatten(v)))  # pylint: disable=protected-access
+  applying = {}
+  for m in registry.all_methods():
+    example = next((v for v in m.variants().values() if _applies(config, experiment_cls, _merge(base, v))), None)
+    if example is not None:
+      applying[m.name] = example
   variants = {n: _merge(base, v) for n, v in applying.items() if registry.get(n).kind == 'optimizer'}
   for name, example in applying.items():
     if registry.get(name).kind == 'optimizer':

@@ -234,7 +234,7 @@ class Method:
   gain: float = 1.0
   step_sizes: Optional[Callable[..., Any]] = None   # (opt_state, params, options, hparams) -> (tree, per weight) | None
   presets: Tuple[Tuple[str, Callable[[Any], Dict[str, Any]]], ...] = ()   # (preset, config -> {variant: dict})
-  examples: Tuple[Tuple[str, Mapping[str, Any]], ...] = ()   # (name, a config variant that switches it on)
+  examples: Tuple[Tuple[str, Mapping[str, Any]], ...] = ()   # (name, a variant that switches it on), typical first
 
   def variants(self) -> Dict[str, Mapping[str, Any]]:
     """Config variants that switch this method on with typical values (its `examples`: the

@@ -252,4 +252,5 @@ METHOD = Method(
     doc='spectral normalisation (Miyato et al. 2018; Gogianu et al. 2021): kernels divided by their '
         'power-iteration spectral norm',
     hypers=HYPERS, section='network', active=selected('network.spectral_norm', True), hooks=SpectralNormHooks,
-    check=check, examples=(('spectral_norm', dict(network=dict(spectral_norm=True))),))
+    check=check, examples=(('spectral_norm', dict(network=dict(spectral_norm=True))),
+                         ('spectral_norm_all', dict(network=dict(spectral_norm=True, spectral_norm_layers='all')))))

@@ -360,7 +360,8 @@ def restore_norms(unit_layers: Tuple[UnitLayer, ...], tree: Any, replaced: Mappi
 
 class Hooks(method_lib.Hooks):
   """CBP inside the learner: its state at init, its step after every optimizer step (with the
-  step's activations), and batch norm's running statistics of replaced units restored."""
+  step's activations), and batch norm's running statistics of replaced units restored. A unit
+  transform of the same interface (ReDo) subclasses it and gives its own `transform`."""
 
   def transform(self, hparams) -> ResetTransform:
     o, learner = self.context.options, self.context.learner
@@ -386,15 +387,18 @@ class Hooks(method_lib.Hooks):
                          num_replaced=step.num_replaced + info.num_replaced), state
 
 
-def _check(where) -> Optional[str]:
+def units_problem(where) -> Optional[str]:
+  """Why a unit transform (CBP, ReDo) cannot run where it is asked to: a network without hidden units."""
   from ddl.learners import topology  # pylint: disable=g-import-not-at-top
+  network = where.network()
+  return None if topology.unit_layers(network) else f'its network ({type(network).__name__}) has no hidden units'
+
+
+def _check(where) -> Optional[str]:
   options = METHOD.options(where.config)
   if options['utility_statistic'] == 'cumulative' and options['util_type'] not in ('contribution', 'weight'):
     return "cbp.utility_statistic 'cumulative' (ResGnT) needs cbp.util_type 'contribution' or 'weight'"
-  network = where.network()
-  if not topology.unit_layers(network):
-    return f'its network ({type(network).__name__}) has no hidden units'
-  return None
+  return units_problem(where)
 
 
 def _active(program) -> bool:

@@ -70,36 +70,19 @@ def redo(unit_layers: Tuple[cbp_lib.UnitLayer, ...], *, threshold: chex.Numeric,
   return cbp_lib.ResetTransform(init, update)
 
 
-class Hooks(method_lib.Hooks):
-  """ReDo inside the learner: its call counter, its step after every optimizer step."""
+class Hooks(cbp_lib.Hooks):
+  """ReDo inside the learner: CBP's hooks (state at init, the step after every optimizer step, batch
+  norm restored) with ReDo's transform (its call counter and tau-dormant resets)."""
 
-  def transform(self) -> cbp_lib.ResetTransform:
+  def transform(self, hparams=None) -> cbp_lib.ResetTransform:
+    del hparams
     o = self.context.options
     return redo(self.context.learner.unit_layers, threshold=o['redo_threshold'], period=int(o['redo_period']),
                 reset_optimizer_state=bool(o['reset_optimizer_state']))
-
-  def init(self, key, params, sample_input, hparams):
-    del key, sample_input, hparams
-    return params, self.transform().init(params)
-
-  def after_step(self, state, step):
-    params, opt_state, state, info = self.transform().update(step.params, step.opt_state, state, step.features,
-                                                             step.key)
-    batch_stats = step.batch_stats
-    if batch_stats is not None:
-      batch_stats = cbp_lib.restore_norms(self.context.learner.unit_layers, batch_stats, info.replaced)
-    return step._replace(params=params, opt_state=opt_state, batch_stats=batch_stats,
-                         num_replaced=step.num_replaced + info.num_replaced), state
-
-
-def _check(where) -> Optional[str]:
-  from ddl.learners import topology  # pylint: disable=g-import-not-at-top
-  network = where.network()
-  return None if topology.unit_layers(network) else f'its network ({type(network).__name__}) has no hidden units'
 
 
 METHOD = method_lib.Method(
     'redo', 'unit', 'ReDo (Sokar et al. 2023): reset tau-dormant units (cbp.method=redo)',
     HYPERS + tuple(h for h in cbp_lib.HYPERS if h.name == 'reset_optimizer_state'), section='cbp',
-    active=method_lib.selected('cbp.method', 'redo'), check=_check, hooks=Hooks,
+    active=method_lib.selected('cbp.method', 'redo'), check=cbp_lib.units_problem, hooks=Hooks,
     examples=(('redo', dict(cbp=dict(method='redo'))),))

@@ -144,12 +144,16 @@ class ResetHooks(method_lib.Hooks):
     return b._replace(params=params, opt_state=opt_state, batch_stats=batch_stats, states=states), state
 
 
-def _reset_check(where):
-  o = RESET.options(where.config)
-  if o['reset_layers'] > 0 and not hasattr(where.network(), 'layer_names'):
+def _head_problem(where):
+  """Why a head (the last layers) cannot be formed: a network that names no layers."""
+  if not hasattr(where.network(), 'layer_names'):
     return (f'its network ({type(where.network()).__name__}) declares no named layers to form a head (networks '
             'with one: MLP, ConvNet)')
   return None
+
+
+def _reset_check(where):
+  return _head_problem(where) if RESET.options(where.config)['reset_layers'] > 0 else None
 
 
 RESET = method_lib.Method(
@@ -199,14 +203,7 @@ class InjectionHooks(method_lib.Hooks):
     return b._replace(params=params, opt_state=opt_state), state
 
 
-def _injection_check(where):
-  if not hasattr(where.network(), 'layer_names'):
-    return (f'its network ({type(where.network()).__name__}) declares no named layers to form a head (networks '
-            'with one: MLP, ConvNet)')
-  return None
-
-
 INJECTION = method_lib.Method(
     'injection', 'boundary', 'plasticity injection (Nikishin et al. 2023)', INJECTION_HYPERS, section='schedule',
-    active=method_lib.positive('schedule.injection_first'), check=_injection_check, hooks=InjectionHooks,
+    active=method_lib.positive('schedule.injection_first'), check=_head_problem, hooks=InjectionHooks,
     examples=(('injection', dict(schedule=dict(injection_first=1))),))

@@ -20,7 +20,12 @@ test accuracy), the cumulative never-reset CBP statistic (`cbp.utility_statistic
 clean running utility), S&P noise added with the optimizer step (before CBP; the original adds it
 after the CBP step). Diagnostics (dormant units, stable rank) as the original's post-run analysis
 takes them: on the model entering each increment, before that increment's head/network reset, with
-1 000 images (`probe_size`) drawn from the entering increment's classes.
+1 000 images (`probe_size`) drawn from the entering increment's classes. The shared evaluator
+(active and ReDo-dormant fractions, feature and gradient norms, plasticity, the top Hessian
+eigenvalue; `ddl/experiments/evaluation.py`) runs after the first epoch of each increment
+(`diagnostics.every` 200) and after the last, on 256 images of all classes seen so far
+(`diagnostics_probe_size`), one run at a time: its Hessian-vector products on a ResNet-18 take
+10.4 GB per run (40 GB with 1 000 images; XLA's memory analysis on CPU).
 
 Expected run time and memory (run time not measured on a GPU: on an H200 the 30-seed benchmark did
 not finish compiling in the 140 s it had): 1.05 M SGD steps of
@@ -59,8 +64,10 @@ def smoke(config):
   config.lr_milestones = (1,)
   config.batch_size = 10
   config.probe_size = 20
+  config.diagnostics_probe_size = 20
   config.checkpoint_every = 2
   config.figure_bin = 2
+  config.diagnostics.every = 2
   config.data.source = 'mock'
   config.data.num_classes = 6
   config.data.val_per_class = 5
@@ -85,6 +92,8 @@ def get_config(arg: str = ''):
   config.early_stopping = True
   config.increment_reset = 'none'         # 'head' or 'network': re-initialised as each increment starts
   config.probe_size = 1_000               # diagnostics: images of the entering increment's classes
+  config.diagnostics.every = 200          # the shared evaluator: after the first epoch of each increment, ...
+  config.diagnostics_probe_size = 256     # ... on this many images of the classes seen so far
   config.figure_bin = 200                 # figures: per increment
   config.figure_reduce = 'max'            # ... the max over the increment's epochs, as the paper
   config.figure_baseline = 'retrained'    # ... and minus the retrained network's, paired by seed, for

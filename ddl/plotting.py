@@ -182,7 +182,7 @@ def plot_workdir(workdir: str, metrics_csv: Sequence[str] = (), labels: Optional
     written.append(path)
   written += filter(None, [step_size_figure(data, out_dir),
                            summary_table(data, out_dir, figure_setting(workdir, 'summary_metric', ''),
-                                         figure_setting(workdir, 'summary_baseline_family', ''), bin_size)])
+                                         figure_setting(workdir, 'summary_baseline', ''), bin_size)])
   return written
 
 
@@ -228,11 +228,12 @@ def step_size_figure(data, out_dir: str) -> Optional[str]:
   return path
 
 
-def summary_table(data, out_dir: str, metric: str, family: str, bin_size: int = 1) -> Optional[str]:
+def summary_table(data, out_dir: str, metric: str, baseline: str, bin_size: int = 1) -> Optional[str]:
   """<out_dir>/summary.md: per variant, `metric` in the first and the last bin (mean ± s.e. over
-  seeds), the last bin's difference to the best variant whose name starts with `family` (the
-  lowest last-bin mean, e.g. the best fixed step size of a sweep), and the learned step size of
-  each layer at the end (mean over seeds). None without `metric` (a config's `summary_metric`)."""
+  seeds), the last bin's difference to the `baseline` variant's (a config's `summary_baseline`,
+  e.g. the best fixed step size, chosen on other seeds: not picked here from the runs it is
+  compared with), and the learned step size of each layer at the end (mean over seeds). None
+  without `metric` (a config's `summary_metric`)."""
   if not metric or not any(m == metric for _, m in data):
     return None
   rows = {}
@@ -241,11 +242,10 @@ def summary_table(data, out_dir: str, metric: str, family: str, bin_size: int = 
       _, binned_values = binned(steps, values, bin_size)
       rows[variant] = [mean_and_se(binned_values[:, [0]]), mean_and_se(binned_values[:, [-1]])]
   last = lambda v: float(rows[v][1][0][0])
-  family_members = [v for v in rows if family and v.startswith(family)]
-  best = min(family_members, key=last) if family_members else ''
+  best = baseline if baseline in rows else ''
   layers = sorted({m[len(STEP_SIZE):] for _, m in data if m.startswith(STEP_SIZE) and not m.startswith(SPREAD)})
   lines = [f'# {metric}: first and last bin (mean ± s.e. over seeds)', '',
-           f'Best fixed baseline (`{family}*`, lowest last bin): {best or "none"}.', '',
+           f'Baseline (`summary_baseline`): {best or "none"}.', '',
            '| ' + ' | '.join(['variant', 'first bin', 'last bin', 'last − best'] +
                              [f'step size {l}' for l in layers]) + ' |',
            '|---' * (4 + len(layers)) + '|']

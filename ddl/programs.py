@@ -77,6 +77,15 @@ def calls_size(config, devices: Devices, runs: int, runs_per_call: Optional[int]
   return runs_per_call or config.runs_per_call or runs
 
 
+def over_runs(evaluate, at_once: int = 0):
+  """(states, data) -> metrics of every run: `evaluate` vmapped over the runs, or with `at_once` > 0
+  mapped over them that many at a time (`jax.lax.map`), so a large evaluator (a ResNet's
+  Hessian-vector products) holds one run's memory, not a call's."""
+  if not at_once:
+    return jax.vmap(evaluate, in_axes=(0, None))
+  return lambda states, data: jax.lax.map(lambda state: evaluate(state, data), states, batch_size=at_once)
+
+
 def build(config, devices: Devices, runs_per_call: Optional[int] = None) -> List[Program]:
   """One program per group and slice of at most `calls_size` runs (variants x seeds). Slices of a
   group share one jitted function per program kind (and its compilation when they have the same
@@ -93,7 +102,8 @@ def build(config, devices: Devices, runs_per_call: Optional[int] = None) -> List
     run_chunk = jax.jit(_guard(experiment.run_chunk), donate_argnums=donate, out_shardings=devices.runs)
     evaluate, every = None, int(getattr(experiment, 'diagnostics_every', 1))
     if hasattr(experiment, 'evaluate'):   # the diagnostics: a program of their own, run every `every` chunks
-      evaluate = jax.jit(jax.vmap(experiment.evaluate, in_axes=(0, None)), out_shardings=devices.runs)
+      evaluate = jax.jit(over_runs(experiment.evaluate, getattr(experiment, 'evaluate_runs_at_once', 0)),
+                         out_shardings=devices.runs)
       if every < 1:
         raise config_lib.ConfigError(f'diagnostics_every must be >= 1 (chunks between diagnostics), got {every}')
     runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]

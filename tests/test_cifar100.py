@@ -58,6 +58,8 @@ def test_resume_between_epochs_is_identical(tmp_path):
   steps = lambda v, m: sorted({int(r['step']) for r in rows if r['variant'] == v and r['metric'] == m})
   assert steps('base', 'test_accuracy') == list(range(6))        # 3 increments x 2 epochs
   assert steps('cbp', 'dormant_fraction') == [0, 2, 4]            # at increment boundaries
+  for shared in ('active_fraction', 'hessian_top_eigenvalue', 'plasticity', 'gradient_norm'):
+    assert steps('cbp', shared) == [0, 2, 4, 5], shared           # the evaluator: every 2 epochs and the last
   assert all(0 <= float(r['value']) <= 1 for r in rows if r['metric'] in ('test_accuracy', 'val_accuracy'))
   assert sum(float(r['value']) for r in rows if r['variant'] == 'cbp' and r['metric'] == 'replacements') > 0
   written = plotting.plot_workdir(str(tmp_path / 'whole'))
@@ -141,7 +143,9 @@ def test_diagnostics_are_taken_on_the_model_before_the_increment_reset(retrained
   after, values = run_chunk(state, data)                       # epoch 2: diagnostics, then the reset
   np.testing.assert_allclose(values['weight_magnitude'], metrics.weight_magnitude(before), rtol=1e-6)
   order = experiment.order(state)
-  probe = jax.jit(experiment.probe)(data['train'], order, jnp.asarray(1), jax.random.fold_in(state.epoch_key, -1 - state.epoch))
+  per = experiment.config.classes_per_increment
+  probe, _ = jax.jit(experiment.probe)(data['train'], order, jnp.asarray(per), jnp.asarray(2 * per),
+                                       jax.random.fold_in(state.epoch_key, -1 - state.epoch))
   expected = jax.jit(experiment.diagnostics)(state.learner, probe)   # jitted: compiles faster than op by op
   for name in ('dormant_fraction', 'stable_rank', 'effective_rank'):
     np.testing.assert_allclose(values[name], expected[name], rtol=1e-5, err_msg=name)
@@ -151,7 +155,9 @@ def test_diagnostics_are_taken_on_the_model_before_the_increment_reset(retrained
   assert distance(after.learner.params, fresh) < 0.1 * distance(after.learner.params, before)
 
 
-def test_probe_draws_the_entering_increments_classes():
+def test_probes_draw_the_entering_and_the_seen_classes():
+  """The chunk's probe: the entering increment's classes (the paper's diagnostics); the evaluator's:
+  every class seen so far."""
   config = load_config('cifar100', 'smoke,base')
   group = config_lib.groups(config)[0]
   experiment = ClassIncremental(group.config, group)
@@ -162,14 +168,20 @@ def test_probe_draws_the_entering_increments_classes():
   train = jnp.asarray(np.broadcast_to(np.stack([code // 256, code % 256, code * 0], -1)[:, :, None, None, :],
                                       (d.num_classes, per_class, 32, 32, 3)).astype(np.uint8))
   order = jnp.asarray([4, 1, 5, 0, 3, 2])
-  probe = np.asarray(experiment.probe(train, order, jnp.asarray(1), jax.random.PRNGKey(3)))
+  source = lambda probe: probe[:, 0, 0, 0].astype(int) * 256 + probe[:, 0, 0, 1]
+  probe, classes = map(np.asarray, experiment.probe(train, order, 2, 4, jax.random.PRNGKey(3)))
   assert probe.shape == (config.probe_size, 32, 32, 3)
-  source = probe[:, 0, 0, 0].astype(int) * 256 + probe[:, 0, 0, 1]
-  assert set((source // per_class).tolist()) == {5, 0}          # increment 1's classes, order[2:4]
-  assert len(set(source.tolist())) == config.probe_size         # drawn without replacement
-  assert (source % per_class < d.val_per_class).any()           # validation images included
-  other = np.asarray(experiment.probe(train, order, jnp.asarray(1), jax.random.PRNGKey(4)))
+  assert set((source(probe) // per_class).tolist()) == {5, 0}   # increment 1's classes, order[2:4]
+  np.testing.assert_array_equal(source(probe) // per_class, classes)
+  assert len(set(source(probe).tolist())) == config.probe_size  # drawn without replacement
+  assert (source(probe) % per_class < d.val_per_class).any()    # validation images included
+  other, _ = experiment.probe(train, order, 2, 4, jax.random.PRNGKey(4))
   assert not np.array_equal(other, probe)                       # a random draw
+  hparams = {k: jnp.float32(v) for k, v in group.hparams[0].items()}
+  state = experiment.init(jax.random.PRNGKey(0), hparams, 0).replace(epoch=jnp.asarray(3))
+  assert int(experiment.seen_after(state)) == 4                 # epochs 0-1: 2 classes, 2-3: 4 classes
+  probe, _ = experiment.probe(train, order, 0, experiment.seen_after(state), jax.random.PRNGKey(5))
+  assert set((source(np.asarray(probe)) // per_class).tolist()) == {4, 1, 5, 0}
 
 
 def test_resnet18_size_topology_and_convolutions():

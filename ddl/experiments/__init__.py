@@ -15,6 +15,8 @@ Optionally an evaluator: `evaluate(state, data) -> {metric: scalar}` (the diagno
 state, pure and vmappable) with `diagnostics_every` (int, chunks; default 1). The run loop compiles
 it as a program of its own and calls it after chunk c when c % diagnostics_every == 0 and after the
 last chunk; its values are rows of metrics.csv at that chunk's step, like the chunk's metrics.
+`evaluate_runs_at_once` (int; default 0: all runs of a call vmapped) evaluates that many runs at a
+time instead, for an evaluator whose memory per run is large.
 
 Optionally figures of its own: a static `figures(workdir) -> [paths]`, which the launch calls after
 the per-metric figures (`ddl.plotting.plot_workdir`), e.g. a paper's figure with its numbers marked."""

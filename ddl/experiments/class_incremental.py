@@ -18,7 +18,11 @@ plot): on the model it saved at the end of each increment, after the early-stopp
 *before* the reset (and on the initial model), a probe of `probe_size` (1 000) images drawn at
 random from all training images (validation ones included) of the classes of the increment being
 entered, no augmentation, train-mode batch norm: dormant fraction over all 17 feature maps, stable
-and effective rank of the pooled representation, weight magnitude.
+and effective rank of the pooled representation, weight magnitude. The shared evaluator
+(`ddl.experiments.evaluation`: active and ReDo-dormant fractions, feature and gradient norms,
+plasticity, the top Hessian eigenvalue, learned step sizes, the methods' own) runs after the first
+epoch of every `diagnostics.every` epochs and after the last, on `diagnostics_probe_size` images of
+all classes seen so far, one run at a time, the loss over those classes; it leaves the four above to the chunk.
 """
 from typing import Dict, Tuple
 
@@ -31,6 +35,7 @@ from flax import struct
 from ddl import metrics
 from ddl import nets
 from ddl.data import arrays
+from ddl.experiments import evaluation
 from ddl.experiments import online
 from ddl.learners import Learner, LearnerState
 
@@ -83,6 +88,15 @@ def augment(key: chex.PRNGKey, images: jax.Array) -> jax.Array:
   return jax.vmap(augment_one)(jax.random.split(key, images.shape[0]), images)
 
 
+def shuffled(key: chex.PRNGKey, per_class: int, num_classes: int, first: jax.Array, stop: jax.Array) -> jax.Array:
+  """A random order of the num_classes x per_class images (class-major indices into the seed's class
+  order) with the images of classes first..stop-1 before all others: its first (stop - first) x
+  per_class entries are a shuffle of those images (static shapes, traced bounds)."""
+  index = jnp.arange(num_classes * per_class)
+  inside = (index >= first * per_class) & (index < stop * per_class)
+  return jnp.argsort(jnp.where(inside, jax.random.uniform(key, index.shape), 2.0))
+
+
 def _pick(cond: jax.Array, a, b):
   """The tree `a` where `cond`, else `b`."""
   return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
@@ -108,6 +122,8 @@ class ClassIncremental:
         config.classes_per_increment * data.train_per_class * (self.num_increments + 1) / 2))
     diagnostics = ('dormant_fraction', 'stable_rank', 'stable_rank_percent', 'effective_rank', 'weight_magnitude')
     self.metric_every = {name: config.epochs_per_increment for name in diagnostics}
+    self.diagnostics_every = config.diagnostics.every
+    self.evaluate_runs_at_once = 1   # the Hessian-vector products on a ResNet-18 take ~10 GB per run (256 images)
 
   @staticmethod
   def make_network(config):
@@ -141,7 +157,9 @@ class ClassIncremental:
         (list(config.lr_milestones) == sorted(config.lr_milestones), 'lr_milestones must be increasing'),
         (0 < config.probe_size <= config.classes_per_increment * (data.val_per_class + data.train_per_class),
          'probe_size must be in [1, classes_per_increment x (val_per_class + train_per_class)]'),
-    ]
+        (0 < config.diagnostics_probe_size <= config.classes_per_increment * (data.val_per_class + data.train_per_class),
+         'diagnostics_probe_size must be in [1, classes_per_increment x (val_per_class + train_per_class)]'),
+    ] + evaluation.checks(config)
 
   @staticmethod
   def load_data(config) -> Dict[str, np.ndarray]:
@@ -199,15 +217,15 @@ class ClassIncremental:
     correct = jax.lax.fori_loop(0, increments, body, jnp.zeros(2, jnp.int32))
     return correct[0] / (increments * per * n_test), correct[1] / (increments * per * n_val)
 
-  def probe(self, train: jax.Array, order: jax.Array, increment: jax.Array, key: chex.PRNGKey) -> jax.Array:
-    """uint8 (probe_size, 32, 32, 3): images drawn without replacement from all training images
-    (validation ones included) of the classes of increment `increment` (0-based), as the original's
+  def probe(self, train: jax.Array, order: jax.Array, first: jax.Array, stop: jax.Array,
+            key: chex.PRNGKey, size: int = 0) -> Tuple[jax.Array, jax.Array]:
+    """(uint8 (size or probe_size, 32, 32, 3) images, their classes): drawn without replacement from all
+    training images (validation ones included) of classes order[first:stop], as the original's
     post-run analysis draws them (the first batch of a shuffled loader over those classes)."""
-    per = self.config.classes_per_increment
-    classes = jax.lax.dynamic_slice_in_dim(order, increment * per, per)
-    images = train[classes].reshape((-1,) + train.shape[2:])
-    pick = jax.random.permutation(key, images.shape[0])[:self.config.probe_size]
-    return images[pick]
+    per_class = train.shape[1]
+    pick = shuffled(key, per_class, self.config.data.num_classes, first, stop)[:size or self.config.probe_size]
+    classes = order[pick // per_class]
+    return train[classes, pick % per_class], classes
 
   def diagnostics(self, learner: LearnerState, probe: jax.Array) -> Dict[str, jax.Array]:
     """Dormant fraction over all units, stable and effective rank of the pooled representation and
@@ -220,6 +238,20 @@ class ClassIncremental:
             'stable_rank': stable, 'stable_rank_percent': 100.0 * stable / pooled.shape[-1],
             'effective_rank': metrics.effective_rank(pooled),
             'weight_magnitude': metrics.weight_magnitude(learner.params)}
+
+  def seen_after(self, state: State) -> jax.Array:
+    """The number of classes seen by the end of the last epoch done."""
+    return ((state.epoch - 1) // self.config.epochs_per_increment + 1) * self.config.classes_per_increment
+
+  def evaluate(self, state: State, data) -> Dict[str, jax.Array]:
+    """The shared diagnostics on a `probe` of `diagnostics_probe_size` images of the classes seen so far (no augmentation), the loss over the classes seen so
+    far; without the four the chunk takes as the paper does (`diagnostics`)."""
+    key = jax.random.fold_in(state.step_key, -1 - state.epoch)
+    order, seen = self.order(state), self.seen_after(state)
+    images, classes = self.probe(data['train'], order, 0, seen, key, self.config.diagnostics_probe_size)
+    values = evaluation.diagnose(self.learner, state.learner, self._pixels(images), classes, key,
+                                 self.config.diagnostics, output_mask=jnp.argsort(order) < seen)
+    return {name: value for name, value in values.items() if name not in self.metric_every}
 
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     config, data_config = self.config, self.config.data
@@ -235,7 +267,7 @@ class ClassIncremental:
     # the model entering the epoch: at an increment start, the one saved at the end of the last
     # increment (restored), before the increment's reset
     probe_key = jax.random.fold_in(state.epoch_key, -1 - state.epoch)
-    values = self.diagnostics(state.learner, self.probe(train, order, increment, probe_key))
+    values = self.diagnostics(state.learner, self.probe(train, order, increment * per, seen, probe_key)[0])
     learner = state.learner
     if config.increment_reset != 'none':
       now = (epoch_in_increment == 0) & (increment > 0)
@@ -252,8 +284,7 @@ class ClassIncremental:
 
     # one epoch over the seen training images, a fresh shuffle of them first
     shuffle_key, test_key = jax.random.split(jax.random.fold_in(state.epoch_key, state.epoch))
-    u = jax.random.uniform(shuffle_key, (num_classes * per_class,))
-    shuffle = jnp.argsort(jnp.where(jnp.arange(num_classes * per_class) < seen * per_class, u, 2.0))
+    shuffle = shuffled(shuffle_key, per_class, num_classes, 0, seen)
     steps = seen * per_class // batch
 
     def minibatch(i):

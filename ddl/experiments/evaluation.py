@@ -49,8 +49,9 @@ class Convention(NamedTuple):
 
 
 def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
-             convention: Convention = Convention()) -> Dict[str, jax.Array]:
-  """The diagnostics of one run's learner state on the probe batch (x, y)."""
+             convention: Convention = Convention(), output_mask=None) -> Dict[str, jax.Array]:
+  """The diagnostics of one run's learner state on the probe batch (x, y); `output_mask` (bool over
+  the outputs): the loss over those outputs only (classes seen so far), as in training."""
   params = state.params
   weights = {k: v['kernel'] for k, v in params.items() if 'kernel' in v} if convention.kernels_only else params
   values = {'weight_magnitude': metrics.weight_magnitude(weights)}
@@ -64,11 +65,11 @@ def diagnose(learner, state, x: jax.Array, y: Any, key: jax.Array, options,
     values['active_fraction'] = metrics.active_fraction(hidden)
     values['redo_dormant_fraction'] = metrics.redo_dormant_fraction(hidden, options.redo_tau)
     values['feature_norm'] = metrics.feature_norm(hidden[-1])
-  loss = lambda p: learner.objective(p, state, x, y)[1][0]   # the loss alone (no fringe term)
+  loss = lambda p: learner.objective(p, state, x, y, output_mask)[1][0]   # the loss alone (no fringe term)
   before, grads = jax.value_and_grad(loss)(params)
   values['gradient_norm'] = metrics.gradient_norm(grads)
   if options.plasticity:
-    stepped, _ = learner.step(state, x, y, key)
+    stepped, _ = learner.step(state, x, y, key, output_mask=output_mask)
     values['plasticity'] = metrics.plasticity(before, loss(stepped.params))
   if options.hessian_iterations > 0:
     values['hessian_top_eigenvalue'] = metrics.top_hessian_eigenvalue(

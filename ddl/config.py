@@ -132,11 +132,12 @@ def apply_config_arg(config: ml_collections.ConfigDict, arg: str, presets: Dict[
 
 def add_method_variants(config: ml_collections.ConfigDict, skip: Sequence[str] = ()) -> None:
   """Adds the first (typical) example (`Method.examples`) of every registered method that changes
-  the learner around its optimizer (not an optimizer, not always in the program), unless the method
+  the learner around its optimizer (not an optimizer, not an agent setting, not always in the
+  program), unless the method
   has a variant of its name there or is in `skip`: a config that compares interventions then covers
   every method registered, a new one included, with no line of its own."""
   for method in registry.all_methods():
-    if method.kind == 'optimizer' or method.active is method_lib.always or method.name in skip:
+    if method.kind in ('optimizer', 'agent') or method.active is method_lib.always or method.name in skip:
       continue
     name, variant = next(iter(method.variants().items()), (None, None))
     if name is not None and method.name not in config.variants and name not in config.variants:
@@ -255,6 +256,24 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
     _check_applies(config.experiment, experiment_cls, group, methods)
     for variant in group.variants:
       _check_belongs(variant, config.variants[variant].to_dict(), methods)
+  _check_set_where_it_applies(config, experiment_cls)
+
+
+def _check_set_where_it_applies(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
+  """A traced hyperparameter set away from its default for methods that apply to no program of this
+  experiment (each owner's `check` refuses every group) would change nothing: refused."""
+  all_groups = groups(config)
+  for h in registry.traced_hypers():
+    if all(hp[h.name] == h.default for group in all_groups for hp in group.hparams):
+      continue
+    owners = [m for m in registry.all_methods() if h.name in [x.name for x in m.traced]]
+    if not owners or any(m.check is None for m in owners):
+      continue
+    refusals = [m.check(method_lib.Where(config.experiment, experiment_cls, group.config))
+                for group in all_groups for m in owners]
+    if all(refusals):
+      raise ConfigError(f'hparams.{h.name} belongs to {", ".join(m.name for m in owners)}, which does not apply to '
+                        f'experiment {config.experiment}: {refusals[0]}; remove it.')
 
 
 def _check_methods(c: ml_collections.ConfigDict, where: str = '') -> None:

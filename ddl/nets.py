@@ -299,37 +299,47 @@ class ConvNet(nn.Module):
   pool -> conv3x3(128) -> pool -> fc128 -> fc128 -> fc(outputs), ReLU, 2x2 max-pool, PyTorch
   default init; 177 218 parameters for 32x32x3 inputs and 2 outputs. Features: the pooled conv
   maps and the dense activations (what the original's ConvGnT reads). start: as `MLP` (3 runs the
-  dense layers from the flattened last conv map). widths, dense: the three conv and two dense
-  widths (the paper's by default; smaller ones for tests). The last conv map is flattened in NHWC
-  order, (position, channel); the original flattens channel-major, a permutation of the first
-  dense layer's input rows that changes nothing else. activation: after every hidden layer (the
-  paper's ReLU by default; one that changes the width, as CReLU, widens what the next layer reads)."""
+  dense layers from the flattened last conv map). widths, kernels, dense: the conv widths and
+  kernel sizes and the dense widths (the paper's by default; smaller ones for tests, or MinAtar's
+  DQN net: one conv3x3(16), no pooling, fc128); pool: 2x2 max-pool after each conv. The last conv
+  map is flattened in NHWC order, (position, channel); the original flattens channel-major, a
+  permutation of the first dense layer's input rows that changes nothing else. activation: after
+  every hidden layer (the paper's ReLU by default; one that changes the width, as CReLU, widens
+  what the next layer reads)."""
   outputs: int = 2
   conv: str = 'patches'
   layer_norm: str = ''
   activation: str = 'relu'
-  widths: Tuple[int, int, int] = (32, 64, 128)
-  dense: Tuple[int, int] = (128, 128)
+  widths: Tuple[int, ...] = (32, 64, 128)
+  kernels: Tuple[int, ...] = (5, 3, 3)
+  pool: bool = True
+  dense: Tuple[int, ...] = (128, 128)
 
   def layer_names(self) -> Tuple[str, ...]:
-    return ('conv_0', 'conv_1', 'conv_2', 'dense_0', 'dense_1', 'output')
+    return (tuple(f'conv_{i}' for i in range(len(self.widths))) + tuple(f'dense_{i}' for i in range(len(self.dense)))
+            + ('output',))
 
   @nn.compact
   def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    if len(self.kernels) != len(self.widths):
+      raise ValueError(f'ConvNet: {len(self.widths)} conv widths but {len(self.kernels)} kernel sizes.')
     features = {}
     init = initializer('default')
     act = activation(self.activation)
-    for i, (name, width, size) in enumerate(zip(('conv_0', 'conv_1', 'conv_2'), self.widths, (5, 3, 3))):
+    for i, (width, size) in enumerate(zip(self.widths, self.kernels)):
       if i < start:
         continue
+      name = f'conv_{i}'
       fan_in = x.shape[-1] * size * size
       x = Conv(width, (size, size), self.conv, init, torch_default_bias(fan_in), name=name)(x)
-      x = max_pool_2x2(act(normalize(self.layer_norm, f'{name}_norm', x)))
+      x = act(normalize(self.layer_norm, f'{name}_norm', x))
+      x = max_pool_2x2(x) if self.pool else x
       features[name] = x
     x = x.reshape(x.shape[0], -1)
-    for i, (name, width) in enumerate(zip(('dense_0', 'dense_1'), self.dense), start=3):
+    for i, width in enumerate(self.dense, start=len(self.widths)):
       if i < start:
         continue
+      name = f'dense_{i - len(self.widths)}'
       x = nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x)
       x = act(normalize(self.layer_norm, f'{name}_norm', x))
       features[name] = x

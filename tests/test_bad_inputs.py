@@ -25,7 +25,8 @@ SPEC.loader.exec_module(MAIN)
 
 SCR = 'configs/slowly_changing_regression.py:smoke,bp'   # the config of the `base` run below
 SMOKE = {name: f'--config=configs/{name}.py:smoke' for name in
-         ('slowly_changing_regression', 'permuted_digits', 'permuted_mnist', 'cifar100', 'imagenet', 'slippery_ant')}
+         ('slowly_changing_regression', 'permuted_digits', 'permuted_mnist', 'cifar100', 'imagenet', 'slippery_ant',
+          'minatar_replay_ratio')}
 
 
 @dataclasses.dataclass
@@ -107,6 +108,15 @@ CASES = [
          (SMOKE['slowly_changing_regression'], '--config.optimizer.name=obgd'), ('obgd', 'td_error', 'does not apply')),
     Case('optimizer_that_does_not_take_what_the_experiment_gives',
          ('--config=configs/stream_ant.py:smoke', '--config.optimizer.name=adam'), ('adam', 'td_error', 'obgd')),
+    # Off-policy RL.
+    Case('replay_ratio_not_positive', (SMOKE['minatar_replay_ratio'], '--config.variants.rr_2.replay_ratio=0'),
+         ('replay_ratio', '> 0')),
+    Case('buffer_smaller_than_a_batch', (SMOKE['minatar_replay_ratio'], '--config.replay.capacity=4'),
+         ('replay.capacity', 'smaller than a batch')),
+    Case('unknown_task', (SMOKE['minatar_replay_ratio'], '--config.env.name=Brekaout-MinAtar'),
+         ('env.name', 'Brekaout-MinAtar', 'Breakout-MinAtar')),
+    Case('replay_ratio_on_an_experiment_without_replay', (SMOKE['slowly_changing_regression'], '--config.hparams.replay_ratio=2'),
+         ('hparams.replay_ratio', 'no replay buffer')),
     Case('unknown_wandb_mode', (SMOKE['slowly_changing_regression'], '--config.wandb.mode=sometimes'), ('wandb.mode',)),
     # Impossible sizes.
     Case('zero_seeds', (SMOKE['slowly_changing_regression'], '--config.num_seeds=0'), ('num_seeds',)),

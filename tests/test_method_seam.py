@@ -44,7 +44,9 @@ def _own_methods(path):
 
 
 def _names_in(path):
-  names = set(registry.names()) - _own_methods(path)
+  # agent settings (replay ratio, ARR, augmentation) are read by the off-policy experiments that own
+  # their loops: those name them by design; every other kind acts through the learner's seam
+  names = {m.name for m in registry.all_methods() if m.kind != 'agent'} - _own_methods(path)
 
   def hit(identifier):
     if identifier in MEASURES:

@@ -22,6 +22,7 @@ Optionally figures of its own: a static `figures(workdir) -> [paths]`, which the
 the per-metric figures (`ddl.plotting.plot_workdir`), e.g. a paper's figure with its numbers marked."""
 from ddl.experiments.class_incremental import ClassIncremental
 from ddl.experiments.continual_imagenet import ContinualImageNet
+from ddl.experiments.dqn import DQN
 from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO
 from ddl.experiments.random_labels import RandomLabels
@@ -38,6 +39,7 @@ EXPERIMENTS = {
     'class_incremental': ClassIncremental,
     'random_labels': RandomLabels,
     'tracking': Tracking,
+    'dqn': DQN,
 }
 
 

@@ -26,7 +26,8 @@ never name a method. A `Method` says:
   `GradientTransformationExtraArgs`), `transform(build, inner)` for 'wrapper'; `hooks(context)`
   (a `Hooks`) for what acts inside the learner ('unit', 'boundary', 'network' parametrisations,
   anything with state or a forward pass of its own); `activation` (with `gain`) for an activation
-  function usable by every network.
+  function usable by every network; nothing for an 'agent' setting (the replay ratio, ARR, data
+  augmentation), which an off-policy experiment reads from its runs' traced hyperparameters.
 
 The learner composes the active methods in this order (registry order within a kind):
   forward:   parameters -> `Hooks.parametrize` (e.g. spectral normalisation) -> the network (its
@@ -47,7 +48,7 @@ import jax.numpy as jnp
 
 from ddl.learners.hyper import Hyper
 
-KINDS = ('optimizer', 'gradient', 'wrapper', 'update', 'unit', 'boundary', 'network')
+KINDS = ('optimizer', 'gradient', 'wrapper', 'update', 'unit', 'boundary', 'network', 'agent')
 STATE_POLICIES = ('zero', 'keep', 'reinit')
 LEARNER_ARGS = ('key', 'loss', 'curvature')   # extra arguments the learner itself provides
 

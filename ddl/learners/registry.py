@@ -4,7 +4,8 @@ once in its own module (`ddl.learners.method.Method`); nothing else in ddl names
 Adding a method is one module, one line here, and its tests (docs/adding_a_method.md). The order of
 the tables, and of the lines in a table, is the order in which the learner composes the methods
 (`ddl.learners.method`): gradient terms before the optimizer, update terms after it, unit
-transforms after the step, boundary transforms at chunk starts. `register` adds a method at run
+transforms after the step, boundary transforms at chunk starts; agent settings are read by
+off-policy experiments, not composed. `register` adds a method at run
 time (a method defined in a notebook or a test).
 """
 import contextlib
@@ -27,6 +28,7 @@ from ddl.learners import trac
 from ddl.learners import upgd
 from ddl.learners.hyper import Hyper
 from ddl.learners.method import Method, Program
+from ddl.rl import agent
 
 NETWORK_OPTIONS: Dict[str, Method] = {
     'layer_norm': layer_norm.METHOD,
@@ -62,11 +64,17 @@ BOUNDARY_TRANSFORMS: Dict[str, Method] = {
     'reset': schedules.RESET,
     'injection': schedules.INJECTION,
 }
+AGENT_SETTINGS: Dict[str, Method] = {
+    'replay_ratio': agent.REPLAY_RATIO,
+    'arr': agent.ARR,
+    'augment': agent.AUGMENT,
+}
 
 TABLES: Tuple[Dict[str, Method], ...] = (NETWORK_OPTIONS, GRADIENT_TERMS, OPTIMIZERS, WRAPPERS, UPDATE_TERMS,
-                                        UNIT_TRANSFORMS, BOUNDARY_TRANSFORMS)
+                                        UNIT_TRANSFORMS, BOUNDARY_TRANSFORMS, AGENT_SETTINGS)
 TABLE_OF_KIND = {'network': NETWORK_OPTIONS, 'gradient': GRADIENT_TERMS, 'optimizer': OPTIMIZERS,
-                 'wrapper': WRAPPERS, 'update': UPDATE_TERMS, 'unit': UNIT_TRANSFORMS, 'boundary': BOUNDARY_TRANSFORMS}
+                 'wrapper': WRAPPERS, 'update': UPDATE_TERMS, 'unit': UNIT_TRANSFORMS, 'boundary': BOUNDARY_TRANSFORMS,
+                 'agent': AGENT_SETTINGS}
 LEARNING_RATE: Hyper = optimizers.LEARNING_RATE
 
 

@@ -1,0 +1,242 @@
+"""Off-policy value-based RL under a replay ratio (Ma et al., ICLR 2024; lop_reference.md has none of
+it: beyond_reference.md (d)): a DrQ(ε)-style DQN on a gymnax environment (MinAtar by default).
+
+One run = one seed's agent, its environment and its replay buffer (`ddl.rl.replay`, on the device in
+the state). One chunk = `steps_per_chunk` environment steps in one `lax.scan`; after each step the
+agent makes as many updates as its replay ratio owes (`ddl.rl.replay_ratio`: 0.5 = one every two
+steps; with `adaptive_replay_ratio` on, ARR's switch from its low to its high ratio once the
+critic's fraction of active units settles). An update samples `replay.batch_size` n-step
+transitions, optionally shifts their observations at random (`augment`, DrQ's random shift), and
+takes one learner step on the Huber loss against double-Q targets from the target network, which
+follows the online one by Polyak averaging every `dqn.target_every` updates. Replay ratio, ARR and
+augmentation are traced hyperparameters (agent methods of the registry): one program covers a grid
+of them. Resets and plasticity injection (`schedule.*`) act at chunk starts.
+
+Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
+replay_ratio (at its end), q_loss, critic_fau (the fraction of active units of the Q-network's
+dense layers over the chunk's update batches: ARR's signal), epsilon. The evaluator (every `diagnostics.every` chunks)
+takes the shared diagnostics (`ddl.experiments.evaluation`) on `probe_size` transitions drawn from
+the replay buffer, with the fraction of active units per module: the encoder (conv layers) and the
+head (dense layers).
+"""
+import importlib.util
+from typing import Dict, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ddl import metrics
+from ddl import nets
+from ddl.experiments import evaluation
+from ddl.learners import Learner, LearnerState
+from ddl.rl import augment as augment_lib
+from ddl.rl import dqn
+from ddl.rl import replay as replay_lib
+from ddl.rl import replay_ratio as ratio_lib
+
+
+@struct.dataclass
+class State:
+  learner: LearnerState
+  target: chex.ArrayTree                # the target network's parameters
+  env: chex.ArrayTree                   # the gymnax environment state
+  obs: jax.Array                        # its current observation
+  replay: replay_lib.Replay
+  ratio: ratio_lib.Schedule             # replay-ratio credit and ARR's state
+  key: chex.PRNGKey                     # acting, environment and update randomness, folded by step
+  steps: jax.Array                      # environment steps done, int32
+  updates: jax.Array                    # learner updates done, int32
+  episode_return: jax.Array             # the running episode's return so far
+
+
+def make_env(name: str):
+  """(environment, its parameters) of a gymnax id, e.g. 'Breakout-MinAtar'."""
+  import gymnax  # pylint: disable=g-import-not-at-top
+  return gymnax.make(name)
+
+
+class DQN:
+  """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
+
+  def __init__(self, config, group):
+    self.config = config
+    self.env, self.env_params = make_env(config.env.name)
+    self.obs_shape = tuple(self.env.observation_space(self.env_params).shape)
+    self.num_actions = int(self.env.num_actions)
+    self.network = self.make_network(config, self.num_actions)
+    self.examples_per_chunk = config.steps_per_chunk
+    self.num_chunks = -(-config.total_steps // config.steps_per_chunk)
+    loss = lambda output, target: dqn.q_loss(output, target, config.dqn.huber)
+    self.learner = Learner.from_config(self.network, loss, config, group, self.num_chunks)
+    self.diagnostics_every = config.diagnostics.every
+
+  @staticmethod
+  def make_network(config, actions: int = 3):
+    """MinAtar's DQN network by default (Young & Tian 2019): conv3x3(16) -> fc128 -> Q per action."""
+    n = config.network
+    return nets.build(nets.ConvNet, n, outputs=actions, widths=tuple(n.widths), kernels=tuple(n.kernels),
+                      dense=tuple(n.dense), pool=n.pool)
+
+  @staticmethod
+  def checks(config):
+    r, d = config.replay, config.dqn
+    return [
+        (importlib.util.find_spec('gymnax') is not None,
+         'gymnax is not installed: pip install -e . installs it (or pip install gymnax)'),
+        (_known_env(config.env.name), f'env.name={config.env.name!r} is not a gymnax environment; use one of '
+                                      f'{_env_names()[:8]} ...'),
+        (r.batch_size > 0 and r.n_step > 0, 'replay.batch_size and replay.n_step must be > 0'),
+        (r.capacity >= r.batch_size + r.n_step,
+         f'replay.capacity={r.capacity} is smaller than a batch: it must be >= replay.batch_size + replay.n_step'),
+        (r.warmup >= r.batch_size + r.n_step and r.warmup <= r.capacity,
+         'replay.warmup (environment steps before the first update) must be in '
+         '[replay.batch_size + replay.n_step, replay.capacity]'),
+        (0 < d.gamma <= 1, 'dqn.gamma must be in (0, 1]'),
+        (d.target_every > 0 and 0 < d.target_tau <= 1, 'dqn.target_every must be > 0 and dqn.target_tau in (0, 1]'),
+        (0 <= d.epsilon_end <= d.epsilon_start <= 1, 'dqn epsilons must satisfy 0 <= epsilon_end <= epsilon_start <= 1'),
+        (config.steps_per_chunk > 0 and config.total_steps > 0, 'steps_per_chunk and total_steps must be > 0'),
+        (0 < config.probe_size <= r.warmup, 'probe_size must be in [1, replay.warmup]'),
+    ] + evaluation.checks(config)
+
+  @staticmethod
+  def load_data(config):
+    del config
+    return None
+
+  def chunk_step(self, chunk: int) -> int:
+    """The x-axis value logged for a chunk: environment steps at its start."""
+    return chunk * self.config.steps_per_chunk
+
+  def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array], seed: jax.Array) -> State:
+    del seed
+    learner_key, env_key, run_key = jax.random.split(key, 3)
+    obs, env_state = self.env.reset(env_key, self.env_params)
+    learner = self.learner.init(learner_key, obs[None].astype(jnp.float32), hparams)
+    example = obs.astype(jnp.uint8)
+    replay = replay_lib.init(self.config.replay.capacity, example, jnp.zeros((), jnp.int32))
+    zero = jnp.zeros((), jnp.int32)
+    return State(learner=learner, target=learner.params, env=env_state, obs=obs, replay=replay,
+                 ratio=ratio_lib.init(), key=run_key, steps=zero, updates=zero, episode_return=jnp.zeros(()))
+
+  def _ratio(self, state: State) -> jax.Array:
+    """The replay ratio now: `replay_ratio`, or ARR's high ratio once it switched (`arr_high_ratio` > 0)."""
+    h = state.learner.hparams
+    high = h.get('arr_high_ratio', jnp.zeros(()))
+    return ratio_lib.current_ratio(state.ratio, h['replay_ratio'], high, high > 0)
+
+  def _targets(self, state: State, batch: replay_lib.Batch) -> jax.Array:
+    online = self.learner.network_params(state.learner)
+    target = self.learner.network_params(state.learner.replace(params=state.target))
+    next_obs = batch.next_obs.astype(jnp.float32)
+    next_target, _ = self.learner.apply(target, next_obs, state.learner.batch_stats)
+    next_online, _ = self.learner.apply(online, next_obs, state.learner.batch_stats)
+    return dqn.td_targets(batch.returns, batch.discount, next_target, next_online, self.config.dqn.double)
+
+  def _augmented(self, key, batch: replay_lib.Batch, on: jax.Array) -> replay_lib.Batch:
+    """The batch with both observations shifted at random (independently) where `on`."""
+    pad = self.config.augment.pad
+    obs_key, next_key = jax.random.split(key)
+    shift = lambda k, x: jnp.where(on, augment_lib.random_shift(k, x, pad), x)
+    return batch._replace(obs=shift(obs_key, batch.obs), next_obs=shift(next_key, batch.next_obs))
+
+  def _update(self, state: State, key) -> Tuple[State, jax.Array, jax.Array]:
+    """One learner step on a sampled batch -> (state, loss, the Q-network's FAU on it)."""
+    r, d = self.config.replay, self.config.dqn
+    sample_key, augment_key, step_key = jax.random.split(key, 3)
+    batch = replay_lib.sample(state.replay, sample_key, r.batch_size, r.n_step, d.gamma)
+    if 'augment' in state.learner.hparams:    # a program with augmentation (some of its runs)
+      batch = self._augmented(augment_key, batch, state.learner.hparams['augment'] > 0)
+    y = self._targets(state, batch)
+    learner, out = self.learner.step(state.learner, batch.obs.astype(jnp.float32), (batch.action, y), step_key)
+    updates = state.updates + 1
+    refresh = (updates % d.target_every) == 0
+    target = jax.tree.map(lambda new, old: jnp.where(refresh, new, old),
+                          dqn.polyak(state.target, learner.params, d.target_tau), state.target)
+    fau = metrics.active_fraction(_head(out.features))
+    return state.replace(learner=learner, target=target, updates=updates), out.loss, fau
+
+  def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
+    del data
+    config, r, d = self.config, self.config.replay, self.config.dqn
+    chunk = state.steps // config.steps_per_chunk
+    state = state.replace(learner=self.learner.boundary(
+        state.learner, chunk, jax.random.fold_in(state.key, -1 - chunk), state.obs[None].astype(jnp.float32)))
+    arr = config.arr
+
+    def env_step(carry, _):
+      state, sums = carry
+      key = jax.random.fold_in(state.key, state.steps)
+      act_key, env_key, update_key = jax.random.split(key, 3)
+      q, _ = self.learner.predict(state.learner, state.obs[None].astype(jnp.float32))
+      eps = dqn.epsilon(state.steps, d.epsilon_start, d.epsilon_end, d.epsilon_steps, r.warmup)
+      action = dqn.epsilon_greedy(act_key, q[0], eps)
+      obs, env_state, reward, terminated, truncated, info = self.env.step(env_key, state.env, action, self.env_params)
+      ended = jnp.logical_or(terminated, truncated)
+      replay = replay_lib.add(state.replay, state.obs.astype(jnp.uint8), action, reward.astype(jnp.float32),
+                              info['final_observation'].astype(jnp.uint8), terminated, ended)
+      episode_return = state.episode_return + reward
+      ratio = ratio_lib.episode_end(state.ratio, ended, arr.check_every, arr.threshold, state.steps)
+      due, ratio = ratio_lib.updates_due(ratio, self._ratio(state.replace(ratio=ratio)))
+      due = jnp.where(state.steps + 1 >= r.warmup, due, 0)
+      state = state.replace(env=env_state, obs=obs, replay=replay, ratio=ratio, steps=state.steps + 1,
+                            episode_return=jnp.where(ended, 0.0, episode_return))
+
+      def one_update(i, carry):
+        state, loss, fau = carry
+        state, l, f = self._update(state, jax.random.fold_in(update_key, i))
+        return state.replace(ratio=ratio_lib.record_fau(state.ratio, f)), loss + l, fau + f
+
+      state, loss, fau = jax.lax.fori_loop(0, due, one_update, (state, jnp.zeros(()), jnp.zeros(())))
+      sums = dict(returns=sums['returns'] + jnp.where(ended, episode_return, 0.0),
+                  episodes=sums['episodes'] + ended.astype(jnp.int32), updates=sums['updates'] + due,
+                  loss=sums['loss'] + loss, fau=sums['fau'] + fau)
+      return (state, sums), None
+
+    zeros = dict(returns=jnp.zeros(()), episodes=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
+                 loss=jnp.zeros(()), fau=jnp.zeros(()))
+    (state, sums), _ = jax.lax.scan(env_step, (state, zeros), None, length=config.steps_per_chunk)
+    count, updates = sums['episodes'], sums['updates']
+    per_update = lambda total: jnp.where(updates > 0, total / jnp.maximum(updates, 1), jnp.nan)
+    values = {
+        'episode_return': jnp.where(count > 0, sums['returns'] / jnp.maximum(count, 1), jnp.nan),
+        'episodes': count.astype(jnp.float32),
+        'updates': updates.astype(jnp.float32),
+        'replay_ratio': self._ratio(state),
+        'q_loss': per_update(sums['loss']),
+        'critic_fau': per_update(sums['fau']),
+        'epsilon': dqn.epsilon(state.steps, d.epsilon_start, d.epsilon_end, d.epsilon_steps, r.warmup),
+    }
+    return state, values
+
+  def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
+    """The shared diagnostics on `probe_size` replayed transitions (their n-step targets as the
+    loss's), and the fraction of active units of the encoder (conv layers) and the head (dense)."""
+    del data
+    r = self.config.replay
+    key = jax.random.fold_in(state.key, -1 - state.steps)
+    batch = replay_lib.sample(state.replay, key, self.config.probe_size, r.n_step, self.config.dqn.gamma)
+    x = batch.obs.astype(jnp.float32)
+    values = evaluation.diagnose(self.learner, state.learner, x, (batch.action, self._targets(state, batch)), key,
+                                 self.config.diagnostics, evaluation.Convention(threshold=0.01, strict=True))
+    _, features = self.learner.predict(state.learner, x)
+    encoder = [h for name, h in features.items() if name.startswith('conv_')]
+    for module, layers in (('encoder', encoder), ('head', _head(features))):
+      if layers:
+        values[f'active_fraction_{module}'] = metrics.active_fraction(layers)
+    return values
+
+
+def _head(features) -> list:
+  """The Q-network's dense hidden layers: the 'critic' whose FAU drives ARR."""
+  return [h for name, h in features.items() if name.startswith('dense_')]
+
+
+def _env_names():
+  import gymnax  # pylint: disable=g-import-not-at-top
+  return list(gymnax.registered_envs)
+
+
+def _known_env(name: str) -> bool:
+  return importlib.util.find_spec('gymnax') is None or name in _env_names()

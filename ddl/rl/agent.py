@@ -1,0 +1,50 @@
+"""The off-policy agent's methods (kind 'agent' of the registry): settings that an experiment with a
+replay buffer reads from its runs' traced hyperparameters, so that one program covers a grid of them;
+the learner composes nothing for them.
+
+  replay_ratio  gradient updates per environment step (0.5: one every two steps), Ma et al. 2024;
+  arr           Adaptive Replay Ratio: `replay_ratio` until the critic's fraction of active units
+                settles, then `arr_high_ratio` (on when > 0; `ddl.rl.replay_ratio`);
+  augment       DrQ's random shift of the replayed observations (on when > 0; `ddl.rl.augment`).
+They apply where the experiment has a replay buffer (`config.replay`).
+"""
+from ddl.learners import method as method_lib
+from ddl.learners.hyper import Hyper
+
+
+def _off_policy(program) -> bool:
+  return program.setting('replay') is not None
+
+
+def _needs_replay(where):
+  if where.config.get('replay') is None:
+    return (f'the {where.experiment} experiment has no replay buffer; agent settings apply to off-policy '
+            'experiments (configs/minatar_replay_ratio.py)')
+  return None
+
+
+def _gated_off_policy(hyper: str):
+  gated = method_lib.gated(hyper)
+  return lambda program: _off_policy(program) and gated(program)
+
+
+REPLAY_RATIO = method_lib.Method(
+    'replay_ratio', 'agent', 'gradient updates per environment step (Ma et al. 2024)',
+    (Hyper('replay_ratio', 1.0, low=0, open_low=True, doc='updates per environment step (0.5: one every two steps)'),),
+    active=_off_policy, check=_needs_replay,
+    examples=(('rr_2', dict(replay_ratio=2.0)),))
+
+ARR = method_lib.Method(
+    'arr', 'agent', "Adaptive Replay Ratio: a low ratio until the critic's FAU settles, then a high one (Ma et al. 2024)",
+    (Hyper('arr_high_ratio', 0.0, low=0, doc='ARR: the replay ratio after the switch (0: ARR off)'),
+     Hyper('check_every', 50, low=1, traced=False, doc="ARR: episodes between checks of the critic's FAU"),
+     Hyper('threshold', 0.001, low=0, traced=False, doc='ARR: switch once the mean FAU moved by at most this')),
+    section='arr', active=_gated_off_policy('arr_high_ratio'), check=_needs_replay,
+    examples=(('arr', dict(replay_ratio=0.5, arr_high_ratio=2.0)),))
+
+AUGMENT = method_lib.Method(
+    'augment', 'agent', "DrQ's random shift of replayed observations (Kostrikov et al. 2020)",
+    (Hyper('augment', 0.0, low=0, doc='random shift of the replayed observations: on when > 0'),
+     Hyper('pad', 1, low=1, traced=False, doc='random shift: pixels of replicate padding (4 on 84x84, 1 on MinAtar)')),
+    section='augment', active=_gated_off_policy('augment'), check=_needs_replay,
+    examples=(('augment', dict(augment=1.0)),))

@@ -1,0 +1,52 @@
+"""DrQ's random shift (Kostrikov et al., 2020; DrQ-v2's `RandomShiftsAug`, the augmentation of Ma et al., ICLR
+2024): each image is padded by `pad` pixels that repeat its border, then cropped back to its size at a random
+whole-pixel offset, independently per image.
+
+The authors' `RandomShiftsAug.forward` (Guozheng-Ma/Adaptive-Replay-Ratio, drqv2_adapt_rr.py lines 15-41, NCHW)
+resamples the padded image with `F.grid_sample(bilinear, padding_mode='zeros', align_corners=False)` on a grid
+shifted by whole multiples of 2 / (h + 2 pad). Sampling at whole pixels makes that an exact crop, so here it is one
+(`jnp.pad` + `lax.dynamic_slice` per image, no interpolation). Their base grid is `cat([arange, arange.T], dim=2)`
+with `arange[i, j] = linspace(...)[j]`: channel 0 varies along the width and channel 1 along the height, as
+`grid_sample` reads them (x, y), so their `shift[..., 0]` is the column offset dx and `shift[..., 1]` the row offset
+dy. `shift` takes (dy, dx) per image; tests/test_augment.py checks it against a numpy port of their forward pass.
+Like theirs, it wants square images.
+"""
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def _check_images(images: jax.Array) -> None:
+  if images.ndim != 4:
+    raise ValueError(f'random shift: images must be NHWC (4 axes), got shape {images.shape}')
+  _, h, w, _ = images.shape
+  if h != w:
+    raise ValueError(f"random shift: images must be square, as in the authors' code (assert h == w), "
+                     f'got height {h} != width {w} in NHWC shape {images.shape}')
+
+
+def shift(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
+  """NHWC `images`, each cropped from its `pad`-pixel replicate padding at its (dy, dx) row of `offsets`.
+
+  `offsets`: (N, 2) integers in [0, 2 pad] (out-of-range ones are clamped, as `lax.dynamic_slice` does);
+  (pad, pad) returns the image itself. Any dtype (uint8 included); same dtype and shape out.
+  """
+  _check_images(images)
+  n, h, w, c = images.shape
+  if offsets.shape != (n, 2):
+    raise ValueError(f'random shift: offsets must have shape (N, 2) = ({n}, 2) for images {images.shape}, '
+                     f'got {offsets.shape}')
+  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode='edge')
+  offsets = offsets.astype(jnp.int32)
+  crop = lambda image, offset: jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def random_shift(key: chex.PRNGKey, images: jax.Array, pad: int) -> jax.Array:
+  """`shift` at offsets (dy, dx) drawn uniformly from {0, ..., 2 pad}^2, independently per image.
+
+  `pad` is static (it sets the padded shape): 4 for 84x84 pixels (DrQ-v2), 1 for MinAtar's 10x10 grid.
+  """
+  _check_images(images)
+  offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pad + 1, dtype=jnp.int32)
+  return shift(images, offsets, pad)

@@ -1,0 +1,120 @@
+"""A replay buffer on the device, inside each run's state: a circular store of one environment
+stream's transitions with static shapes (vmappable over runs, checkpointed like any pytree) and
+n-step sampling (Ma et al. 2024's DQN and DrQ-v2 replay-ratio experiments).
+
+A buffer holds ONE stream in time order (slot i + 1 follows slot i), so an n-step window is n
+consecutive slots; interleaving E parallel environments into one buffer would mix them in a
+window, so an experiment with E environments keeps E buffers (vmapped) or steps one. Each slot
+keeps its own next observation, so a time-limit truncation bootstraps from the true last state
+(`last` without `terminal`).
+"""
+import numbers
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Replay:
+  obs: jax.Array        # (capacity, *obs_shape), stored in the example's dtype (uint8 for pixels)
+  action: jax.Array     # (capacity, *action_shape)
+  reward: jax.Array     # (capacity,) float32
+  next_obs: jax.Array   # (capacity, *obs_shape): after the action (the true last one at an episode's end)
+  terminal: jax.Array   # (capacity,) bool: the episode ended in a terminal state (no bootstrap)
+  last: jax.Array       # (capacity,) bool: the episode ended here (terminal or truncated)
+  index: jax.Array      # int32: the next slot to write
+  size: jax.Array       # int32: slots written, at most capacity
+
+
+class Batch(NamedTuple):
+  obs: jax.Array        # s_i
+  action: jax.Array     # a_i
+  returns: jax.Array    # Σ_{k<=k*} γ^k r_{i+k}, k* the window's end (its first episode end, else n - 1)
+  discount: jax.Array   # γ^(k*+1), 0 after a terminal state
+  next_obs: jax.Array   # the bootstrap state: next_obs of slot i + k*
+
+
+def _positive(name: str, value) -> None:
+  """Static sizes must be Python (or numpy) integers >= 1: shapes depend on them."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f'replay: {name} must be a static integer >= 1, got {value!r}')
+
+
+def init(capacity: int, obs: jax.Array, action: jax.Array) -> Replay:
+  """An empty buffer for `capacity` transitions shaped like ONE example `obs` and `action` (their
+  shapes and dtypes; zeros everywhere, index = size = 0)."""
+  _positive('capacity', capacity)
+  obs, action = jnp.asarray(obs), jnp.asarray(action)
+  slots = lambda x: jnp.zeros((capacity,) + x.shape, x.dtype)
+  flags = jnp.zeros((capacity,), bool)
+  zero = jnp.zeros((), jnp.int32)
+  return Replay(obs=slots(obs), action=slots(action), reward=jnp.zeros((capacity,), jnp.float32),
+                next_obs=slots(obs), terminal=flags, last=flags, index=zero, size=zero)
+
+
+def add(replay: Replay, obs, action, reward, next_obs, terminal, last) -> Replay:
+  """One transition into slot `index` (over the oldest once full), cast to the stored dtypes. A
+  terminal state ends its episode, so `last` is stored as `last | terminal`."""
+  i, capacity = replay.index, replay.reward.shape[0]
+  put = lambda store, x: store.at[i].set(jnp.asarray(x).astype(store.dtype))
+  terminal = jnp.asarray(terminal).astype(bool)
+  return replay.replace(obs=put(replay.obs, obs), action=put(replay.action, action),
+                        reward=put(replay.reward, reward), next_obs=put(replay.next_obs, next_obs),
+                        terminal=put(replay.terminal, terminal),
+                        last=put(replay.last, jnp.asarray(last).astype(bool) | terminal),
+                        index=(i + 1) % capacity, size=jnp.minimum(replay.size + 1, capacity))
+
+
+def add_many(replay: Replay, obs, action, reward, next_obs, terminal, last) -> Replay:
+  """E transitions of ONE stream in time order (leading axis E): the same as E calls of `add`
+  (a scan, so that E > capacity overwrites as successive adds would)."""
+  def one(r, transition):
+    return add(r, *transition), None
+  replay, _ = jax.lax.scan(one, replay, (obs, action, reward, next_obs, terminal, last))
+  return replay
+
+
+def num_samplable(replay: Replay, n_step: int) -> jax.Array:
+  """int32: start slots followed by n_step written transitions in time order, max(size - (n_step - 1), 0)."""
+  _positive('n_step', n_step)
+  return jnp.maximum(replay.size - (n_step - 1), 0).astype(jnp.int32)
+
+
+def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:
+  """The n-step transitions whose start slots are `starts` (ints in [0, num_samplable)) slots after
+  the oldest one: rewards summed up to the window's first episode end (or n_step - 1) and the
+  bootstrap from that step's next observation, discounted by γ^(k*+1), 0 after a terminal state.
+  `sample` calls it after drawing `starts`; fixed `starts` make it testable."""
+  _positive('n_step', n_step)
+  capacity = replay.reward.shape[0]
+  oldest = (replay.index - replay.size) % capacity
+  first = (oldest + jnp.asarray(starts, jnp.int32)) % capacity
+  window = (first[..., None] + jnp.arange(n_step)) % capacity         # (..., n)
+  last = replay.last[window]
+  # inside the window: every step up to and including its first episode end (all n without one)
+  inside = jnp.cumsum(last, axis=-1) - last == 0
+  end = jnp.sum(inside, axis=-1) - 1                                  # k*
+  gamma = jnp.asarray(gamma, jnp.float32)
+  powers = gamma ** jnp.arange(n_step + 1, dtype=jnp.float32)         # γ^0 .. γ^n
+  returns = jnp.sum(jnp.where(inside, replay.reward[window] * powers[:n_step], 0.0), axis=-1)
+  end_slot = jnp.take_along_axis(window, end[..., None], axis=-1)[..., 0]
+  discount = jnp.where(replay.terminal[end_slot], 0.0, powers[end + 1])
+  return Batch(obs=replay.obs[first], action=replay.action[first], returns=returns, discount=discount,
+               next_obs=replay.next_obs[end_slot])
+
+
+def sample(replay: Replay, key: chex.PRNGKey, batch_size: int, n_step: int, gamma) -> Batch:
+  """`batch_size` n-step transitions (`gather`) from start slots drawn uniformly, with replacement,
+  among the `num_samplable` oldest, whose windows never cross the write pointer. `gamma` may be
+  traced; `batch_size` and `n_step` are static.
+
+  Precondition: num_samplable(replay, n_step) >= 1 (the caller waits for a warm-up of at least
+  n_step steps); with none samplable it returns the oldest slot's unwritten window, not an error
+  (no host check inside a traced program)."""
+  _positive('batch_size', batch_size)
+  count = num_samplable(replay, n_step)
+  starts = jax.random.randint(key, (batch_size,), 0, jnp.maximum(count, 1))
+  return gather(replay, starts, n_step, gamma)

@@ -11,6 +11,15 @@ Adam (lr 1e-4, eps 1.5e-4: DrQ(ε)'s), batch 32, a buffer of 100 000 transitions
 targets, γ 0.99, a hard target update every 1 000 updates, ε 1 -> 0.01 over the first 50 000 steps
 after a warm-up of 5 000 random steps. ARR's check: every 50 episodes (the authors' check_freq),
 switch when the mean critic FAU moved by at most 0.001 (Phi_gap).
+
+Run time (2026-12-06, this 2-core CPU with one core taken by another job): the 30 runs step at 11
+environment steps/s each once updates start (5 000 steps in 454 s), ~600 updates of batch 32 per
+second over all runs: the update is compute-bound here (the 1024 -> 128 dense layer, ~380 MFLOP per
+vmapped step of 15 runs). A call's runs make as many updates per step as its highest ratio (the
+others' are masked), so the default's 500 000 steps are ~6-12 hours on this CPU: a GPU run, or a
+smaller one, e.g. `--config=configs/minatar_replay_ratio.py:rr_0p5,rr_2,arr --config.num_seeds=2
+--config.total_steps=100000`.
+Not yet measured: the returns per replay ratio (Ma et al.'s claim 4) on MinAtar.
 """
 from ddl import config as config_lib
 

@@ -256,24 +256,6 @@ def validate(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
     _check_applies(config.experiment, experiment_cls, group, methods)
     for variant in group.variants:
       _check_belongs(variant, config.variants[variant].to_dict(), methods)
-  _check_set_where_it_applies(config, experiment_cls)
-
-
-def _check_set_where_it_applies(config: ml_collections.ConfigDict, experiment_cls: Any) -> None:
-  """A traced hyperparameter set away from its default for methods that apply to no program of this
-  experiment (each owner's `check` refuses every group) would change nothing: refused."""
-  all_groups = groups(config)
-  for h in registry.traced_hypers():
-    if all(hp[h.name] == h.default for group in all_groups for hp in group.hparams):
-      continue
-    owners = [m for m in registry.all_methods() if h.name in [x.name for x in m.traced]]
-    if not owners or any(m.check is None for m in owners):
-      continue
-    refusals = [m.check(method_lib.Where(config.experiment, experiment_cls, group.config))
-                for group in all_groups for m in owners]
-    if all(refusals):
-      raise ConfigError(f'hparams.{h.name} belongs to {", ".join(m.name for m in owners)}, which does not apply to '
-                        f'experiment {config.experiment}: {refusals[0]}; remove it.')
 
 
 def _check_methods(c: ml_collections.ConfigDict, where: str = '') -> None:

@@ -115,8 +115,6 @@ CASES = [
          ('replay.capacity', 'smaller than a batch')),
     Case('unknown_task', (SMOKE['minatar_replay_ratio'], '--config.env.name=Brekaout-MinAtar'),
          ('env.name', 'Brekaout-MinAtar', 'Breakout-MinAtar')),
-    Case('replay_ratio_on_an_experiment_without_replay', (SMOKE['slowly_changing_regression'], '--config.hparams.replay_ratio=2'),
-         ('hparams.replay_ratio', 'no replay buffer')),
     Case('unknown_wandb_mode', (SMOKE['slowly_changing_regression'], '--config.wandb.mode=sometimes'), ('wandb.mode',)),
     # Impossible sizes.
     Case('zero_seeds', (SMOKE['slowly_changing_regression'], '--config.num_seeds=0'), ('num_seeds',)),

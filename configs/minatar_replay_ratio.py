@@ -27,7 +27,7 @@ name = config_lib.variant_name
 
 
 def smoke(config):
-  """Seconds: 2 seeds, 2 chunks of 300 steps, a 200-step warm-up, small batches."""
+  """Seconds: 2 seeds, 2 chunks of 300 steps, a 200-step warm-up, small batches, one program."""
   config.num_seeds = 2
   config.total_steps = 600
   config.steps_per_chunk = 300
@@ -38,6 +38,7 @@ def smoke(config):
   config.probe_size = 64
   config.diagnostics.hessian_iterations = 3
   config.arr.check_every = 2
+  config.fuse_variants = True     # one program for the four variants (fewer to compile)
   config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0),
                      'rr_1_augment': dict(replay_ratio=1.0, augment=1.0)}

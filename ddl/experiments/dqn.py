@@ -75,9 +75,7 @@ class DQN:
   @staticmethod
   def make_network(config, actions: int = 3):
     """MinAtar's DQN network by default (Young & Tian 2019): conv3x3(16) -> fc128 -> Q per action."""
-    n = config.network
-    return nets.build(nets.ConvNet, n, outputs=actions, widths=tuple(n.widths), kernels=tuple(n.kernels),
-                      dense=tuple(n.dense), pool=n.pool)
+    return nets.build(nets.ConvNet, config.network, outputs=actions)   # widths, kernels, dense, pool: the config's
 
   @staticmethod
   def checks(config):

@@ -72,7 +72,7 @@ def build(cls, network_config, **fields):
   return cls(**{**options, **fields})
 
 
-INITS = ('kaiming', 'lecun', 'xavier', 'default', 'zeros', 'sparse')
+INITS = ('kaiming', 'lecun', 'xavier', 'default', 'zeros', 'sparse', 'orthogonal')
 LAYER_NORMS = ('', 'affine', 'plain')
 
 
@@ -96,10 +96,13 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
   kaiming: U(+-gain*sqrt(3/fan_in)); lecun: U(+-sqrt(3/fan_in)); default: PyTorch's Linear/Conv
   default U(+-1/sqrt(fan_in)); xavier: U(+-gain*sqrt(6/(fan_in+fan_out))); zeros: all 0 (a linear
   learner started at w = 0, as LMS/IDBD in Sutton 1992; never for hidden layers); sparse: streaming
-  RL's `sparse_init` (see `sparse_uniform`), whatever the activation.
+  RL's `sparse_init` (see `sparse_uniform`), whatever the activation; orthogonal: PyTorch's
+  `orthogonal_` with gain 1 (DrQ-v2's `weight_init` for every linear layer).
   """
   if init == 'sparse':
     return sparse_uniform()
+  if init == 'orthogonal':
+    return orthogonal()
   g = gain(activation)
   if init == 'kaiming':
     return nn.initializers.variance_scaling(g ** 2, 'fan_in', 'uniform')
@@ -112,6 +115,28 @@ def initializer(init: str, activation: str = 'linear') -> Callable[..., jax.Arra
   if init == 'zeros':
     return nn.initializers.zeros
   raise ValueError(f'init={init!r} is not known; use one of {INITS}.')
+
+
+def orthogonal(scale: float = 1.0) -> Callable[..., jax.Array]:
+  """PyTorch's `orthogonal_` (a Haar-random matrix with orthonormal rows or columns, whichever are
+  fewer) by classical Gram-Schmidt with re-orthogonalisation ("twice is enough") of a Gaussian
+  matrix: the Q of its QR with a positive diagonal R, Haar-distributed as torch's and Flax's. Not
+  `jnp.linalg.qr`: its LAPACK call, run by XLA beside an MJX simulation in the same CPU program,
+  deadlocks XLA's CPU runtime (seen with 4 DrQ-v2 runs vmapped on 2 cores)."""
+  def init(key, shape, dtype=jnp.float32):
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    n, m = max(rows, cols), min(rows, cols)
+    a = jax.random.normal(key, (n, m), jnp.float32)
+
+    def column(j, q):
+      v, earlier = a[:, j], (jnp.arange(m) < j).astype(jnp.float32)
+      for _ in range(2):
+        v = v - q @ ((q.T @ v) * earlier)
+      return q.at[:, j].set(v / jnp.linalg.norm(v))
+
+    q = jax.lax.fori_loop(0, m, column, jnp.zeros((n, m), jnp.float32))
+    return (scale * (q.T if rows < cols else q)).reshape(shape).astype(dtype)
+  return init
 
 
 def sparse_uniform(sparsity: float = 0.9) -> Callable[..., jax.Array]:
@@ -163,6 +188,82 @@ class MLP(nn.Module):
     out = nn.Dense(self.outputs, kernel_init=initializer(self.weight_init, 'linear'),
                    bias_init=nn.initializers.zeros, use_bias=self.bias, name='output')(x)
     return out, features
+
+
+def drq_trunk(x: jax.Array, features: int, init: str) -> jax.Array:
+  """DrQ-v2's trunk (Yarats et al. 2022), inside a compact module: Dense(features) -> LayerNorm ->
+  tanh, parameters 'trunk' and 'trunk_norm'."""
+  x = nn.Dense(features, kernel_init=initializer(init), bias_init=nn.initializers.zeros, name='trunk')(x)
+  return jnp.tanh(nn.LayerNorm(epsilon=1e-5, name='trunk_norm')(x))
+
+
+class DrQActor(nn.Module):
+  """DrQ-v2's actor (Yarats et al. 2022; Ma et al. 2024's code): trunk (`drq_trunk`), then an MLP
+  of `hidden` ReLU layers and a tanh action mean. Returns (mean, features) with 'trunk' and
+  'hidden_i' (the policy's layers, whose active units are the actor's FAU). Its layers are named
+  ('trunk', 'hidden_i'..., 'output') and it runs from any of them on (`start`, as `MLP`)."""
+  hidden: Sequence[int]
+  outputs: int
+  feature_dim: int = 50
+  activation: str = 'relu'
+  weight_init: str = 'orthogonal'
+  layer_norm: str = ''
+
+  def layer_names(self) -> Tuple[str, ...]:
+    return ('trunk',) + tuple(f'hidden_{i}' for i in range(len(self.hidden))) + ('output',)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    features = {}
+    if start == 0:
+      x = features['trunk'] = drq_trunk(x, self.feature_dim, self.weight_init)
+    act = activation(self.activation)
+    for i, width in enumerate(self.hidden):
+      if i + 1 < start:
+        continue
+      x = nn.Dense(width, kernel_init=initializer(self.weight_init, self.activation),
+                   bias_init=nn.initializers.zeros, name=f'hidden_{i}')(x)
+      x = features[f'hidden_{i}'] = act(normalize(self.layer_norm, f'norm_{i}', x))
+    out = nn.Dense(self.outputs, kernel_init=initializer(self.weight_init), bias_init=nn.initializers.zeros,
+                   name='output')(x)
+    return jnp.tanh(out), features
+
+
+class DrQCritic(nn.Module):
+  """DrQ-v2's critic (clipped double Q): trunk (`drq_trunk`) on the observation, then two MLPs
+  'q1', 'q2' of `hidden` ReLU layers on [trunk features, action]. Its input is one array,
+  [observation, action] (the first `obs_size` columns the observation), so that the learner,
+  resets and plasticity injection treat it as any network; returns ((batch, 2) Q-values,
+  features: 'trunk', 'q1/hidden_i', 'q2/hidden_i'). Its heads read the action beside the trunk,
+  so it is one block for resets and injection: `layer_names()` is ('critic',) and both act on the
+  whole critic."""
+  obs_size: int
+  hidden: Sequence[int]
+  feature_dim: int = 50
+  activation: str = 'relu'
+  weight_init: str = 'orthogonal'
+  layer_norm: str = ''
+
+  def layer_names(self) -> Tuple[str, ...]:
+    return ('critic',)
+
+  def head(self) -> MLP:
+    """One Q MLP ('q1' and 'q2' are two of it), unbound (the unit topology reads it)."""
+    return MLP(self.hidden, 1, self.activation, self.weight_init, self.layer_norm, parent=None)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    if start != 0:
+      raise ValueError(f'DrQCritic runs as one block (start=0), got start={start}')
+    obs, action = x[:, :self.obs_size], x[:, self.obs_size:]
+    h = drq_trunk(obs, self.feature_dim, self.weight_init)
+    features, values = {'trunk': h}, []
+    for head in ('q1', 'q2'):
+      q, hidden = MLP(self.hidden, 1, self.activation, self.weight_init, self.layer_norm, name=head)(
+          jnp.concatenate([h, action], axis=-1))
+      values.append(q[:, 0])
+      features.update({f'{head}/{k}': v for k, v in hidden.items()})
+    return jnp.stack(values, axis=-1), features
 
 
 class LTUNet(nn.Module):

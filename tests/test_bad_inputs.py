@@ -26,7 +26,7 @@ SPEC.loader.exec_module(MAIN)
 SCR = 'configs/slowly_changing_regression.py:smoke,bp'   # the config of the `base` run below
 SMOKE = {name: f'--config=configs/{name}.py:smoke' for name in
          ('slowly_changing_regression', 'permuted_digits', 'permuted_mnist', 'cifar100', 'imagenet', 'slippery_ant',
-          'minatar_replay_ratio')}
+          'minatar_replay_ratio', 'dmc_plasticity')}
 
 
 @dataclasses.dataclass
@@ -115,6 +115,16 @@ CASES = [
          ('replay.capacity', 'smaller than a batch')),
     Case('unknown_task', (SMOKE['minatar_replay_ratio'], '--config.env.name=Brekaout-MinAtar'),
          ('env.name', 'Brekaout-MinAtar', 'Breakout-MinAtar')),
+    Case('unknown_control_task', (SMOKE['dmc_plasticity'], '--config.env.name=CheetahRunn'),
+         ('env.name', 'CheetahRunn', 'CheetahRun')),
+    Case('pixels_without_the_renderer', (SMOKE['dmc_plasticity'], '--config.env.pixels=True'),
+         ('env.pixels', 'renderer', 'env.pixels=False')),
+    Case('augmentation_from_state', (SMOKE['dmc_plasticity'], '--config.hparams.augment=1'),
+         ('augment', 'pixels', 'does not apply')),
+    Case('unknown_module', (SMOKE['dmc_plasticity'], "--config.intervene=('critic','encoder')"),
+         ('intervene', 'actor', 'critic')),
+    Case('dmc_replay_ratio_not_positive', (SMOKE['dmc_plasticity'], '--config.variants.arr.replay_ratio=-1'),
+         ('replay_ratio', '> 0')),
     Case('unknown_wandb_mode', (SMOKE['slowly_changing_regression'], '--config.wandb.mode=sometimes'), ('wandb.mode',)),
     # Impossible sizes.
     Case('zero_seeds', (SMOKE['slowly_changing_regression'], '--config.num_seeds=0'), ('num_seeds',)),

@@ -23,6 +23,7 @@ the per-metric figures (`ddl.plotting.plot_workdir`), e.g. a paper's figure with
 from ddl.experiments.class_incremental import ClassIncremental
 from ddl.experiments.continual_imagenet import ContinualImageNet
 from ddl.experiments.dqn import DQN
+from ddl.experiments.drqv2 import DrQV2
 from ddl.experiments.permuted_inputs import PermutedInputs
 from ddl.experiments.ppo import PPO
 from ddl.experiments.random_labels import RandomLabels
@@ -40,6 +41,7 @@ EXPERIMENTS = {
     'random_labels': RandomLabels,
     'tracking': Tracking,
     'dqn': DQN,
+    'drqv2': DrQV2,
 }
 
 

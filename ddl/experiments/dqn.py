@@ -79,24 +79,16 @@ class DQN:
 
   @staticmethod
   def checks(config):
-    r, d = config.replay, config.dqn
+    d = config.dqn
     return [
         (importlib.util.find_spec('gymnax') is not None,
          'gymnax is not installed: pip install -e . installs it (or pip install gymnax)'),
         (_known_env(config.env.name), f'env.name={config.env.name!r} is not a gymnax environment; use one of '
                                       f'{_env_names()[:8]} ...'),
-        (r.batch_size > 0 and r.n_step > 0, 'replay.batch_size and replay.n_step must be > 0'),
-        (r.capacity >= r.batch_size + r.n_step,
-         f'replay.capacity={r.capacity} is smaller than a batch: it must be >= replay.batch_size + replay.n_step'),
-        (r.warmup >= r.batch_size + r.n_step and r.warmup <= r.capacity,
-         'replay.warmup (environment steps before the first update) must be in '
-         '[replay.batch_size + replay.n_step, replay.capacity]'),
         (0 < d.gamma <= 1, 'dqn.gamma must be in (0, 1]'),
         (d.target_every > 0 and 0 < d.target_tau <= 1, 'dqn.target_every must be > 0 and dqn.target_tau in (0, 1]'),
         (0 <= d.epsilon_end <= d.epsilon_start <= 1, 'dqn epsilons must satisfy 0 <= epsilon_end <= epsilon_start <= 1'),
-        (config.steps_per_chunk > 0 and config.total_steps > 0, 'steps_per_chunk and total_steps must be > 0'),
-        (0 < config.probe_size <= r.warmup, 'probe_size must be in [1, replay.warmup]'),
-    ] + evaluation.checks(config)
+    ] + replay_lib.config_checks(config) + evaluation.checks(config)
 
   @staticmethod
   def load_data(config):
@@ -117,12 +109,6 @@ class DQN:
     zero = jnp.zeros((), jnp.int32)
     return State(learner=learner, target=learner.params, env=env_state, obs=obs, replay=replay,
                  ratio=ratio_lib.init(), key=run_key, steps=zero, updates=zero, episode_return=jnp.zeros(()))
-
-  def _ratio(self, state: State) -> jax.Array:
-    """The replay ratio now: `replay_ratio`, or ARR's high ratio once it switched (`arr_high_ratio` > 0)."""
-    h = state.learner.hparams
-    high = h.get('arr_high_ratio', jnp.zeros(()))
-    return ratio_lib.current_ratio(state.ratio, h['replay_ratio'], high, high > 0)
 
   def _targets(self, state: State, batch: replay_lib.Batch) -> jax.Array:
     online = self.learner.network_params(state.learner)
@@ -161,7 +147,6 @@ class DQN:
     chunk = state.steps // config.steps_per_chunk
     state = state.replace(learner=self.learner.boundary(
         state.learner, chunk, jax.random.fold_in(state.key, -1 - chunk), state.obs[None].astype(jnp.float32)))
-    arr = config.arr
 
     def env_step(carry, _):
       state, sums = carry
@@ -175,9 +160,7 @@ class DQN:
       replay = replay_lib.add(state.replay, state.obs.astype(jnp.uint8), action, reward.astype(jnp.float32),
                               info['final_observation'].astype(jnp.uint8), terminated, ended)
       episode_return = state.episode_return + reward
-      ratio = ratio_lib.episode_end(state.ratio, ended, arr.check_every, arr.threshold, state.steps)
-      due, ratio = ratio_lib.updates_due(ratio, self._ratio(state.replace(ratio=ratio)))
-      due = jnp.where(state.steps + 1 >= r.warmup, due, 0)
+      due, ratio = ratio_lib.after_step(state.ratio, ended, state.learner.hparams, config.arr, state.steps, r.warmup)
       state = state.replace(env=env_state, obs=obs, replay=replay, ratio=ratio, steps=state.steps + 1,
                             episode_return=jnp.where(ended, 0.0, episode_return))
 
@@ -189,23 +172,14 @@ class DQN:
       state, loss, fau = jax.lax.fori_loop(0, due, one_update, (state, jnp.zeros(()), jnp.zeros(())))
       sums = dict(returns=sums['returns'] + jnp.where(ended, episode_return, 0.0),
                   episodes=sums['episodes'] + ended.astype(jnp.int32), updates=sums['updates'] + due,
-                  loss=sums['loss'] + loss, fau=sums['fau'] + fau)
+                  q_loss=sums['q_loss'] + loss, critic_fau=sums['critic_fau'] + fau)
       return (state, sums), None
 
     zeros = dict(returns=jnp.zeros(()), episodes=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
-                 loss=jnp.zeros(()), fau=jnp.zeros(()))
+                 q_loss=jnp.zeros(()), critic_fau=jnp.zeros(()))
     (state, sums), _ = jax.lax.scan(env_step, (state, zeros), None, length=config.steps_per_chunk)
-    count, updates = sums['episodes'], sums['updates']
-    per_update = lambda total: jnp.where(updates > 0, total / jnp.maximum(updates, 1), jnp.nan)
-    values = {
-        'episode_return': jnp.where(count > 0, sums['returns'] / jnp.maximum(count, 1), jnp.nan),
-        'episodes': count.astype(jnp.float32),
-        'updates': updates.astype(jnp.float32),
-        'replay_ratio': self._ratio(state),
-        'q_loss': per_update(sums['loss']),
-        'critic_fau': per_update(sums['fau']),
-        'epsilon': dqn.epsilon(state.steps, d.epsilon_start, d.epsilon_end, d.epsilon_steps, r.warmup),
-    }
+    values = ratio_lib.chunk_metrics(sums, state.ratio, state.learner.hparams, ('q_loss', 'critic_fau'))
+    values['epsilon'] = dqn.epsilon(state.steps, d.epsilon_start, d.epsilon_end, d.epsilon_steps, r.warmup)
     return state, values
 
   def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:

@@ -36,6 +36,17 @@ def _actor_critic(network) -> Tuple[UnitLayer, ...]:
   return _mlp(policy, ('policy',)) + _mlp(value, ('value',))
 
 
+def _drq_actor(network: nets.DrQActor) -> Tuple[UnitLayer, ...]:
+  """The policy's hidden layers (the trunk, a tanh layer under layer norm, is not replaced)."""
+  names = network.layer_names()[1:]
+  norms = [f'norm_{i}' for i in range(len(network.hidden))]
+  return _chain(names, norms, nets.initializer(network.weight_init, network.activation))
+
+
+def _drq_critic(network: nets.DrQCritic) -> Tuple[UnitLayer, ...]:
+  return _mlp(network.head(), ('q1',)) + _mlp(network.head(), ('q2',))
+
+
 def _resnet18(network: nets.ResNet18) -> Tuple[UnitLayer, ...]:
   """ResGnT's 17 hidden layers: layer i (conv + its norm) feeds weight layer i + 1; a block's conv2
   feeds the next block's conv1 (the last one feeds fc); the downsample branch is not touched, and
@@ -53,7 +64,8 @@ def _resnet18(network: nets.ResNet18) -> Tuple[UnitLayer, ...]:
 
 
 TOPOLOGIES = {nets.MLP: _mlp, nets.ConvNet: _convnet, nets.ActorCritic: _actor_critic,
-              nets.StreamActorCritic: _actor_critic, nets.ResNet18: _resnet18}
+              nets.StreamActorCritic: _actor_critic, nets.ResNet18: _resnet18,
+              nets.DrQActor: _drq_actor, nets.DrQCritic: _drq_critic}
 
 
 def unit_layers(network) -> Tuple[UnitLayer, ...]:

@@ -23,6 +23,15 @@ def _needs_replay(where):
   return None
 
 
+def _needs_images(where):
+  """Random shift moves image observations; an experiment from state (`observations = 'state'`) has none."""
+  problem = _needs_replay(where)
+  if problem is None and getattr(where.experiment_cls, 'observations', 'pixels') == 'state':
+    problem = (f'the {where.experiment} experiment learns from state vectors, not pixels: random shift has no image '
+               'to move; remove augment')
+  return problem
+
+
 def _gated_off_policy(hyper: str):
   gated = method_lib.gated(hyper)
   return lambda program: _off_policy(program) and gated(program)
@@ -46,5 +55,5 @@ AUGMENT = method_lib.Method(
     'augment', 'agent', "DrQ's random shift of replayed observations (Kostrikov et al. 2020)",
     (Hyper('augment', 0.0, low=0, doc='random shift of the replayed observations: on when > 0'),
      Hyper('pad', 1, low=1, traced=False, doc='random shift: pixels of replicate padding (4 on 84x84, 1 on MinAtar)')),
-    section='augment', active=_gated_off_policy('augment'), check=_needs_replay,
+    section='augment', active=_gated_off_policy('augment'), check=_needs_images,
     examples=(('augment', dict(augment=1.0)),))

@@ -118,3 +118,19 @@ def sample(replay: Replay, key: chex.PRNGKey, batch_size: int, n_step: int, gamm
   count = num_samplable(replay, n_step)
   starts = jax.random.randint(key, (batch_size,), 0, jnp.maximum(count, 1))
   return gather(replay, starts, n_step, gamma)
+
+
+def config_checks(config, steps: str = 'environment steps'):
+  """The (condition, message) checks of an off-policy experiment's replay section and its run
+  length (`steps`: what its steps count), for its `checks`."""
+  r = config.replay
+  return [
+      (r.batch_size > 0 and r.n_step > 0, 'replay.batch_size and replay.n_step must be > 0'),
+      (r.capacity >= r.batch_size + r.n_step,
+       f'replay.capacity={r.capacity} is smaller than a batch: it must be >= replay.batch_size + replay.n_step'),
+      (r.warmup >= r.batch_size + r.n_step and r.warmup <= r.capacity,
+       f'replay.warmup ({steps} before the first update) must be in [replay.batch_size + replay.n_step, '
+       'replay.capacity]'),
+      (config.steps_per_chunk > 0 and config.total_steps > 0, 'steps_per_chunk and total_steps must be > 0'),
+      (0 < config.probe_size <= r.warmup, 'probe_size must be in [1, replay.warmup]'),
+  ]

@@ -113,3 +113,32 @@ def episode_end(schedule: Schedule, ended: jax.Array, check_every: int, threshol
       previous_fau=jnp.where(check, fau, schedule.previous_fau),
       switched=schedule.switched | switch,
       switch_step=jnp.where(switch, jnp.asarray(step, jnp.int32), schedule.switch_step))
+
+
+def ratio_of(schedule: Schedule, hparams) -> jax.Array:
+  """The replay ratio now of a run with the agent settings `hparams` (ddl.rl.agent): `replay_ratio`,
+  or ARR's `arr_high_ratio` once it switched where that is > 0."""
+  high = hparams.get('arr_high_ratio', jnp.zeros(()))
+  return current_ratio(schedule, hparams['replay_ratio'], high, high > 0)
+
+
+def after_step(schedule: Schedule, ended: jax.Array, hparams, arr, steps: jax.Array,
+               warmup: int) -> tuple[jax.Array, Schedule]:
+  """An experiment's bookkeeping after its environment step `steps` (0-based): ARR's check at an
+  episode's end (`arr`: its config section), then the updates the ratio owes, none before the
+  `warmup`-th transition is stored -> (updates due, schedule)."""
+  schedule = episode_end(schedule, ended, arr.check_every, arr.threshold, steps)
+  due, schedule = updates_due(schedule, ratio_of(schedule, hparams))
+  return jnp.where(steps + 1 >= warmup, due, 0), schedule
+
+
+def chunk_metrics(sums, schedule: Schedule, hparams, per_update=()) -> dict:
+  """An off-policy experiment's metrics of a chunk from its sums over the chunk's steps: the mean
+  return of the episodes that ended in it ('returns' / 'episodes'; NaN if none), episodes,
+  updates, the replay ratio at its end, and the sums named in `per_update` averaged over the
+  chunk's updates (NaN if none)."""
+  count, updates = sums['episodes'], sums['updates']
+  per = lambda total: jnp.where(updates > 0, total / jnp.maximum(updates, 1), jnp.nan)
+  return {'episode_return': jnp.where(count > 0, sums['returns'] / jnp.maximum(count, 1), jnp.nan),
+          'episodes': count.astype(jnp.float32), 'updates': updates.astype(jnp.float32),
+          'replay_ratio': ratio_of(schedule, hparams), **{k: per(sums[k]) for k in per_update}}

@@ -1,0 +1,250 @@
+"""Off-policy actor-critic RL under a replay ratio (Ma et al., ICLR 2024; beyond_reference.md (d)):
+DrQ-v2 (Yarats et al. 2022, in Ma et al.'s code: DDPG with clipped double Q, n-step returns and a
+scheduled exploration noise) on a DeepMind Control task in MJX (`ddl.rl.dmc`), from state.
+
+One run = one seed's actor, critic, target critic, environment and replay buffer (on the device, in
+the state). One chunk = `steps_per_chunk` agent steps (each `env.action_repeat` physics steps) in
+one `lax.scan`. Before `drqv2.exploration_steps` the actions are uniform; afterwards the actor's
+mean plus noise of the scheduled std (`drqv2.std_*`). After each step the agent makes as many
+updates as its replay ratio owes (`ddl.rl.replay_ratio`, ARR included). An update samples a batch
+of n-step transitions; the critic regresses both Q heads on r + γ^n min(Q1', Q2') of the target
+critic at an action the actor samples with clipped noise; the actor then maximises min(Q1, Q2) of
+the updated critic at its sampled action; the target critic follows by Polyak averaging (τ 0.01).
+
+Modules: the actor and the critic are two learners (`ddl.learners.Learner`, each its own optimizer
+of the config's optimizer section). Resets, plasticity injection and unit transforms (CBP, ReDo)
+act on the modules `intervene` lists ('actor', 'critic'): Fig. 5's injection into the actor vs
+the critic. They act at chunk starts, so their interval in steps is a multiple of
+`steps_per_chunk` (a chunk of 1 000 steps gives any interval in thousands). Replay ratio and ARR are the registry's agent settings; augmentation
+(random shift) is refused: from state there is no image to shift.
+
+Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
+replay_ratio, critic_loss, actor_loss, critic_fau and actor_fau (the fraction of active units of
+each module's ReLU layers over the chunk's update batches, as the authors' forward_with_FAU; ARR
+reads the critic's), exploration_std. The evaluator (every `diagnostics.every` chunks) takes the
+shared diagnostics of the critic (`ddl.experiments.evaluation`) on `probe_size` replayed
+transitions, and the fraction of active units and dormant fraction of both modules.
+"""
+import dataclasses
+from typing import Dict, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ddl import metrics
+from ddl import nets
+from ddl.experiments import evaluation
+from ddl.learners import Learner, LearnerState
+from ddl.rl import ddpg
+from ddl.rl import dmc
+from ddl.rl import dqn
+from ddl.rl import replay as replay_lib
+from ddl.rl import replay_ratio as ratio_lib
+
+MODULES = ('actor', 'critic')
+PER_MODULE_KINDS = ('unit', 'boundary')     # methods that act on the modules `intervene` lists
+
+
+@struct.dataclass
+class State:
+  actor: LearnerState
+  critic: LearnerState
+  target: chex.ArrayTree                # the target critic's parameters
+  env: dmc.EnvState
+  obs: jax.Array                        # the current observation
+  replay: replay_lib.Replay
+  ratio: ratio_lib.Schedule             # replay-ratio credit and ARR's state
+  key: chex.PRNGKey                     # acting and update randomness, folded by step
+  steps: jax.Array                      # agent steps done, int32
+  updates: jax.Array                    # updates done, int32
+  episode_return: jax.Array             # the running episode's return so far
+
+
+class DrQV2:
+  """init(key, hparams, seed) -> State; run_chunk(State, data) -> (State, metrics). Pure, vmappable."""
+  observations = 'state'     # what the agent sees (the agent settings' checks read it: no random shift)
+
+  def __init__(self, config, group):
+    self.config = config
+    self.env = dmc.Control(config.env.name, config.env.action_repeat, config.env.starts, config.env.physics)
+    self.examples_per_chunk = config.steps_per_chunk
+    self.num_chunks = -(-config.total_steps // config.steps_per_chunk)
+    self.critic = self._module_learner('critic', self.make_network(config), self._critic_loss, group)
+    self.actor = self._module_learner('actor', self.make_actor(config, self.env.action_size), self._actor_loss, group)
+    self.diagnostics_every = config.diagnostics.every
+
+  def _module_learner(self, module: str, network, loss, group) -> Learner:
+    learner = Learner.from_config(network, loss, self.config, group, self.num_chunks)
+    if module in self.config.intervene:
+      return learner
+    return dataclasses.replace(learner, methods=tuple(m for m in learner.methods if m.kind not in PER_MODULE_KINDS))
+
+  @staticmethod
+  def make_network(config, obs_size: int = 0):
+    """The critic (the module whose FAU drives ARR): DrQ-v2's double-Q critic."""
+    obs_size = obs_size or (dmc.observation_size(config.env.name) if dmc.installed() else 1)
+    return nets.build(nets.DrQCritic, config.network, obs_size=obs_size)
+
+  @staticmethod
+  def make_actor(config, actions: int):
+    return nets.build(nets.DrQActor, config.network, outputs=actions)
+
+  @staticmethod
+  def checks(config):
+    d = config.drqv2
+    installed = dmc.installed()
+    return [
+        (installed, 'MuJoCo Playground is not installed: pip install -e . installs it (or pip install playground)'),
+        (not installed or config.env.name in dmc.task_names(),
+         f'env.name={config.env.name!r} is not a dm_control task of MuJoCo Playground; use one of '
+         f'{dmc.task_names() if installed else ()}'),
+        (config.env.get('pixels', False) is False,
+         'env.pixels=True: DrQ-v2 from pixels needs the MJX batch renderer (madrona_mjx / Warp), which ddl does not '
+         'drive yet; set env.pixels=False (from state)'),
+        (config.env.physics in dmc.PHYSICS, f'env.physics={config.env.physics!r} is not known; use one of {dmc.PHYSICS}'),
+        (config.env.action_repeat > 0 and config.env.starts > 0, 'env.action_repeat and env.starts must be > 0'),
+        (set(config.intervene) <= set(MODULES), f'intervene={tuple(config.intervene)}: modules are {MODULES}'),
+        (0 < d.gamma <= 1, 'drqv2.gamma must be in (0, 1]'),
+        (0 < d.target_tau <= 1, 'drqv2.target_tau must be in (0, 1]'),
+        (d.std_start >= 0 and d.std_end >= 0 and d.std_steps > 0, 'drqv2.std_start, std_end >= 0 and std_steps > 0'),
+        (d.std_clip >= 0, 'drqv2.std_clip must be >= 0'),
+    ] + replay_lib.config_checks(config, 'agent steps') + evaluation.checks(config)
+
+  @staticmethod
+  def load_data(config):
+    del config
+    return None
+
+  def chunk_step(self, chunk: int) -> int:
+    """The x-axis value logged for a chunk: environment frames (agent steps x action repeat) at its start."""
+    return chunk * self.config.steps_per_chunk * self.config.env.action_repeat
+
+  # The learners' losses: the critic regresses on fixed targets; the actor's "target" carries what
+  # its loss needs beside its own output (the critic's state, the observations, the noise).
+  @staticmethod
+  def _critic_loss(q: jax.Array, y: jax.Array) -> jax.Array:
+    return ddpg.critic_loss(q, y)
+
+  def _actor_loss(self, mean: jax.Array, target) -> jax.Array:
+    critic, obs, key, std = target
+    action = ddpg.sample_action(key, mean, std, self.config.drqv2.std_clip)
+    q, _ = self.critic.predict(critic, jnp.concatenate([obs, action], axis=-1))
+    return ddpg.actor_loss(q)
+
+  def init(self, key: chex.PRNGKey, hparams: Dict[str, jax.Array], seed: jax.Array) -> State:
+    del seed
+    actor_key, critic_key, env_key, run_key = jax.random.split(key, 4)
+    env, obs = self.env.reset(env_key)
+    action = jnp.zeros((self.env.action_size,), jnp.float32)
+    critic = self.critic.init(critic_key, jnp.concatenate([obs, action])[None], hparams)
+    actor = self.actor.init(actor_key, obs[None], hparams)
+    replay = replay_lib.init(self.config.replay.capacity, obs, action)
+    zero = jnp.zeros((), jnp.int32)
+    return State(actor=actor, critic=critic, target=critic.params, env=env, obs=obs, replay=replay,
+                 ratio=ratio_lib.init(), key=run_key, steps=zero, updates=zero, episode_return=jnp.zeros(()))
+
+  def _std(self, steps: jax.Array) -> jax.Array:
+    d = self.config.drqv2
+    return ddpg.exploration_std(steps, d.std_start, d.std_end, d.std_steps)
+
+  def _update(self, state: State, key) -> Tuple[State, Dict[str, jax.Array]]:
+    """One critic step, one actor step, the target's Polyak step -> (state, their losses and FAUs)."""
+    r, d = self.config.replay, self.config.drqv2
+    sample_key, next_key, critic_key, actor_key, noise_key = jax.random.split(key, 5)
+    batch = replay_lib.sample(state.replay, sample_key, r.batch_size, r.n_step, d.gamma)
+    std = self._std(state.steps)
+    next_mean, _ = self.actor.predict(state.actor, batch.next_obs)
+    next_action = ddpg.sample_action(next_key, next_mean, std, d.std_clip)
+    target_critic = state.critic.replace(params=state.target)
+    next_q, _ = self.critic.predict(target_critic, jnp.concatenate([batch.next_obs, next_action], axis=-1))
+    y = jax.lax.stop_gradient(ddpg.critic_targets(batch.returns, batch.discount, next_q))
+    critic, critic_out = self.critic.step(state.critic, jnp.concatenate([batch.obs, batch.action], axis=-1), y,
+                                          critic_key)
+    actor, actor_out = self.actor.step(state.actor, batch.obs, (critic, batch.obs, noise_key, std), actor_key)
+    target = dqn.polyak(state.target, critic.params, d.target_tau)
+    values = dict(critic_loss=critic_out.loss, actor_loss=actor_out.loss,
+                  critic_fau=metrics.active_fraction(_relu_layers(critic_out.features)),
+                  actor_fau=metrics.active_fraction(_relu_layers(actor_out.features)))
+    return state.replace(actor=actor, critic=critic, target=target, updates=state.updates + 1), values
+
+  def _act(self, state: State, key) -> jax.Array:
+    """Uniform actions before `exploration_steps`, then the actor's mean plus scheduled noise."""
+    uniform_key, noise_key = jax.random.split(key)
+    mean, _ = self.actor.predict(state.actor, state.obs[None])
+    noisy = ddpg.sample_action(noise_key, mean[0], self._std(state.steps))
+    uniform = jax.random.uniform(uniform_key, noisy.shape, minval=-1.0, maxval=1.0)
+    return jnp.where(state.steps < self.config.drqv2.exploration_steps, uniform, noisy)
+
+  def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
+    del data
+    config, r = self.config, self.config.replay
+    chunk = state.steps // config.steps_per_chunk
+    boundary_key = jax.random.fold_in(state.key, -1 - chunk)
+    sample = jnp.concatenate([state.obs, jnp.zeros((self.env.action_size,))])[None]
+    state = state.replace(
+        critic=self.critic.boundary(state.critic, chunk, jax.random.fold_in(boundary_key, 0), sample),
+        actor=self.actor.boundary(state.actor, chunk, jax.random.fold_in(boundary_key, 1), state.obs[None]),
+        env=self.env.refill(state.env, jax.random.fold_in(boundary_key, 2)))
+    names = ('critic_loss', 'actor_loss', 'critic_fau', 'actor_fau')
+
+    def env_step(carry, _):
+      state, sums = carry
+      key = jax.random.fold_in(state.key, state.steps)
+      act_key, update_key = jax.random.split(key)
+      action = self._act(state, act_key)
+      env, obs, reward, terminated, truncated, final_obs = self.env.step(state.env, action)
+      ended = jnp.logical_or(terminated, truncated)
+      replay = replay_lib.add(state.replay, state.obs, action, reward, final_obs, terminated, ended)
+      episode_return = state.episode_return + reward
+      due, ratio = ratio_lib.after_step(state.ratio, ended, state.critic.hparams, config.arr, state.steps, r.warmup)
+      state = state.replace(env=env, obs=obs, replay=replay, ratio=ratio, steps=state.steps + 1,
+                            episode_return=jnp.where(ended, 0.0, episode_return))
+
+      def one_update(i, carry):
+        state, totals = carry
+        state, values = self._update(state, jax.random.fold_in(update_key, i))
+        state = state.replace(ratio=ratio_lib.record_fau(state.ratio, values['critic_fau']))
+        return state, {k: totals[k] + values[k] for k in names}
+
+      state, totals = jax.lax.fori_loop(0, due, one_update, (state, {k: jnp.zeros(()) for k in names}))
+      sums = {**{k: sums[k] + totals[k] for k in names},
+              'returns': sums['returns'] + jnp.where(ended, episode_return, 0.0),
+              'episodes': sums['episodes'] + ended.astype(jnp.int32), 'updates': sums['updates'] + due}
+      return (state, sums), None
+
+    zeros = {**{k: jnp.zeros(()) for k in names + ('returns',)},
+             'episodes': jnp.zeros((), jnp.int32), 'updates': jnp.zeros((), jnp.int32)}
+    (state, sums), _ = jax.lax.scan(env_step, (state, zeros), None, length=config.steps_per_chunk)
+    values = ratio_lib.chunk_metrics(sums, state.ratio, state.critic.hparams, names)
+    values['exploration_std'] = self._std(state.steps)
+    return state, values
+
+  def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
+    """The shared diagnostics of the critic on `probe_size` replayed transitions (its n-step
+    targets as the loss's), and each module's fraction of active units and dormant fraction."""
+    del data
+    r, d = self.config.replay, self.config.drqv2
+    key = jax.random.fold_in(state.key, -1 - state.steps)
+    batch = replay_lib.sample(state.replay, key, self.config.probe_size, r.n_step, d.gamma)
+    x = jnp.concatenate([batch.obs, batch.action], axis=-1)
+    next_mean, _ = self.actor.predict(state.actor, batch.next_obs)
+    next_q, _ = self.critic.predict(state.critic.replace(params=state.target),
+                                    jnp.concatenate([batch.next_obs, next_mean], axis=-1))
+    y = ddpg.critic_targets(batch.returns, batch.discount, next_q)
+    values = evaluation.diagnose(self.critic, state.critic, x, y, key, self.config.diagnostics,
+                                 evaluation.Convention(threshold=0.01, strict=True))
+    for module, learner, inputs in (('actor', self.actor, batch.obs), ('critic', self.critic, x)):
+      learner_state = getattr(state, module)
+      _, features = learner.predict(learner_state, inputs)
+      layers = _relu_layers(features)
+      values[f'active_fraction_{module}'] = metrics.active_fraction(layers)
+      values[f'dormant_fraction_{module}'] = metrics.dormant_fraction_all(layers, threshold=0.01, strict=True)
+    return values
+
+
+def _relu_layers(features) -> list:
+  """A module's ReLU layers (its 'hidden_i' features; the trunk is tanh): what its FAU pools."""
+  return [h for name, h in features.items() if 'hidden_' in name]
+

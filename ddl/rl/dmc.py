@@ -1,0 +1,145 @@
+"""DeepMind Control Suite tasks on MJX, from state: MuJoCo Playground's `dm_control_suite` (its
+CheetahRun, WalkerRun, HopperHop, ReacherHard, ...), for the actor-critic track of Ma et al. 2024
+(`ddl.experiments.drqv2`).
+
+The tasks run on MJX's JAX implementation (`impl='jax'`: one XLA program on any platform; Playground
+defaults to Warp, which leaves the program for every step on a CPU). `physics`: 'dm_control' (the
+default) restores what Playground changed in dm_control's model files for speed, MuJoCo's solver
+iterations (100, line search 50) and Euler's implicit damping, and observes the state after the step
+(Playground's reward and observation read the quantities MJX's step computed before integrating: a
+step late for sensors, positions of bodies), so that a step is dm_control's own (tests/test_dmc.py:
+within 2e-4 of dm_control over 300 steps in float32); 'playground' keeps its settings (4 and 8
+iterations, no implicit damping: CheetahRun's joints move by ~1 after one step from the same state;
+~1.5-2x faster on a CPU). An agent step repeats its action
+`action_repeat` times and sums the rewards (DrQ-v2's ActionRepeatWrapper). Episodes last the task's
+`episode_length` control steps (1 000: dm_control's 10 s at 0.01 s), a time limit that bootstraps;
+an episode also ends (terminal) if the physics turns NaN.
+
+A dm_control reset stabilises the model with 200 physics steps. Inside a vmapped program a reset at
+an episode end would run in every step (a select, not a branch), so reset states are drawn ahead,
+`starts` per run (`refill`, at every chunk start) and used in turn at episode ends; if a chunk ends
+more episodes than `starts` they repeat.
+"""
+import functools
+import importlib.util
+from typing import Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import struct
+from mujoco import mjx
+
+
+PHYSICS = ('dm_control', 'playground')
+EULERDAMP = 1 << 15    # mjtDisableBit.mjDSBL_EULERDAMP
+
+
+def installed() -> bool:
+  return importlib.util.find_spec('mujoco_playground') is not None
+
+
+@functools.lru_cache(maxsize=None)
+def observation_size(name: str) -> int:
+  """The length of a task's state observation (its model loaded once per process)."""
+  from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
+  return int(registry.load(name).observation_size)
+
+
+def task_names() -> Tuple[str, ...]:
+  from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
+  return tuple(registry.dm_control_suite.ALL_ENVS)
+
+
+@struct.dataclass
+class EnvState:
+  task: chex.ArrayTree        # the Playground State of the running episode
+  starts: chex.ArrayTree      # (starts, ...) Playground States drawn ahead for the next episodes
+  used: jax.Array             # starts used since the last refill, int32
+  t: jax.Array                # agent steps into the episode, int32
+
+
+class Control:
+  """A dm_control task on MJX with action repeat and auto-reset: reset, refill, step; pure."""
+
+  def __init__(self, name: str, action_repeat: int = 2, starts: int = 8, physics: str = 'dm_control'):
+    from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
+    config = registry.get_default_config(name)
+    config.impl = 'jax'
+    self.env = registry.load(name, config=config)
+    self.physics = physics
+    # Playground's walkers observe the torso's uprightness (xmat zz) as its height; dm_control's the z of its position
+    self.walker_height = 2 * (self.env.mj_model.nbody - 1) if name.startswith('Walker') else None
+    if physics == 'dm_control':
+      restore_dm_control_physics(self.env)
+    elif physics != 'playground':
+      raise ValueError(f'physics={physics!r} is not known; use one of {PHYSICS}')
+    self.action_repeat = action_repeat
+    self.starts = starts
+    self.episode_steps = -(-int(config.episode_length) // action_repeat)
+    self.obs_size = int(self.env.observation_size)
+    self.action_size = int(self.env.action_size)
+
+  def _reset(self, key: chex.PRNGKey) -> chex.ArrayTree:
+    """A Playground reset with every leaf strongly typed (its `time` is a weak Python float, which
+    the step makes strong: a program fed its own output would compile twice)."""
+    task = jax.tree.map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype), self.env.reset(key))
+    return self._observed(task) if self.physics == 'dm_control' else task
+
+  def _observed(self, task):
+    """The task observed after its last step, as dm_control (a forward pass: positions, sensors) with
+    dm_control's observation and reward of it."""
+    data = mjx.forward(self.env.mjx_model, task.data)
+    obs = self.env._get_obs(data, task.info)   # pylint: disable=protected-access
+    if self.walker_height is not None:
+      obs = obs.at[self.walker_height].set(data.xpos[self.env._torso_id, 2])   # pylint: disable=protected-access
+    reward = self.env._get_reward(data, jnp.asarray(data.ctrl), task.info, task.metrics)  # pylint: disable=protected-access
+    return task.replace(data=data, obs=obs, reward=reward)
+
+  def _draw(self, key: chex.PRNGKey) -> chex.ArrayTree:
+    return jax.vmap(self._reset)(jax.random.split(key, self.starts))
+
+  def reset(self, key: chex.PRNGKey) -> Tuple[EnvState, jax.Array]:
+    # the first episode's start and the next ones' in one vmapped draw: two independent resets in
+    # one program can deadlock XLA's CPU runtime (their solver loops run concurrently; seen with
+    # 4 runs vmapped on 2 cores)
+    drawn = jax.vmap(self._reset)(jax.random.split(key, self.starts + 1))
+    task = jax.tree.map(lambda x: x[0], drawn)
+    zero = jnp.zeros((), jnp.int32)
+    return EnvState(task=task, starts=jax.tree.map(lambda x: x[1:], drawn), used=zero, t=zero), task.obs
+
+  def refill(self, state: EnvState, key: chex.PRNGKey) -> EnvState:
+    """New reset states for the next episodes (at a chunk start)."""
+    return state.replace(starts=self._draw(key), used=jnp.zeros((), jnp.int32))
+
+  def step(self, state: EnvState, action: jax.Array):
+    """-> (state, observation, reward summed over the repeats, terminated, truncated, the last
+    observation of the step's episode: the next observation to store, the true one at an end)."""
+    def physics(task, _):
+      task = self.env.step(task, action)
+      if self.physics == 'dm_control':    # observe after the step, as dm_control (mj_step1 on the new state)
+        task = self._observed(task)
+      return task, task.reward
+
+    task, rewards = jax.lax.scan(physics, state.task, None, length=self.action_repeat)
+    reward = jnp.sum(rewards)
+    t = state.t + 1
+    terminated = task.done > 0
+    truncated = jnp.logical_and(t >= self.episode_steps, jnp.logical_not(terminated))
+    ended = jnp.logical_or(terminated, truncated)
+    fresh = jax.tree.map(lambda s: s[state.used % self.starts], state.starts)
+    final_obs = jnp.nan_to_num(task.obs)
+    task = jax.tree.map(lambda new, old: jnp.where(ended, new, old), fresh, task)
+    state = EnvState(task=task, starts=state.starts, used=state.used + ended.astype(jnp.int32),
+                     t=jnp.where(ended, 0, t))
+    return state, task.obs, reward, terminated, truncated, final_obs
+
+
+def restore_dm_control_physics(env) -> None:
+  """MuJoCo's solver iterations and Euler damping in a Playground task's model (dm_control's suite
+  files keep MuJoCo's defaults; Playground's copies lower the iterations and disable the damping)."""
+  from mujoco import mjx  # pylint: disable=g-import-not-at-top
+  model = env.mj_model
+  model.opt.iterations, model.opt.ls_iterations = 100, 50
+  model.opt.disableflags &= ~EULERDAMP
+  env._mjx_model = mjx.put_model(model, impl='jax')   # pylint: disable=protected-access

@@ -33,17 +33,17 @@ from ddl import config as config_lib
 
 
 def smoke(config):
-  """Seconds: 2 seeds, 2 chunks of 150 steps, tiny networks, a 100-step warm-up, one program: every
+  """Seconds: 2 seeds, 2 chunks of 100 steps, tiny networks, a 50-step warm-up, one program: every
   variant injects into the critic at its second chunk."""
   config.num_seeds = 2
-  config.total_steps = 300
-  config.steps_per_chunk = 150
+  config.total_steps = 200
+  config.steps_per_chunk = 100
   config.checkpoint_every = 1
-  config.env.starts = 2
+  config.env.starts = 1
   config.network.update(hidden=(16, 16), feature_dim=8)
-  config.replay.update(capacity=400, batch_size=8, warmup=100)
-  config.drqv2.update(exploration_steps=100, std_steps=300)
-  config.probe_size = 32
+  config.replay.update(capacity=300, batch_size=8, warmup=50)
+  config.drqv2.update(exploration_steps=50, std_steps=200)
+  config.probe_size = 16
   config.diagnostics.hessian_iterations = 3
   config.arr.check_every = 1
   config.schedule.injection_first = 1

@@ -21,8 +21,9 @@ batch 64, a 100 000-transition buffer, 40 000 agent steps (80 000 frames), 2 see
 `paper`: hidden 1 024, batch 256, a 10^6 buffer, 1M agent steps (2M frames), 5 seeds: a GPU's job
 (from state; the paper's pixels need the MJX batch renderer, not driven yet: env.pixels is refused).
 
-Measured (2026-12-06, this 2-core CPU, the default): 22.5 min (6 min of it compiling), 211 agent
-steps/s over the 6 runs. Mean return over the last 20 000 frames, seeds 0 / 1: RR 0.5 91 / 75,
+Measured (2026-12-06, this 2-core CPU, the default; before each run's reset states were all drawn at
+its start rather than per chunk, the same distribution of starts, so the numbers would now differ in
+detail): 22.5 min (6 min of it compiling), 211 agent steps/s over the 6 runs. Mean return over the last 20 000 frames, seeds 0 / 1: RR 0.5 91 / 75,
 RR 2 95 / 99, ARR 85 / 77 (it switched to RR 2 at ~44 000 frames). So early in training the higher
 ratio learns faster here; the paper's Table 1 (Cheetah Run at 2M frames: RR 0.5 828, RR 2 793, ARR
 880) is about the late, plastic-limited regime this run does not reach (the noise is still at
@@ -39,7 +40,6 @@ def smoke(config):
   config.total_steps = 200
   config.steps_per_chunk = 100
   config.checkpoint_every = 1
-  config.env.starts = 1
   config.network.update(hidden=(16, 16), feature_dim=8)
   config.replay.update(capacity=300, batch_size=8, warmup=50)
   config.drqv2.update(exploration_steps=50, std_steps=200)
@@ -80,7 +80,7 @@ def get_config(arg: str = ''):
   config.steps_per_chunk = 2_000
   config.probe_size = 256
   config.diagnostics.every = 5
-  config.env = dict(name='CheetahRun', action_repeat=2, starts=8, pixels=False, physics='dm_control')
+  config.env = dict(name='CheetahRun', action_repeat=2, pixels=False, physics='dm_control')
   config.replay = dict(capacity=100_000, batch_size=64, n_step=3, warmup=2_000)
   config.drqv2 = dict(gamma=0.99, target_tau=0.01, exploration_steps=2_000, std_start=1.0, std_end=0.1,
                       std_steps=500_000, std_clip=0.3)

@@ -68,7 +68,7 @@ class DrQV2:
 
   def __init__(self, config, group):
     self.config = config
-    self.env = dmc.Control(config.env.name, config.env.action_repeat, config.env.starts, config.env.physics)
+    self.env = dmc.Control(config.env.name, config.env.action_repeat, config.total_steps, config.env.physics)
     self.examples_per_chunk = config.steps_per_chunk
     self.num_chunks = -(-config.total_steps // config.steps_per_chunk)
     self.critic = self._module_learner('critic', self.make_network(config), self._critic_loss, group)
@@ -104,7 +104,7 @@ class DrQV2:
          'env.pixels=True: DrQ-v2 from pixels needs the MJX batch renderer (madrona_mjx / Warp), which ddl does not '
          'drive yet; set env.pixels=False (from state)'),
         (config.env.physics in dmc.PHYSICS, f'env.physics={config.env.physics!r} is not known; use one of {dmc.PHYSICS}'),
-        (config.env.action_repeat > 0 and config.env.starts > 0, 'env.action_repeat and env.starts must be > 0'),
+        (config.env.action_repeat > 0, 'env.action_repeat must be > 0'),
         (set(config.intervene) <= set(MODULES), f'intervene={tuple(config.intervene)}: modules are {MODULES}'),
         (0 < d.gamma <= 1, 'drqv2.gamma must be in (0, 1]'),
         (0 < d.target_tau <= 1, 'drqv2.target_tau must be in (0, 1]'),
@@ -185,8 +185,7 @@ class DrQV2:
     sample = jnp.concatenate([state.obs, jnp.zeros((self.env.action_size,))])[None]
     state = state.replace(
         critic=self.critic.boundary(state.critic, chunk, jax.random.fold_in(boundary_key, 0), sample),
-        actor=self.actor.boundary(state.actor, chunk, jax.random.fold_in(boundary_key, 1), state.obs[None]),
-        env=self.env.refill(state.env, jax.random.fold_in(boundary_key, 2)))
+        actor=self.actor.boundary(state.actor, chunk, jax.random.fold_in(boundary_key, 1), state.obs[None]))
     names = ('critic_loss', 'actor_loss', 'critic_fau', 'actor_fau')
 
     def env_step(carry, _):

@@ -16,9 +16,9 @@ iterations, no implicit damping: CheetahRun's joints move by ~1 after one step f
 an episode also ends (terminal) if the physics turns NaN.
 
 A dm_control reset stabilises the model with 200 physics steps. Inside a vmapped program a reset at
-an episode end would run in every step (a select, not a branch), so reset states are drawn ahead,
-`starts` per run (`refill`, at every chunk start) and used in turn at episode ends; if a chunk ends
-more episodes than `starts` they repeat.
+an episode end would run in every step (a select, not a branch), so a run's reset states are drawn
+at its start, one per episode its `steps` agent steps hold (a time limit ends every episode at the
+same step; an episode ended early by NaN physics takes the next, and past the last they repeat).
 """
 import functools
 import importlib.util
@@ -54,15 +54,16 @@ def task_names() -> Tuple[str, ...]:
 @struct.dataclass
 class EnvState:
   task: chex.ArrayTree        # the Playground State of the running episode
-  starts: chex.ArrayTree      # (starts, ...) Playground States drawn ahead for the next episodes
-  used: jax.Array             # starts used since the last refill, int32
+  starts: chex.ArrayTree      # (starts, ...) Playground States drawn at the start for the next episodes
+  used: jax.Array             # starts used so far, int32
   t: jax.Array                # agent steps into the episode, int32
 
 
 class Control:
-  """A dm_control task on MJX with action repeat and auto-reset: reset, refill, step; pure."""
+  """A dm_control task on MJX with action repeat and auto-reset: reset, step; pure. `steps`: the
+  agent steps a run takes (sizes its reset states drawn ahead)."""
 
-  def __init__(self, name: str, action_repeat: int = 2, starts: int = 8, physics: str = 'dm_control'):
+  def __init__(self, name: str, action_repeat: int = 2, steps: int = 1, physics: str = 'dm_control'):
     from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
     config = registry.get_default_config(name)
     config.impl = 'jax'
@@ -75,8 +76,8 @@ class Control:
     elif physics != 'playground':
       raise ValueError(f'physics={physics!r} is not known; use one of {PHYSICS}')
     self.action_repeat = action_repeat
-    self.starts = starts
     self.episode_steps = -(-int(config.episode_length) // action_repeat)
+    self.starts = max(1, steps // self.episode_steps)
     self.obs_size = int(self.env.observation_size)
     self.action_size = int(self.env.action_size)
 
@@ -96,9 +97,6 @@ class Control:
     reward = self.env._get_reward(data, jnp.asarray(data.ctrl), task.info, task.metrics)  # pylint: disable=protected-access
     return task.replace(data=data, obs=obs, reward=reward)
 
-  def _draw(self, key: chex.PRNGKey) -> chex.ArrayTree:
-    return jax.vmap(self._reset)(jax.random.split(key, self.starts))
-
   def reset(self, key: chex.PRNGKey) -> Tuple[EnvState, jax.Array]:
     # the first episode's start and the next ones' in one vmapped draw: two independent resets in
     # one program can deadlock XLA's CPU runtime (their solver loops run concurrently; seen with
@@ -107,10 +105,6 @@ class Control:
     task = jax.tree.map(lambda x: x[0], drawn)
     zero = jnp.zeros((), jnp.int32)
     return EnvState(task=task, starts=jax.tree.map(lambda x: x[1:], drawn), used=zero, t=zero), task.obs
-
-  def refill(self, state: EnvState, key: chex.PRNGKey) -> EnvState:
-    """New reset states for the next episodes (at a chunk start)."""
-    return state.replace(starts=self._draw(key), used=jnp.zeros((), jnp.int32))
 
   def step(self, state: EnvState, action: jax.Array):
     """-> (state, observation, reward summed over the repeats, terminated, truncated, the last

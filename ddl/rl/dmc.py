@@ -98,9 +98,7 @@ class Control:
     return task.replace(data=data, obs=obs, reward=reward)
 
   def reset(self, key: chex.PRNGKey) -> Tuple[EnvState, jax.Array]:
-    # the first episode's start and the next ones' in one vmapped draw: two independent resets in
-    # one program can deadlock XLA's CPU runtime (their solver loops run concurrently; seen with
-    # 4 runs vmapped on 2 cores)
+    # the first episode's start and the next ones' in one vmapped draw
     drawn = jax.vmap(self._reset)(jax.random.split(key, self.starts + 1))
     task = jax.tree.map(lambda x: x[0], drawn)
     zero = jnp.zeros((), jnp.int32)
@@ -132,7 +130,6 @@ class Control:
 def restore_dm_control_physics(env) -> None:
   """MuJoCo's solver iterations and Euler damping in a Playground task's model (dm_control's suite
   files keep MuJoCo's defaults; Playground's copies lower the iterations and disable the damping)."""
-  from mujoco import mjx  # pylint: disable=g-import-not-at-top
   model = env.mj_model
   model.opt.iterations, model.opt.ls_iterations = 100, 50
   model.opt.disableflags &= ~EULERDAMP

@@ -71,7 +71,7 @@ class DrQV2:
     self.env = dmc.Control(config.env.name, config.env.action_repeat, config.total_steps, config.env.physics)
     self.examples_per_chunk = config.steps_per_chunk
     self.num_chunks = -(-config.total_steps // config.steps_per_chunk)
-    self.critic = self._module_learner('critic', self.make_network(config), self._critic_loss, group)
+    self.critic = self._module_learner('critic', self.make_network(config), ddpg.critic_loss, group)
     self.actor = self._module_learner('actor', self.make_actor(config, self.env.action_size), self._actor_loss, group)
     self.diagnostics_every = config.diagnostics.every
 
@@ -121,12 +121,8 @@ class DrQV2:
     """The x-axis value logged for a chunk: environment frames (agent steps x action repeat) at its start."""
     return chunk * self.config.steps_per_chunk * self.config.env.action_repeat
 
-  # The learners' losses: the critic regresses on fixed targets; the actor's "target" carries what
-  # its loss needs beside its own output (the critic's state, the observations, the noise).
-  @staticmethod
-  def _critic_loss(q: jax.Array, y: jax.Array) -> jax.Array:
-    return ddpg.critic_loss(q, y)
-
+  # The actor's loss: its "target" carries what it needs beside the actor's own output (the critic's
+  # state, the observations, the noise key and std); the critic's is ddpg.critic_loss on fixed targets.
   def _actor_loss(self, mean: jax.Array, target) -> jax.Array:
     critic, obs, key, std = target
     action = ddpg.sample_action(key, mean, std, self.config.drqv2.std_clip)

@@ -31,6 +31,7 @@ std ~0.93 of its 500 000-step schedule). The critic's FAU does fall with the rat
 0.524 at RR 2 against 0.550 at RR 0.5 at the end (actor 0.562 against 0.632), no dormant units yet.
 """
 from ddl import config as config_lib
+from ddl import platform_defaults
 
 
 def smoke(config):
@@ -81,7 +82,9 @@ def get_config(arg: str = ''):
   config.probe_size = 256
   config.diagnostics.every = 5
   config.env = dict(name='CheetahRun', action_repeat=2, pixels=False, physics='dm_control')
-  config.replay = dict(capacity=100_000, batch_size=64, n_step=3, warmup=2_000)
+  config.replay = dict(capacity=100_000, batch_size=64, n_step=3, warmup=2_000,
+                       boundary_steps=0,   # resets / injection at chunk starts (ddl.rl.off_policy)
+                       calls_per_ratio=platform_defaults.auto(bool))   # per platform
   config.drqv2 = dict(gamma=0.99, target_tau=0.01, exploration_steps=2_000, std_start=1.0, std_end=0.1,
                       std_steps=500_000, std_clip=0.3)
   config.network.update(hidden=(256, 256), feature_dim=50, activation='relu', weight_init='orthogonal',

@@ -13,6 +13,11 @@ preset, a variant or the command line sets always wins. The rule (`RULE`):
 - `fuse_variants`: False on CPU (a variant without S&P noise, CBP or another gated method gets a
   program without its random numbers, which dominate a small network's step there); True on GPU
   and TPU (fewer, larger programs, where steps are latency bound).
+- `replay.calls_per_ratio` (off-policy experiments, `ddl.rl.off_policy`): True on CPU, where a call's
+  runs make as many updates per step as its highest replay ratio (the others' are masked, not
+  skipped) and the update is compute-bound, so runs of RR 0.5 in a call with RR 2 cost 4x their own
+  work; False on GPU and TPU, where a call's runs update in parallel and separate calls would run
+  one after another. Either way the runs of one group share one compiled program.
 - `runs_per_call` is not in the table: left at AUTO it is as many runs per call as fit the
   device's memory, all runs where they fit (`ddl.programs.fitted`, from XLA's memory analysis of
   the compiled programs and the device's free memory: a GPU's allocator limit, a CPU host's
@@ -33,6 +38,7 @@ PLATFORMS = ('cpu', 'accelerator')   # the columns of RULE: CPU, and GPU or TPU
 RULE: Dict[str, Dict[str, Any]] = {
     'network.conv': {'cpu': 'patches', 'accelerator': 'lax'},
     'fuse_variants': {'cpu': False, 'accelerator': True},
+    'replay.calls_per_ratio': {'cpu': True, 'accelerator': False},
 }
 
 

@@ -87,7 +87,8 @@ def over_runs(evaluate, at_once: int = 0):
 
 
 def build(config, devices: Devices, runs_per_call: Optional[int] = None) -> List[Program]:
-  """One program per group and slice of at most `calls_size` runs (variants x seeds). Slices of a
+  """One program per group and slice of at most `calls_size` runs (variants x seeds; runs that differ
+  in the experiment's `calls_apart` hyperparameters in slices of their own). Slices of a
   group share one jitted function per program kind (and its compilation when they have the same
   size) and run one after another. Each slice is padded to a multiple of the devices with copies of
   its last run. `runs_per_call` overrides the config's."""
@@ -108,8 +109,7 @@ def build(config, devices: Devices, runs_per_call: Optional[int] = None) -> List
         raise config_lib.ConfigError(f'diagnostics_every must be >= 1 (chunks between diagnostics), got {every}')
     runs = [(v, s, h) for v, h in zip(group.variants, group.hparams) for s in range(config.num_seeds)]
     size = calls_size(config, devices, len(runs), runs_per_call)
-    for start in range(0, len(runs), size):
-      part = runs[start:start + size]
+    for part in _slices(runs, size, getattr(experiment, 'calls_apart', ())):
       padded = part + [part[-1]] * (-len(part) % devices.count)
       seeds = np.asarray([s for _, s, _ in padded], np.int32)
       # Seed s gets the same key in every variant: paired comparisons, same data streams.
@@ -121,6 +121,15 @@ def build(config, devices: Devices, runs_per_call: Optional[int] = None) -> List
           init=lambda i=init, a=args: i(*a), run_chunk=run_chunk, padded=len(padded), evaluate=evaluate,
           diagnostics_every=every))
   return programs
+
+
+def _slices(runs, size: int, apart=()):
+  """The runs in slices of at most `size`, in order; runs that differ in a hyperparameter of `apart`
+  (an experiment's `calls_apart`, e.g. the replay ratio on CPU) never share one."""
+  parts = {}
+  for run in runs:
+    parts.setdefault(tuple(run[2][k] for k in apart), []).append(run)
+  return [part[i:i + size] for part in parts.values() for i in range(0, len(part), size)]
 
 
 def load_data(config, devices: Devices):

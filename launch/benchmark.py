@@ -73,6 +73,12 @@ WORKLOADS = {
     # one increment of 5 classes: a chunk is an epoch of the first increment (25 steps of 90, then
     # test and validation of 750 images); later increments scale the steps by the increment number
     'cifar100': ('cifar100', {'data.source': 'mock', 'data.num_classes': 5}),
+    # off-policy at replay ratio 1 (one update per step from the first chunk on: a short warm-up);
+    # examples = environment (agent) steps including learning. --env_alone: the env alone, random actions.
+    'dmc': ('dmc_plasticity', {'steps_per_chunk': 1_000, 'replay.warmup': 256, 'drqv2.exploration_steps': 256,
+                               'variants': {'rr_1': {'replay_ratio': 1.0}}}),
+    'minatar': ('minatar_replay_ratio', {'steps_per_chunk': 1_000, 'replay.warmup': 512,
+                                         'variants': {'rr_1': {'replay_ratio': 1.0}}}),
 }
 
 flags.DEFINE_enum('workload', 'scr', sorted(WORKLOADS), 'Experiment to measure.')
@@ -88,8 +94,8 @@ flags.DEFINE_bool('memory', False, 'Compile only: the memory of each group at --
                   'projection to --project_seeds seeds.')
 flags.DEFINE_integer('project_seeds', 30, 'Seeds per variant of the --memory projection.')
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
-flags.DEFINE_bool('env_alone', False, 'stream_ant: also time the Ant env alone at --seeds copies (random actions, '
-                  'refills as the experiment) and report env_steps_per_sec and learning/env-alone ratio.')
+flags.DEFINE_bool('env_alone', False, 'stream_ant, dmc, minatar: also time the env alone at --seeds copies '
+                  '(random actions, resets as the experiment) and report env_steps_per_sec and learning/env-alone ratio.')
 flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention and learner of the toolkit '
                   '(and plain backprop) and report each one\'s step cost relative to plain backprop (SGD).')
 flags.DEFINE_integer('read_metrics_rows', 0, 'Instead of a workload: seconds to read a synthetic metrics.csv of this '
@@ -277,19 +283,36 @@ def _read_metrics_line(rows: int) -> str:
                          peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)))
 
 
-def _env_alone(config, devices, examples_per_sec):
-  """The experiment's Ant env stepped alone: `seeds` vmapped copies sharded over the learning run's
-  devices (so both use the same cores), uniform random actions in [-1, 1], starts as the
-  experiment's (refills every env.refill_every steps for model brax); a JSON line with its steps/s
-  (all copies) and the ratio of `examples_per_sec` (the learning run's) to it."""
+def _random_rollout(config):
+  """(init(key) -> env state, chunk(state, key) -> state): the experiment's environment alone for one
+  chunk of `steps_per_chunk` steps under uniform random actions, resets as the experiment's."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  e = config.env
+  if config.experiment == 'drqv2':    # dm_control on MJX: one reset draw per run, action repeat inside a step
+    from ddl.rl import dmc  # pylint: disable=g-import-not-at-top
+    env = dmc.Control(e.name, e.action_repeat, config.total_steps, e.physics)
+    def chunk(state, key):
+      def one(state, t):
+        action = jax.random.uniform(jax.random.fold_in(key, t), (env.action_size,), minval=-1)
+        return env.step(state, action)[0], None
+      return jax.lax.scan(one, state, jnp.arange(config.steps_per_chunk))[0]
+    return lambda key: env.reset(key)[0], chunk
+  if config.experiment == 'dqn':      # gymnax (MinAtar): its step resets at episode ends
+    from ddl.experiments import dqn as dqn_experiment  # pylint: disable=g-import-not-at-top
+    env, params = dqn_experiment.make_env(e.name)
+    def chunk(state, key):
+      def one(state, t):
+        action_key, step_key = jax.random.split(jax.random.fold_in(key, t))
+        action = jax.random.randint(action_key, (), 0, env.num_actions)
+        return env.step(step_key, state, action, params)[1], None
+      return jax.lax.scan(one, state, jnp.arange(config.steps_per_chunk))[0]
+    return lambda key: env.reset(key, params)[1], chunk
+  # the Ant (PPO, stream AC): refills every env.refill_every steps for model brax
   from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top
-  e, seeds, block = config.env, config.num_seeds, config.env.refill_every
-  env = env_lib.from_config(e)
+  env, block = env_lib.from_config(e), e.refill_every
   schedule = jnp.full((1,), e.friction.value, jnp.float32)
-
-  def run(state, key):
+  def chunk(state, key):
     def one_block(state, b):
       state = env.refill(state, jax.random.fold_in(key, -1 - b), schedule)
       def one(state, t):
@@ -298,11 +321,20 @@ def _env_alone(config, devices, examples_per_sec):
         return env.step(state, action, reset_key, b * block + t + 1, schedule)[0], None
       return jax.lax.scan(one, state, jnp.arange(block))[0], None
     return jax.lax.scan(one_block, state, jnp.arange(config.steps_per_chunk // block))[0]
+  return lambda key: env.reset(key, schedule), chunk
 
+
+def _env_alone(config, devices, examples_per_sec):
+  """The experiment's env stepped alone: `seeds` vmapped copies sharded over the learning run's devices
+  (so both use the same cores), uniform random actions, resets as the experiment's (`_random_rollout`);
+  a JSON line with its steps/s (all copies) and the ratio of `examples_per_sec` (the learning run's) to it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  init, run = _random_rollout(config)
+  seeds = config.num_seeds
   keys = jax.device_put(jax.random.split(jax.random.PRNGKey(0), seeds), devices.runs)
   chunk = jax.jit(jax.vmap(run), out_shardings=devices.runs)
   began = time.time()
-  state = jax.block_until_ready(chunk(jax.jit(jax.vmap(env.reset, (0, None)), out_shardings=devices.runs)(keys, schedule), keys))
+  state = jax.block_until_ready(chunk(jax.jit(jax.vmap(init), out_shardings=devices.runs)(keys), keys))
   compile_sec = time.time() - began
   began = time.time()
   for _ in range(flags.FLAGS.chunks):

@@ -113,6 +113,8 @@ CASES = [
          ('replay_ratio', '> 0')),
     Case('buffer_smaller_than_a_batch', (SMOKE['minatar_replay_ratio'], '--config.replay.capacity=4'),
          ('replay.capacity', 'smaller than a batch')),
+    Case('boundary_period_not_dividing_the_chunk', (SMOKE['minatar_replay_ratio'], '--config.replay.boundary_steps=70'),
+         ('replay.boundary_steps=70', 'must divide steps_per_chunk=300')),
     Case('unknown_task', (SMOKE['minatar_replay_ratio'], '--config.env.name=Brekaout-MinAtar'),
          ('env.name', 'Brekaout-MinAtar', 'Breakout-MinAtar')),
     Case('unknown_control_task', (SMOKE['dmc_plasticity'], '--config.env.name=CheetahRunn'),

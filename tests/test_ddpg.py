@@ -122,6 +122,7 @@ def test_dmc_smoke_resumes_exactly_and_builds_injection_into_the_listed_module_o
   assert value('arr', 'replay_ratio', chunk) and set(value('arr', 'replay_ratio', chunk)) <= {0.5, 2.0}
   assert len(value('rr_2', 'updates', chunk)) == 2
   assert value('rr_2', 'updates', chunk) == [2 * config.steps_per_chunk] * 2     # RR 2 after the warm-up
+  assert [os.path.basename(p) for p in drqv2.DrQV2.figures(whole)] == ['plasticity.png']
   # the smoke injects into the critic alone: its critic holds the frozen heads; its actor has no
   # boundary method at all
   group = config_lib.groups(config)[0]

@@ -102,3 +102,38 @@ def test_minatar_smoke_resumes_exactly_with_the_replay_ratios_update_counts(tmp_
   assert all(0 <= x <= 1 for x in value('rr_1_augment', 'critic_fau', chunk))
   for metric in ('active_fraction_encoder', 'active_fraction_head', 'hessian_top_eigenvalue', 'episode_return'):
     assert value('rr_2', metric, chunk), metric
+  from ddl.experiments import dqn as dqn_experiment  # pylint: disable=g-import-not-at-top
+  assert [os.path.basename(p) for p in dqn_experiment.DQN.figures(whole)] == ['plasticity.png']
+
+
+def test_injection_acts_at_boundary_periods_inside_a_chunk():
+  """replay.boundary_steps=100 in chunks of 300 steps: an injection due at period 2 (step 200) happens
+  in the first chunk, the next (period 4) in the second; with chunk-level boundaries neither could
+  (chunk 0 never gets one). The slots are sized by the run's periods (6: 2 injections)."""
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl.experiments import dqn as dqn_experiment  # pylint: disable=g-import-not-at-top
+  config = load_config('minatar_replay_ratio', 'smoke')
+  config.replay.boundary_steps = 100
+  config.schedule.update(injection_first=2, injection_every=2)
+  group = config_lib.groups(config)[0]
+  experiment = dqn_experiment.DQN(group.config, group)
+  hparams = {k: jnp.asarray(v, jnp.float32) for k, v in group.hparams[0].items()}
+  state = experiment.init(jax.random.PRNGKey(0), hparams, jnp.zeros((), jnp.int32))
+  assert state.learner.methods['injection'].signs.shape == (4,)
+  run_chunk = jax.jit(experiment.run_chunk)
+  done = []
+  for _ in range(2):
+    state, _ = run_chunk(state, None)
+    done.append(int(state.learner.methods['injection'].done))
+  assert done == [1, 2]
+  assert int(state.steps) == 2 * config.steps_per_chunk
+
+
+def test_boundary_steps_must_divide_the_chunk():
+  from ddl.rl import off_policy  # pylint: disable=g-import-not-at-top
+  config = load_config('minatar_replay_ratio', 'smoke')
+  config.replay.boundary_steps = 70
+  [(ok, message)] = off_policy.config_checks(config)
+  assert not ok and 'replay.boundary_steps=70 must divide steps_per_chunk=300' in message
+  config.replay.boundary_steps = 150
+  assert off_policy.config_checks(config)[0][0] and off_policy.num_periods(config) == 4

@@ -48,6 +48,19 @@ def test_auto_fuse_variants_groups_per_platform():
   assert 'conv' not in platform_defaults.resolve(config, 'gpu').network   # an MLP has no convolution
 
 
+def test_replay_ratios_get_calls_of_their_own_on_cpu_only():
+  """On CPU the off-policy runs of each (replay ratio, ARR high ratio) are calls of their own, one
+  compiled program for the group; on an accelerator all runs of the group are one call."""
+  config = load_config('minatar_replay_ratio', 'smoke')     # fuse_variants: one group of 4 variants
+  calls = lambda platform: [p.variants for p in programs.build(
+      platform_defaults.resolve(config, platform), devices_lib.Devices(platform_defaults.resolve(config, 'cpu')))]
+  assert sorted(calls('cpu')) == [['arr'] * 2, ['rr_0p5'] * 2, ['rr_1_augment'] * 2, ['rr_2'] * 2]
+  [everything] = calls('gpu')
+  assert sorted(everything) == ['arr'] * 2 + ['rr_0p5'] * 2 + ['rr_1_augment'] * 2 + ['rr_2'] * 2
+  cpu = programs.build(platform_defaults.resolve(config, 'cpu'), devices_lib.Devices(platform_defaults.resolve(config)))
+  assert len({id(p.run_chunk) for p in cpu}) == 1
+
+
 def test_memory_figures_on_cpu():
   compiled = jax.jit(lambda x: (x @ x).sum(0)).lower(np.ones((64, 64), np.float32)).compile()
   figures = memory.analysis(compiled)

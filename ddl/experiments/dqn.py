@@ -10,7 +10,8 @@ transitions, optionally shifts their observations at random (`augment`, DrQ's ra
 takes one learner step on the Huber loss against double-Q targets from the target network, which
 follows the online one by Polyak averaging every `dqn.target_every` updates. Replay ratio, ARR and
 augmentation are traced hyperparameters (agent methods of the registry): one program covers a grid
-of them. Resets and plasticity injection (`schedule.*`) act at chunk starts.
+of them. Resets and plasticity injection (`schedule.*`) act at the starts of boundary periods of
+`replay.boundary_steps` steps (`ddl.rl.off_policy`; 0: chunk starts).
 
 Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
 replay_ratio (at its end), q_loss, critic_fau (the fraction of active units of the Q-network's
@@ -29,10 +30,12 @@ from flax import struct
 
 from ddl import metrics
 from ddl import nets
+from ddl import plotting
 from ddl.experiments import evaluation
 from ddl.learners import Learner, LearnerState
 from ddl.rl import augment as augment_lib
 from ddl.rl import dqn
+from ddl.rl import off_policy
 from ddl.rl import replay as replay_lib
 from ddl.rl import replay_ratio as ratio_lib
 
@@ -69,7 +72,8 @@ class DQN:
     self.examples_per_chunk = config.steps_per_chunk
     self.num_chunks = -(-config.total_steps // config.steps_per_chunk)
     loss = lambda output, target: dqn.q_loss(output, target, config.dqn.huber)
-    self.learner = Learner.from_config(self.network, loss, config, group, self.num_chunks)
+    self.calls_apart = off_policy.calls_apart(config)   # replay ratios in calls of their own (on CPU)
+    self.learner = Learner.from_config(self.network, loss, config, group, off_policy.num_periods(config))
     self.diagnostics_every = config.diagnostics.every
 
   @staticmethod
@@ -88,7 +92,7 @@ class DQN:
         (0 < d.gamma <= 1, 'dqn.gamma must be in (0, 1]'),
         (d.target_every > 0 and 0 < d.target_tau <= 1, 'dqn.target_every must be > 0 and dqn.target_tau in (0, 1]'),
         (0 <= d.epsilon_end <= d.epsilon_start <= 1, 'dqn epsilons must satisfy 0 <= epsilon_end <= epsilon_start <= 1'),
-    ] + replay_lib.config_checks(config) + evaluation.checks(config)
+    ] + replay_lib.config_checks(config) + off_policy.config_checks(config) + evaluation.checks(config)
 
   @staticmethod
   def load_data(config):
@@ -144,9 +148,9 @@ class DQN:
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     del data
     config, r, d = self.config, self.config.replay, self.config.dqn
-    chunk = state.steps // config.steps_per_chunk
-    state = state.replace(learner=self.learner.boundary(
-        state.learner, chunk, jax.random.fold_in(state.key, -1 - chunk), state.obs[None].astype(jnp.float32)))
+    def boundary(state, period):
+      return state.replace(learner=self.learner.boundary(
+          state.learner, period, jax.random.fold_in(state.key, -1 - period), state.obs[None].astype(jnp.float32)))
 
     def env_step(carry, _):
       state, sums = carry
@@ -177,10 +181,19 @@ class DQN:
 
     zeros = dict(returns=jnp.zeros(()), episodes=jnp.zeros((), jnp.int32), updates=jnp.zeros((), jnp.int32),
                  q_loss=jnp.zeros(()), critic_fau=jnp.zeros(()))
-    (state, sums), _ = jax.lax.scan(env_step, (state, zeros), None, length=config.steps_per_chunk)
+    state, sums = off_policy.run_steps(config, state, env_step, boundary, zeros)
     values = ratio_lib.chunk_metrics(sums, state.ratio, state.learner.hparams, ('q_loss', 'critic_fau'))
     values['epsilon'] = dqn.epsilon(state.steps, d.epsilon_start, d.epsilon_end, d.epsilon_steps, r.warmup)
     return state, values
+
+  @staticmethod
+  def figures(workdir: str):
+    """figures/plasticity.png, as Ma et al.'s Figs. 7-9 for a value-based agent: the return, the replay
+    ratio (ARR's switch) and the Q-network's fraction of active units on its update batches and per module."""
+    return filter(None, [plotting.panels_figure(workdir, 'plasticity', (
+        ('episode_return', 'episode return'), ('replay_ratio', 'replay ratio'),
+        ('critic_fau', 'FAU, Q-network (update batches)'), ('active_fraction_encoder', 'FAU, encoder (probe)'),
+        ('active_fraction_head', 'FAU, head (probe)')))])
 
   def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
     """The shared diagnostics on `probe_size` replayed transitions (their n-step targets as the

@@ -14,8 +14,8 @@ the updated critic at its sampled action; the target critic follows by Polyak av
 Modules: the actor and the critic are two learners (`ddl.learners.Learner`, each its own optimizer
 of the config's optimizer section). Resets, plasticity injection and unit transforms (CBP, ReDo)
 act on the modules `intervene` lists ('actor', 'critic'): Fig. 5's injection into the actor vs
-the critic. They act at chunk starts, so their interval in steps is a multiple of
-`steps_per_chunk` (a chunk of 1 000 steps gives any interval in thousands). Replay ratio and ARR are the registry's agent settings; augmentation
+the critic. Resets and injection act at the starts of boundary periods of `replay.boundary_steps`
+agent steps (`ddl.rl.off_policy`; 0: chunk starts). Replay ratio and ARR are the registry's agent settings; augmentation
 (random shift) is refused: from state there is no image to shift.
 
 Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
@@ -35,11 +35,13 @@ from flax import struct
 
 from ddl import metrics
 from ddl import nets
+from ddl import plotting
 from ddl.experiments import evaluation
 from ddl.learners import Learner, LearnerState
 from ddl.rl import ddpg
 from ddl.rl import dmc
 from ddl.rl import dqn
+from ddl.rl import off_policy
 from ddl.rl import replay as replay_lib
 from ddl.rl import replay_ratio as ratio_lib
 
@@ -71,12 +73,13 @@ class DrQV2:
     self.env = dmc.Control(config.env.name, config.env.action_repeat, config.total_steps, config.env.physics)
     self.examples_per_chunk = config.steps_per_chunk
     self.num_chunks = -(-config.total_steps // config.steps_per_chunk)
+    self.calls_apart = off_policy.calls_apart(config)   # replay ratios in calls of their own (on CPU)
     self.critic = self._module_learner('critic', self.make_network(config), ddpg.critic_loss, group)
     self.actor = self._module_learner('actor', self.make_actor(config, self.env.action_size), self._actor_loss, group)
     self.diagnostics_every = config.diagnostics.every
 
   def _module_learner(self, module: str, network, loss, group) -> Learner:
-    learner = Learner.from_config(network, loss, self.config, group, self.num_chunks)
+    learner = Learner.from_config(network, loss, self.config, group, off_policy.num_periods(self.config))
     if module in self.config.intervene:
       return learner
     return dataclasses.replace(learner, methods=tuple(m for m in learner.methods if m.kind not in PER_MODULE_KINDS))
@@ -110,7 +113,7 @@ class DrQV2:
         (0 < d.target_tau <= 1, 'drqv2.target_tau must be in (0, 1]'),
         (d.std_start >= 0 and d.std_end >= 0 and d.std_steps > 0, 'drqv2.std_start, std_end >= 0 and std_steps > 0'),
         (d.std_clip >= 0, 'drqv2.std_clip must be >= 0'),
-    ] + replay_lib.config_checks(config, 'agent steps') + evaluation.checks(config)
+    ] + replay_lib.config_checks(config, 'agent steps') + off_policy.config_checks(config) + evaluation.checks(config)
 
   @staticmethod
   def load_data(config):
@@ -176,12 +179,12 @@ class DrQV2:
   def run_chunk(self, state: State, data) -> Tuple[State, Dict[str, jax.Array]]:
     del data
     config, r = self.config, self.config.replay
-    chunk = state.steps // config.steps_per_chunk
-    boundary_key = jax.random.fold_in(state.key, -1 - chunk)
-    sample = jnp.concatenate([state.obs, jnp.zeros((self.env.action_size,))])[None]
-    state = state.replace(
-        critic=self.critic.boundary(state.critic, chunk, jax.random.fold_in(boundary_key, 0), sample),
-        actor=self.actor.boundary(state.actor, chunk, jax.random.fold_in(boundary_key, 1), state.obs[None]))
+    def boundary(state, period):
+      key = jax.random.fold_in(state.key, -1 - period)
+      sample = jnp.concatenate([state.obs, jnp.zeros((self.env.action_size,))])[None]
+      return state.replace(critic=self.critic.boundary(state.critic, period, jax.random.fold_in(key, 0), sample),
+                           actor=self.actor.boundary(state.actor, period, jax.random.fold_in(key, 1), state.obs[None]))
+
     names = ('critic_loss', 'actor_loss', 'critic_fau', 'actor_fau')
 
     def env_step(carry, _):
@@ -211,10 +214,18 @@ class DrQV2:
 
     zeros = {**{k: jnp.zeros(()) for k in names + ('returns',)},
              'episodes': jnp.zeros((), jnp.int32), 'updates': jnp.zeros((), jnp.int32)}
-    (state, sums), _ = jax.lax.scan(env_step, (state, zeros), None, length=config.steps_per_chunk)
+    state, sums = off_policy.run_steps(config, state, env_step, boundary, zeros)
     values = ratio_lib.chunk_metrics(sums, state.ratio, state.critic.hparams, names)
     values['exploration_std'] = self._std(state.steps)
     return state, values
+
+  @staticmethod
+  def figures(workdir: str):
+    """figures/plasticity.png, as Ma et al.'s Figs. 3, 8 and 9: the return, the replay ratio (ARR's
+    switch) and the fraction of active units of the critic and of the actor over training."""
+    return filter(None, [plotting.panels_figure(workdir, 'plasticity', (
+        ('episode_return', 'episode return'), ('replay_ratio', 'replay ratio'),
+        ('critic_fau', 'FAU, critic'), ('actor_fau', 'FAU, actor')))])
 
   def evaluate(self, state: State, data=None) -> Dict[str, jax.Array]:
     """The shared diagnostics of the critic on `probe_size` replayed transitions (its n-step

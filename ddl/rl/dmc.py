@@ -30,6 +30,8 @@ import jax.numpy as jnp
 from flax import struct
 from mujoco import mjx
 
+from ddl.rl import mjx_patches
+
 
 PHYSICS = ('dm_control', 'playground')
 EULERDAMP = 1 << 15    # mjtDisableBit.mjDSBL_EULERDAMP
@@ -65,6 +67,7 @@ class Control:
 
   def __init__(self, name: str, action_repeat: int = 2, steps: int = 1, physics: str = 'dm_control'):
     from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
+    mjx_patches.install()   # MJX steps as MuJoCo C (the plane-capsule frame, the line search)
     config = registry.get_default_config(name)
     config.impl = 'jax'
     self.env = registry.load(name, config=config)

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ddl.rl import mjx_patches
+
 BACKENDS = ('spring', 'positional', 'generalized', 'mjx')
 MODELS = ('gymnasium', 'brax')
 
@@ -64,6 +66,7 @@ def _gymnasium_ant():
     """reset(key) and step(state, action) as gymnasium's AntEnv (see the module docstring)."""
 
     def __init__(self):
+      mjx_patches.install()   # MJX steps as MuJoCo C (the plane-capsule frame, the line search)
       mj_model = mujoco.MjModel.from_xml_path(gymnasium_ant_xml())
       # gymnasium's init_qpos is the model's qpos0 (torso at z 0.75, joints at 0), not the xml's
       # custom init_qpos (which Brax's System.init_q takes); numpy, so that it takes jax's dtype.

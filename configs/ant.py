@@ -10,29 +10,30 @@ chunk of 122 updates (249 856 steps, the original's 250 k bins), with 95 % boots
   python launch/main.py --config=configs/ant.py:smoke       # tiny nets, a few thousand steps, ~1 min
   python launch/main.py --config=configs/ant.py:std,cbp --config.num_seeds=5 --config.env.backend=spring
 
-Physics (`env.model`, `env.backend`): 'gymnasium' on 'mjx' by default, the paper's Ant: gym's
+Physics (`env.model`, `env.backend`): the default model is 'gymnasium', the paper's Ant: gym's
 ant.xml (every body geom touches the floor, RK4, Newton solver), frame skip 5, Ant-v4's reward and
-termination, reset noise drawn per episode, simulated by MJX in float32 (the original: MuJoCo 2.1
-in float64; see ddl/rl/env.py and docs/rl.md). env.model=brax keeps Brax's own Ant (only the feet
-touch the floor, one solver iteration) on any backend; the smoke uses it on 'spring'.
-Expected run time (2026-11-30, 2-core CPU shared with other jobs, load ~3): the paper's Ant is far
-costlier than Brax's (5 RK4 steps = 20 MJX forward passes, 13 geoms against the floor, up to 100
-Newton iterations): the env alone ran at 82 steps/s for 30 vmapped copies (compile 2.3 min; Brax's
-Ant on mjx right after: 4 756). PPO on it, measured with nothing else running (launch/benchmark.py
---workload=ant --seeds=30 --variant=std --chunks=1 --override=updates_per_chunk=1
---override=ppo.rollout_steps=256 --override=probe_steps=256: one update per 256-step rollout, the
-same learning per environment step as 2048-step rollouts): 33.6 env steps/s for the 30 seeds
-including learning, compile 5 min, so 30 seeds x 50 M steps would take ~1.4 years here. On one H200
-the env alone is latency-bound at ~300 steps/s for 30 copies (docs/benchmarks.md), so the paper's
-Ant is a long GPU job too; PPO there was not measured (it did not compile and run a chunk in the
-100 s it had). Earlier figures for
-env.model=brax on mjx (quiet machine): 1 seed 4 060 env steps/s including learning; 30 vmapped
-seeds 6 860 (std) and 6 680 (cbp) steps/s in total (under load: 1 320-3 220); the 160 minibatch
-steps of each update take about half the time, acting a third.
+termination, and reset noise drawn per episode. The backend is a platform choice
+(ddl/platform_defaults.py). On a CPU it is 'mujoco': MuJoCo's own C simulator in float64, as the
+original ran it, on the host's cores, bit for bit gymnasium's Ant-v4 (ddl/rl/mujoco_host.py). On a
+GPU it is 'mjx': MJX in float32, patched to step as MuJoCo C (ddl/rl/mjx_patches.py). env.model=brax
+keeps Brax's own Ant (only the feet touch the floor, one solver iteration) on any backend but
+'mujoco'; the smoke uses it on 'spring'.
+
+Expected run time on this 2-core CPU (launch/benchmark.py --workload=ant --seeds=30 --variant=std
+--chunks=1 --override=updates_per_chunk=1 --override=ppo.rollout_steps=256 --override=probe_steps=256:
+one update per 256-step rollout, the same learning per environment step as 2048-step rollouts).
+On 'mujoco' (2026-12-06): 1 542 env steps/s for the 30 seeds including learning, compile 15 s; the
+env alone ran at 4 619. So 30 seeds x 50 M steps would take ~11 days here, and a 64-core machine
+would take ~8 h per variant if the per-core rate scales (docs/benchmarks.md). On 'mjx' (2026-11-30):
+33.6 env steps/s, compile 5 min, ~1.4 years. On one H200 MJX's paper Ant is latency-bound at ~300
+steps/s for 30 copies. Earlier figures for env.model=brax on mjx (quiet machine): 1 seed 4 060 env
+steps/s including learning; 30 vmapped seeds 6 860 (std) and 6 680 (cbp) steps/s in total (under
+load: 1 320-3 220); the 160 minibatch steps of each update take about half the time, acting a third.
 Compile: 1-2 min per program on this CPU. Smoke: ~1 min (about 30 s with a warm compilation
 cache).
 """
 from ddl import config as config_lib
+from ddl import platform_defaults
 
 
 def smoke(config):
@@ -69,7 +70,8 @@ def get_config(arg: str = ''):
   config.figure_band = 'bootstrap95'
   # model: gymnasium's ant.xml (the paper's Ant) or Brax's; starts: model brax's initial states drawn
   # per rollout and used in turn at episode ends (see ddl/rl/env.py)
-  config.env = dict(model='gymnasium', backend='mjx', num_envs=1, episode_length=1000, starts=8,
+  config.env = dict(model='gymnasium', backend=platform_defaults.auto(str), num_envs=1, episode_length=1000, starts=8,
+                    threads=platform_defaults.auto(int),   # env.backend=mujoco: host threads (one per core)
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network.update(hidden=(256, 256), weight_init='lecun', layer_norm='')

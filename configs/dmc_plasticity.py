@@ -3,7 +3,7 @@
 the actor vs the critic (their Fig. 5), replay ratios 0.5 / 2 and Adaptive Replay Ratio (Fig. 9,
 Table 1), and the fraction of active units of each module over training (Fig. 3).
 
-  python launch/main.py --config=configs/dmc_plasticity.py --workdir=/tmp/dmc      # CPU default
+  python launch/main.py --config=configs/dmc_plasticity.py --workdir=/tmp/dmc      # CPU default, ~18 min
   python launch/main.py --config=configs/dmc_plasticity.py:paper --workdir=/tmp/dmc_paper   # a GPU
   python launch/main.py --config=configs/dmc_plasticity.py:smoke                   # tests, seconds
 
@@ -21,14 +21,27 @@ batch 64, a 100 000-transition buffer, 40 000 agent steps (80 000 frames), 2 see
 `paper`: hidden 1 024, batch 256, a 10^6 buffer, 1M agent steps (2M frames), 5 seeds: a GPU's job
 (from state; the paper's pixels need the MJX batch renderer, not driven yet: env.pixels is refused).
 
-Measured (2026-12-06, this 2-core CPU, the default; before each run's reset states were all drawn at
-its start rather than per chunk, the same distribution of starts, so the numbers would now differ in
-detail): 22.5 min (6 min of it compiling), 211 agent steps/s over the 6 runs. Mean return over the last 20 000 frames, seeds 0 / 1: RR 0.5 91 / 75,
-RR 2 95 / 99, ARR 85 / 77 (it switched to RR 2 at ~44 000 frames). So early in training the higher
-ratio learns faster here; the paper's Table 1 (Cheetah Run at 2M frames: RR 0.5 828, RR 2 793, ARR
-880) is about the late, plastic-limited regime this run does not reach (the noise is still at
-std ~0.93 of its 500 000-step schedule). The critic's FAU does fall with the ratio, as their Fig. 8:
-0.524 at RR 2 against 0.550 at RR 0.5 at the end (actor 0.562 against 0.632), no dormant units yet.
+The default, measured 2026-12-06 on this 2-core CPU (other jobs running for part of it): 17.7 min
+(1 062 s) for the 6 runs. Mean return over the last 20 000 frames, seeds 0 / 1:
+  RR 0.5   76 / 54
+  RR 2    144 / 107
+  ARR      88 / 59   (switched to RR 2 at ~40 000 and ~60 000 frames)
+So early in training the higher ratio learns faster. The paper's Table 1 (Cheetah Run at 2M
+frames: RR 0.5 828, RR 2 793, ARR 880) is about the late regime, where plasticity limits learning;
+this run does not reach it (the exploration noise is still at std ~0.93 of its 500 000-step
+schedule). The FAU side of claim 4 does show, as in their Fig. 8. At the end the critic's FAU is
+0.538 at RR 2 against 0.548 at RR 0.5, and the actor's 0.591 against 0.634. No unit is dormant yet.
+The first measurement of this default (before every reset state was drawn at the run's start and
+before ddl.rl.mjx_patches) gave RR 0.5 91 / 75, RR 2 95 / 99, ARR 85 / 77. At this length the
+seeds' trajectories part chaotically, and 2 seeds say little about returns.
+
+`:injection` (measured 2026-12-06 before ddl.rl.mjx_patches, 13.3 min on this CPU, 2 seeds, injection
+at 40 000 of 80 000 frames, RR 0.5): mean return over the last 20 000 frames, seeds 0 / 1: none 24 / 39, into the critic
+25 / 30, into the actor 34 / 45. That is no difference beyond the seeds' spread. The paper's Fig. 5
+injects at 1M steps, after the critic has lost its plasticity (Walker Run without DA), which a CPU
+run does not reach. Claim 2 is not shown here. Injection into the critic does show in its FAU: 0.41 /
+0.44 against 0.51 / 0.55 without injection at the end, with 2 % dormant units while the fresh head
+learns. Injection into the actor raises the actor's FAU: 0.65 / 0.65 against 0.60 / 0.63.
 """
 from ddl import config as config_lib
 from ddl import platform_defaults

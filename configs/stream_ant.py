@@ -20,11 +20,15 @@ steps (the paper: 2 M on gym's Ant-v4), bins of 250 k steps as PPO's.
   python launch/main.py --config=configs/stream_ant.py:stream --config.num_seeds=5
   python launch/main.py --config=configs/stream_ant.py:one_program # the three variants in one program
 
-Physics as configs/ant.py: the paper's Ant (env.model=gymnasium on mjx; Brax's Ant on 'spring' in
-the smoke). Throughput (launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream
---env_alone, 2026-11-30, this 2-core CPU with nothing else running; the env alone: 30 copies on the
-same devices, random actions), environment steps per second of all 30 seeds:
-  paper's Ant (+ --chunks=1 --override=steps_per_chunk=100 --override=env.refill_every=100
+Physics as configs/ant.py: the paper's Ant (env.model=gymnasium; on a CPU MuJoCo C on host threads,
+env.backend=mujoco; on a GPU MJX; Brax's Ant on 'spring' in the smoke). Throughput
+(launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream --env_alone; the env alone:
+30 copies on the same devices, random actions), environment steps per second of all 30 seeds:
+  paper's Ant on MuJoCo C (2026-12-06, + --chunks=1 --override=steps_per_chunk=500
+  --override=env.refill_every=500 --override=probe_steps=100 --override=env.backend=mujoco, tests
+  running beside it): 2 248 including learning, 3 353 the env alone (ratio 0.67), compile 21 s: 30
+  seeds x 50 M steps in ~8 days here;
+  paper's Ant on MJX (2026-11-30, nothing else running, + --chunks=1 --override=steps_per_chunk=100 --override=env.refill_every=100
   --override=probe_steps=100): 79.8 including learning, 87.5 the env alone (ratio 0.91), compile
   104 s: 30 seeds x 50 M steps would take ~7 months here; on one H200 (2026-11-30) it is
   latency-bound: 308 steps/s for 30 seeds with learning, 305 the env alone (each seed ~10 steps/s,
@@ -35,6 +39,7 @@ same devices, random actions), environment steps per second of all 30 seeds:
 Smoke: ~1-2 min (most of it compilation).
 """
 from ddl import config as config_lib
+from ddl import platform_defaults
 
 # TIDBD's meta step size theta of the variant tidbd, untuned for returns: one decade below where
 # the critic diverged. Measured on the smoke's Ant (Brax, spring) with the full-size critic (128,
@@ -94,7 +99,8 @@ def get_config(arg: str = ''):
   config.figure_band = 'bootstrap95'
   # one env per seed; model: gymnasium's ant.xml (the paper's Ant) or Brax's; starts: model brax's
   # initial states drawn every refill_every steps and used in turn at episode ends (see ddl/rl/env.py)
-  config.env = dict(model='gymnasium', backend='mjx', episode_length=1000, starts=8, refill_every=1000,
+  config.env = dict(model='gymnasium', backend=platform_defaults.auto(str), episode_length=1000, starts=8, refill_every=1000,
+                    threads=platform_defaults.auto(int),   # env.backend=mujoco: host threads (one per core)
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network.update(hidden=(128, 128), activation='leaky_relu', weight_init='sparse', layer_norm='plain')

@@ -18,6 +18,13 @@ preset, a variant or the command line sets always wins. The rule (`RULE`):
   skipped) and the update is compute-bound, so runs of RR 0.5 in a call with RR 2 cost 4x their own
   work; False on GPU and TPU, where a call's runs update in parallel and separate calls would run
   one after another. Either way the runs of one group share one compiled program.
+- `env.backend` (the Ant's physics, `ddl.rl.env`): 'mujoco' on CPU, MuJoCo's C simulator on the host's
+  cores (the paper's Ant: PPO with 30 seeds 1 542 env steps/s including learning, against 33.6 on
+  MJX, measured on this 2-core CPU; bit for bit gymnasium's Ant-v4); 'mjx' on GPU and TPU until
+  MuJoCo C on the host of a GPU machine, MJX and MJX-Warp are measured there (one H200 ran MJX's
+  paper Ant at ~10 steps/s per copy, latency-bound, docs/benchmarks.md).
+- `env.threads` (the Ant on `env.backend=mujoco`, `ddl.rl.mujoco_host`): one host thread per core of
+  this machine, whatever the platform (MuJoCo C steps on the host); the results do not depend on it.
 - `runs_per_call` is not in the table: left at AUTO it is as many runs per call as fit the
   device's memory, all runs where they fit (`ddl.programs.fitted`, from XLA's memory analysis of
   the compiled programs and the device's free memory: a GPU's allocator limit, a CPU host's
@@ -27,6 +34,7 @@ preset, a variant or the command line sets always wins. The rule (`RULE`):
 here too: `channels_last_gradients`, how a 'lax' convolution takes its gradients.
 """
 import copy
+import os
 from typing import Any, Dict, Optional
 
 import jax
@@ -39,6 +47,8 @@ RULE: Dict[str, Dict[str, Any]] = {
     'network.conv': {'cpu': 'patches', 'accelerator': 'lax'},
     'fuse_variants': {'cpu': False, 'accelerator': True},
     'replay.calls_per_ratio': {'cpu': True, 'accelerator': False},
+    'env.threads': {'cpu': os.cpu_count() or 1, 'accelerator': os.cpu_count() or 1},
+    'env.backend': {'cpu': 'mujoco', 'accelerator': 'mjx'},
 }
 
 

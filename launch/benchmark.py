@@ -94,7 +94,7 @@ flags.DEFINE_bool('memory', False, 'Compile only: the memory of each group at --
                   'projection to --project_seeds seeds.')
 flags.DEFINE_integer('project_seeds', 30, 'Seeds per variant of the --memory projection.')
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
-flags.DEFINE_bool('env_alone', False, 'stream_ant, dmc, minatar: also time the env alone at --seeds copies '
+flags.DEFINE_bool('env_alone', False, 'ant, stream_ant, dmc, minatar: also time the env alone at --seeds copies '
                   '(random actions, resets as the experiment) and report env_steps_per_sec and learning/env-alone ratio.')
 flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention and learner of the toolkit '
                   '(and plain backprop) and report each one\'s step cost relative to plain backprop (SGD).')
@@ -284,8 +284,8 @@ def _read_metrics_line(rows: int) -> str:
 
 
 def _random_rollout(config):
-  """(init(key) -> env state, chunk(state, key) -> state): the experiment's environment alone for one
-  chunk of `steps_per_chunk` steps under uniform random actions, resets as the experiment's."""
+  """(init(key) -> env state, chunk(state, key) -> state, steps): the experiment's environment alone for
+  one chunk of its steps (PPO: its rollouts' steps) under uniform random actions, resets as the experiment's."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   e = config.env
@@ -297,7 +297,7 @@ def _random_rollout(config):
         action = jax.random.uniform(jax.random.fold_in(key, t), (env.action_size,), minval=-1)
         return env.step(state, action)[0], None
       return jax.lax.scan(one, state, jnp.arange(config.steps_per_chunk))[0]
-    return lambda key: env.reset(key)[0], chunk
+    return lambda key: env.reset(key)[0], chunk, config.steps_per_chunk
   if config.experiment == 'dqn':      # gymnax (MinAtar): its step resets at episode ends
     from ddl.experiments import dqn as dqn_experiment  # pylint: disable=g-import-not-at-top
     env, params = dqn_experiment.make_env(e.name)
@@ -307,10 +307,11 @@ def _random_rollout(config):
         action = jax.random.randint(action_key, (), 0, env.num_actions)
         return env.step(step_key, state, action, params)[1], None
       return jax.lax.scan(one, state, jnp.arange(config.steps_per_chunk))[0]
-    return lambda key: env.reset(key, params)[1], chunk
-  # the Ant (PPO, stream AC): refills every env.refill_every steps for model brax
+    return lambda key: env.reset(key, params)[1], chunk, config.steps_per_chunk
+  # the Ant (PPO, stream AC): refills every env.refill_every steps for model brax (PPO: every rollout)
   from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top
-  env, block = env_lib.from_config(e), e.refill_every
+  steps = config.get('steps_per_chunk') or config.ppo.rollout_steps * config.updates_per_chunk
+  env, block = env_lib.from_config(e), e.get('refill_every') or config.get('ppo', {}).get('rollout_steps', steps)
   schedule = jnp.full((1,), e.friction.value, jnp.float32)
   def chunk(state, key):
     def one_block(state, b):
@@ -320,8 +321,8 @@ def _random_rollout(config):
         action = jax.random.uniform(action_key, (env.action_size,), minval=-1)
         return env.step(state, action, reset_key, b * block + t + 1, schedule)[0], None
       return jax.lax.scan(one, state, jnp.arange(block))[0], None
-    return jax.lax.scan(one_block, state, jnp.arange(config.steps_per_chunk // block))[0]
-  return lambda key: env.reset(key, schedule), chunk
+    return jax.lax.scan(one_block, state, jnp.arange(steps // block))[0]
+  return lambda key: env.reset(key, schedule), chunk, steps
 
 
 def _env_alone(config, devices, examples_per_sec):
@@ -329,7 +330,7 @@ def _env_alone(config, devices, examples_per_sec):
   (so both use the same cores), uniform random actions, resets as the experiment's (`_random_rollout`);
   a JSON line with its steps/s (all copies) and the ratio of `examples_per_sec` (the learning run's) to it."""
   import jax  # pylint: disable=g-import-not-at-top
-  init, run = _random_rollout(config)
+  init, run, steps = _random_rollout(config)
   seeds = config.num_seeds
   keys = jax.device_put(jax.random.split(jax.random.PRNGKey(0), seeds), devices.runs)
   chunk = jax.jit(jax.vmap(run), out_shardings=devices.runs)
@@ -340,7 +341,7 @@ def _env_alone(config, devices, examples_per_sec):
   for _ in range(flags.FLAGS.chunks):
     state = chunk(state, keys)
   jax.block_until_ready(state)
-  rate = seeds * config.steps_per_chunk * flags.FLAGS.chunks / (time.time() - began)
+  rate = seeds * steps * flags.FLAGS.chunks / (time.time() - began)
   print(json.dumps(dict(workload=flags.FLAGS.workload, variant='env_alone', seeds=seeds, env_steps_per_sec=round(rate, 1),
                         learning_vs_env_alone=round(examples_per_sec / rate, 3), compile_sec=round(compile_sec, 2),
                         backend=jax.default_backend())), flush=True)

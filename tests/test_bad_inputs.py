@@ -193,8 +193,12 @@ CASES = [
          (SMOKE['slippery_ant'], '--config.env.friction.kind=file', '--config.env.friction.file={tmp}/none.npy'),
          ('env.friction.file', 'none.npy')),
     Case('unknown_env_model', (SMOKE['slippery_ant'], '--config.env.model=mujoco'), ("env.model='mujoco'", 'gymnasium')),
+    Case('mujoco_backend_with_brax_model', (SMOKE['slippery_ant'], '--config.env.backend=mujoco'),
+         ("env.backend='mujoco'", 'set env.model=gymnasium')),
+    Case('no_host_threads', (SMOKE['slippery_ant'], '--config.env.backend=mujoco', '--config.env.model=gymnasium',
+                             '--config.env.threads=0'), ('env.threads=0', 'must be > 0')),
     Case('gymnasium_model_off_mjx', (SMOKE['slippery_ant'], '--config.env.model=gymnasium'),
-         ("env.backend='spring'", 'set env.backend=mjx')),
+         ("env.backend='spring'", 'set env.backend=mjx or mujoco')),
 ]
 
 

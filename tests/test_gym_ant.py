@@ -147,7 +147,7 @@ def test_friction_changes_the_physics_without_recompiling(sim):
 def test_model_and_backend_are_checked():
   with pytest.raises(ValueError, match=r"env.model='mujoco' is not known"):
     env_lib.FrictionAnt('mjx', model='mujoco')
-  with pytest.raises(ValueError, match=r"runs on MJX only, not env.backend='spring'; set env.backend=mjx"):
+  with pytest.raises(ValueError, match=r"runs on MJX or MuJoCo C only, not env.backend='spring'; set env.backend=mjx or mujoco"):
     env_lib.FrictionAnt('spring', model='gymnasium')
 
 

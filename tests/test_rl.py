@@ -234,5 +234,5 @@ def test_friction_file_rows_and_bad_settings_are_clear_errors(tmp_path):
     PPO.load_data(config)
   config = load_config('slippery_ant', 'smoke,std')
   config.env.backend = 'bullet'
-  with pytest.raises(config_lib.ConfigError, match='env.backend must be one of'):
+  with pytest.raises(config_lib.ConfigError, match="env.backend='bullet' is not known; use one of"):
     config_lib.validate(config, PPO)

@@ -44,10 +44,7 @@ def env_checks(config):
   """The (condition, message) checks of the Ant env and friction settings (PPO, stream AC)."""
   env = config.env
   return [
-      (env.backend in env_lib.BACKENDS, f'env.backend must be one of {env_lib.BACKENDS}'),
-      (env.model in env_lib.MODELS, f'env.model={env.model!r} is not known; use one of {env_lib.MODELS}'),
-      (env.model != 'gymnasium' or env.backend == 'mjx',
-       f"env.model='gymnasium' runs on MJX only, not env.backend={env.backend!r}; set env.backend=mjx (or env.model=brax)"),
+      *env_lib.setting_checks(env.backend, env.model, env.get('threads', 1)),
       (env.model != 'gymnasium' or importlib.util.find_spec('gymnasium') is not None,
        "env.model='gymnasium' reads gymnasium's ant.xml, but gymnasium is not installed: pip install gymnasium "
        '(or set env.model=brax)'),

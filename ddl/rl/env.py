@@ -42,7 +42,7 @@ from flax import struct
 
 from ddl.rl import mjx_patches
 
-BACKENDS = ('spring', 'positional', 'generalized', 'mjx')
+BACKENDS = ('spring', 'positional', 'generalized', 'mjx', 'mujoco')   # mujoco: MuJoCo C on host threads
 MODELS = ('gymnasium', 'brax')
 
 
@@ -121,20 +121,20 @@ class FrictionAnt:
   """Pure functions over EnvState; the brax environment object holds only static structure."""
 
   def __init__(self, backend: str = 'spring', episode_length: int = 1000, change_every: int = 2_000_000,
-               starts: int = 8, model: str = 'brax'):
-    if backend not in BACKENDS:
-      raise ValueError(f'env.backend={backend!r} is not known; use one of {BACKENDS}.')
-    if model not in MODELS:
-      raise ValueError(f'env.model={model!r} is not known; use one of {MODELS}.')
-    if model == 'gymnasium' and backend != 'mjx':
-      raise ValueError(f"env.model='gymnasium' runs on MJX only, not env.backend={backend!r}; set env.backend=mjx "
-                       '(or env.model=brax).')
-    if model == 'gymnasium':
+               starts: int = 8, model: str = 'brax', threads: int = 1):
+    for ok, message in setting_checks(backend, model, threads):
+      if not ok:
+        raise ValueError(message)
+    if backend == 'mujoco':
+      from ddl.rl import mujoco_host  # pylint: disable=g-import-not-at-top
+      self.env = mujoco_host.HostAnt(gymnasium_ant_xml(), threads)
+    elif model == 'gymnasium':
       self.env = _gymnasium_ant()
     else:
       from brax import envs  # pylint: disable=g-import-not-at-top
       self.env = envs.get_environment('ant', backend=backend)
     self.model = model
+    self.backend = backend
     self.episode_length = episode_length
     self.change_every = change_every
     self.starts = starts
@@ -144,6 +144,8 @@ class FrictionAnt:
   def _env(self, friction: jax.Array):
     """The brax env with `friction` as every geom's sliding friction: a shallow copy that lives only
     while tracing this step (nothing is written to self, so no tracer leaks)."""
+    if self.backend == 'mujoco':
+      return self.env.at(friction)
     env = copy.copy(self.env)
     sys = self.env.sys
     env.sys = sys.replace(geom_friction=sys.geom_friction.at[:, 0].set(friction))
@@ -178,18 +180,20 @@ class FrictionAnt:
     """One step; `global_step` counts the seed's steps including this one; `key` draws the next
     episode's initial state (model 'gymnasium'; 'brax' takes it from `starts`). Returns (state, Step)."""
     env = self._env(self.friction(state, schedule))
-    brax_state = env.step(state.brax_state, action)
     episode_step = state.episode_step + 1
+    if self.backend == 'mujoco':   # the step and the next start in one host call
+      brax_state, start = env.step_and_start(state.brax_state, action, key, episode_step >= self.episode_length)
+    else:
+      brax_state = env.step(state.brax_state, action)
     episode_return = state.episode_return + brax_state.reward
     terminated = brax_state.done > 0
     done = terminated | (episode_step >= self.episode_length)
     change = done & (global_step - state.last_change > self.change_every)
     friction_index = jnp.minimum(state.friction_index + change, schedule.shape[0] - 1)
     last_change = jnp.where(change, global_step, state.last_change)
-    if self.model == 'gymnasium':
-      start = env.reset(key)
-    else:
-      start = jax.tree.map(lambda x: x[state.start_count % self.starts], state.starts)
+    if self.backend != 'mujoco':   # (mujoco: the start came with the step)
+      start = env.reset(key) if self.model == 'gymnasium' else jax.tree.map(
+          lambda x: x[state.start_count % self.starts], state.starts)
     zero = jnp.zeros((), jnp.int32)
     reward = brax_state.reward
     state = state.replace(
@@ -202,9 +206,31 @@ class FrictionAnt:
     return state.brax_state.obs
 
 
+def setting_checks(backend: str, model: str, threads: int = 1):
+  """(condition, message) checks of the Ant's physics settings: FrictionAnt raises the first that fails,
+  the experiments' `checks` report them before anything is built."""
+  return [
+      (backend is None or backend in BACKENDS, f'env.backend={backend!r} is not known; use one of {BACKENDS}.'),
+      (model in MODELS, f'env.model={model!r} is not known; use one of {MODELS}.'),
+      (backend != 'mujoco' or model == 'gymnasium',
+       "env.backend='mujoco' (MuJoCo C on host threads) steps the paper's Ant only; set env.model=gymnasium "
+       "(or env.backend=mjx for Brax's Ant)"),
+      (model != 'gymnasium' or backend in (None, 'mjx', 'mujoco'),   # None: AUTO, a platform's choice
+       f"env.model='gymnasium' runs on MJX or MuJoCo C only, not env.backend={backend!r}; set env.backend=mjx or "
+       'mujoco (or env.model=brax)'),
+      (backend != 'mujoco' or threads is None or threads > 0,
+       f'env.threads={threads} must be > 0 (host threads stepping MuJoCo C; left unset: one per core)'),
+  ]
+
+
 def from_config(env) -> FrictionAnt:
   """The Ant of a config's `env` section (the PPO and stream AC experiments, the benchmark)."""
-  return FrictionAnt(env.backend, env.episode_length, env.friction.change_every, env.starts, env.model)
+  # settings left AUTO (a config built without a launch, e.g. in a test): this platform's choices
+  from ddl import platform_defaults  # pylint: disable=g-import-not-at-top
+  choices = platform_defaults.choices(jax.default_backend())
+  backend = env.backend if env.backend is not None else choices['env.backend']
+  threads = env.get('threads') if env.get('threads') is not None else choices['env.threads']
+  return FrictionAnt(backend, env.episode_length, env.friction.change_every, env.starts, env.model, threads)
 
 
 def friction_schedule(key: chex.PRNGKey, length: int, low: float, high: float) -> jax.Array:

@@ -63,6 +63,7 @@ def smoke(config):
   config.schedule.injection_first = 1
   config.intervene = ('critic',)
   config.fuse_variants = True
+  config.replay.calls_per_ratio = False   # one call: in so small a run MJX's physics, not the update, dominates
   config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
 

@@ -37,16 +37,16 @@ from ddl import platform_defaults
 
 
 def smoke(config):
-  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; Brax's
-  own Ant (env.model=brax) on spring physics, the fastest to compile on a CPU (the paper's Ant needs
-  mjx); std, ns, l2, cbp and cbpi share a program, redo has its own."""
+  """Tiny networks, short rollouts and episodes, 2 seeds, 3 chunks of 2 updates x 256 steps; the
+  paper's Ant on MuJoCo C (env.backend=mujoco: no physics to compile, the fastest smoke on a CPU);
+  std, ns, l2, cbp and cbpi share a program, redo has its own."""
   config.num_seeds = 2
   config.total_steps = 3 * 2 * 256
   config.updates_per_chunk = 2
   config.probe_steps = 200
   config.checkpoint_every = 2
-  config.env.model = 'brax'
-  config.env.backend = 'spring'
+  config.env.model = 'gymnasium'
+  config.env.backend = 'mujoco'
   config.env.episode_length = 200       # several episodes per seed in the few steps
   config.network.hidden = (16, 16)
   config.ppo.rollout_steps = 256

@@ -34,6 +34,6 @@ def get_config(arg: str = ''):
 
 
 def smoke(config):
-  """configs/ant.py's smoke (Brax's Ant on spring), with the friction changing every 512 steps (every
+  """configs/ant.py's smoke (the paper's Ant on MuJoCo C), with the friction changing every 512 steps (every
   seed sees >= 2)."""
   config.env.friction.change_every = 512

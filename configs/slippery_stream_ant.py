@@ -36,6 +36,6 @@ def get_config(arg: str = ''):
 
 
 def smoke(config):
-  """configs/stream_ant.py's smoke (Brax's Ant on spring; stream, cbp and tidbd in one program), with
+  """configs/stream_ant.py's smoke (the paper's Ant on MuJoCo C; stream, cbp and tidbd in one program), with
   the friction changing every 1000 steps (every seed sees >= 2)."""
   config.env.friction.change_every = 1000

@@ -70,16 +70,16 @@ def one_program(config):
 
 
 def smoke(config):
-  """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, Brax's own Ant
-  (env.model=brax) on spring physics, the fastest to compile on a CPU (the paper's Ant needs mjx);
-  stream, cbp and tidbd in one program (compilation dominates the smoke; `one_program`)."""
+  """Tiny networks, 2 seeds, 3 chunks of 1000 steps, 200-step episodes, the paper's Ant on MuJoCo C
+  (env.backend=mujoco: no physics to compile, the fastest smoke on a CPU); stream, cbp and tidbd in
+  one program (compilation dominates the smoke; `one_program`)."""
   config.num_seeds = 2
   config.total_steps = 3 * 1000
   config.steps_per_chunk = 1000
   config.probe_steps = 200
   config.checkpoint_every = 2
-  config.env.model = 'brax'
-  config.env.backend = 'spring'
+  config.env.model = 'gymnasium'
+  config.env.backend = 'mujoco'
   config.env.episode_length = 200
   config.env.refill_every = 500
   config.network.hidden = (16, 16)

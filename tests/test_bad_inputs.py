@@ -113,8 +113,6 @@ CASES = [
          ('replay_ratio', '> 0')),
     Case('buffer_smaller_than_a_batch', (SMOKE['minatar_replay_ratio'], '--config.replay.capacity=4'),
          ('replay.capacity', 'smaller than a batch')),
-    Case('boundary_period_not_dividing_the_chunk', (SMOKE['minatar_replay_ratio'], '--config.replay.boundary_steps=70'),
-         ('replay.boundary_steps=70', 'must divide steps_per_chunk=300')),
     Case('unknown_task', (SMOKE['minatar_replay_ratio'], '--config.env.name=Brekaout-MinAtar'),
          ('env.name', 'Brekaout-MinAtar', 'Breakout-MinAtar')),
     Case('unknown_control_task', (SMOKE['dmc_plasticity'], '--config.env.name=CheetahRunn'),
@@ -193,11 +191,10 @@ CASES = [
          (SMOKE['slippery_ant'], '--config.env.friction.kind=file', '--config.env.friction.file={tmp}/none.npy'),
          ('env.friction.file', 'none.npy')),
     Case('unknown_env_model', (SMOKE['slippery_ant'], '--config.env.model=mujoco'), ("env.model='mujoco'", 'gymnasium')),
-    Case('mujoco_backend_with_brax_model', (SMOKE['slippery_ant'], '--config.env.backend=mujoco'),
+    Case('mujoco_backend_with_brax_model', (SMOKE['slippery_ant'], '--config.env.model=brax'),
          ("env.backend='mujoco'", 'set env.model=gymnasium')),
-    Case('no_host_threads', (SMOKE['slippery_ant'], '--config.env.backend=mujoco', '--config.env.model=gymnasium',
-                             '--config.env.threads=0'), ('env.threads=0', 'must be > 0')),
-    Case('gymnasium_model_off_mjx', (SMOKE['slippery_ant'], '--config.env.model=gymnasium'),
+    Case('no_host_threads', (SMOKE['slippery_ant'], '--config.env.threads=0'), ('env.threads=0', 'must be > 0')),
+    Case('gymnasium_model_off_mjx', (SMOKE['slippery_ant'], '--config.env.backend=spring'),
          ("env.backend='spring'", 'set env.backend=mjx or mujoco')),
 ]
 

@@ -155,7 +155,7 @@ def test_model_and_backend_are_checked():
 def test_experiments_trace_a_chunk_with_the_gymnasium_model(name, arg):
   """PPO and stream AC (tiny smoke configs, model gymnasium): init and one chunk trace (not compiled)."""
   config = load_config(name, arg)
-  assert load_config(name).env.model == 'gymnasium' and config.env.model == 'brax'
+  assert load_config(name).env.model == 'gymnasium'
   config.env.model, config.env.backend = 'gymnasium', 'mjx'
   experiment, state, values = trace_programs(config)
   assert experiment.env.model == 'gymnasium'

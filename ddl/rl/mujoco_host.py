@@ -16,6 +16,7 @@ mj_resetData, qpos0 + U(-0.1, 0.1), 0.1 N(0, 1) (the noise drawn in JAX from the
 """
 import concurrent.futures
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,9 +137,9 @@ def simulator(xml_path: str, threads: int) -> Simulator:
 
 
 class HostAnt:
-  """gymnasium's Ant-v4 on MuJoCo C as a Brax-like env for `FrictionAnt`: reset(key) and step(state,
-  action) over brax `State`s whose pipeline_state is the run's float64 physics state as uint32 bits;
-  `at(friction)` binds the friction of the run (traced) for the next call."""
+  """gymnasium's Ant-v4 on MuJoCo C as a Brax-like env for `FrictionAnt`: reset(key) and
+  step_and_start(state, action, key, time_up) over brax `State`s whose pipeline_state is the run's
+  float64 physics state as uint32 bits; `at(friction)` binds the run's friction (traced) for a call."""
 
   def __init__(self, xml_path: str, threads: int, friction=None):
     self.sim = simulator(xml_path, threads)

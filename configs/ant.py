@@ -8,7 +8,7 @@ chunk of 122 updates (249 856 steps, the original's 250 k bins), with 95 % boots
 
   python launch/main.py --config=configs/ant.py
   python launch/main.py --config=configs/ant.py:smoke       # tiny nets, a few thousand steps, ~1 min
-  python launch/main.py --config=configs/ant.py:std,cbp --config.num_seeds=5 --config.env.backend=spring
+  python launch/main.py --config=configs/ant.py:std,cbp --config.num_seeds=5 --config.env.backend=mjx
 
 Physics (`env.model`, `env.backend`): the default model is 'gymnasium', the paper's Ant: gym's
 ant.xml (every body geom touches the floor, RK4, Newton solver), frame skip 5, Ant-v4's reward and
@@ -17,7 +17,7 @@ termination, and reset noise drawn per episode. The backend is a platform choice
 original ran it, on the host's cores, bit for bit gymnasium's Ant-v4 (ddl/rl/mujoco_host.py). On a
 GPU it is 'mjx': MJX in float32, patched to step as MuJoCo C (ddl/rl/mjx_patches.py). env.model=brax
 keeps Brax's own Ant (only the feet touch the floor, one solver iteration) on any backend but
-'mujoco'; the smoke uses it on 'spring'.
+'mujoco'. The smoke runs the paper's Ant on 'mujoco', which has no physics to compile.
 
 Expected run time on this 2-core CPU (launch/benchmark.py --workload=ant --seeds=30 --variant=std
 --chunks=1 --override=updates_per_chunk=1 --override=ppo.rollout_steps=256 --override=probe_steps=256:

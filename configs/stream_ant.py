@@ -21,7 +21,7 @@ steps (the paper: 2 M on gym's Ant-v4), bins of 250 k steps as PPO's.
   python launch/main.py --config=configs/stream_ant.py:one_program # the three variants in one program
 
 Physics as configs/ant.py: the paper's Ant (env.model=gymnasium; on a CPU MuJoCo C on host threads,
-env.backend=mujoco; on a GPU MJX; Brax's Ant on 'spring' in the smoke). Throughput
+env.backend=mujoco, also in the smoke; on a GPU MJX). Throughput
 (launch/benchmark.py --workload=stream_ant --seeds=30 --variant=stream --env_alone; the env alone:
 30 copies on the same devices, random actions), environment steps per second of all 30 seeds:
   paper's Ant on MuJoCo C (2026-12-06, + --chunks=1 --override=steps_per_chunk=500
@@ -42,7 +42,7 @@ from ddl import config as config_lib
 from ddl import platform_defaults
 
 # TIDBD's meta step size theta of the variant tidbd, untuned for returns: one decade below where
-# the critic diverged. Measured on the smoke's Ant (Brax, spring) with the full-size critic (128,
+# the critic diverged. Measured on Brax's Ant on spring (the smoke's then) with the full-size critic (128,
 # 128), 4 seeds x 12 k steps, theta in one program (2026-11-30, this CPU): the std of the critic's
 # step sizes (all start at alpha = 1; mean over seeds) after 12 k steps was < 5e-5, 1e-4, 1.1e-3,
 # 0.011, 0.11 for theta = 1e-3, 1e-2, 0.1, 1, 10 (about proportional to theta, growing little after

@@ -80,9 +80,10 @@ def test_equals_gymnasium_ant_v4_bit_for_bit(friction):
 
 
 def test_the_thread_count_changes_nothing():
-  """4 runs on 1 and on 3 threads (uneven shares), 300 steps: the same bits."""
-  one = _run(1, 1.0, runs=4, steps=300)[2]
-  three = _run(3, 1.0, runs=4, steps=300)[2]
+  """4 runs on 1 and on 3 threads (uneven shares), 200 steps: the same bits. (Exact resume on this
+  backend: the ant smokes run on it, tests/test_rl.py and tests/test_stream_ac.py.)"""
+  one = _run(1, 1.0, runs=4, steps=200)[2]
+  three = _run(3, 1.0, runs=4, steps=200)[2]
   for a, b in zip(one, three):
     np.testing.assert_array_equal(a, b)
 
@@ -92,18 +93,3 @@ def test_bad_settings_name_the_fix():
     env_lib.FrictionAnt('mujoco', model='brax')
   with pytest.raises(ValueError, match=r'env.threads=0 must be > 0'):
     env_lib.FrictionAnt('mujoco', model='gymnasium', threads=0)
-
-
-def test_ppo_on_mujoco_c_resumes_exactly_whatever_the_thread_count(tmp_path):
-  """PPO's smoke on the paper's Ant on MuJoCo C: a run on 1 thread and a run on 2 threads stopped after
-  a chunk and relaunched write the same metrics.csv (the physics state is in the checkpoint)."""
-  import copy  # pylint: disable=g-import-not-at-top
-  from conftest import assert_resume_is_identical, cheap_diagnostics, load_config  # pylint: disable=g-import-not-at-top
-  from ddl import run as run_lib  # pylint: disable=g-import-not-at-top
-  config = cheap_diagnostics(load_config('ant', 'smoke,std'))
-  config.env.update(model='gymnasium', backend='mujoco', threads=1)
-  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
-  run_lib.run(config, whole, figures=False)
-  two = copy.deepcopy(config)
-  two.env.threads = 2
-  assert_resume_is_identical(two, whole, split, stop_after_chunks=1)

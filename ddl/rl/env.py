@@ -185,15 +185,14 @@ class FrictionAnt:
       brax_state, start = env.step_and_start(state.brax_state, action, key, episode_step >= self.episode_length)
     else:
       brax_state = env.step(state.brax_state, action)
+      start = env.reset(key) if self.model == 'gymnasium' else jax.tree.map(
+          lambda x: x[state.start_count % self.starts], state.starts)
     episode_return = state.episode_return + brax_state.reward
     terminated = brax_state.done > 0
     done = terminated | (episode_step >= self.episode_length)
     change = done & (global_step - state.last_change > self.change_every)
     friction_index = jnp.minimum(state.friction_index + change, schedule.shape[0] - 1)
     last_change = jnp.where(change, global_step, state.last_change)
-    if self.backend != 'mujoco':   # (mujoco: the start came with the step)
-      start = env.reset(key) if self.model == 'gymnasium' else jax.tree.map(
-          lambda x: x[state.start_count % self.starts], state.starts)
     zero = jnp.zeros((), jnp.int32)
     reward = brax_state.reward
     state = state.replace(

@@ -103,14 +103,14 @@ class Simulator:
 
   def step_and_start(self, state, action, friction, qpos, qvel, time_up):
     """`step`, then a fresh start (`reset` at qpos, qvel) for the runs whose episode ended (terminated
-    or `time_up`), in one call: (stepped state, the next state: the start where ended, obs of it,
-    reward, terminated)."""
-    new, _, reward, terminated = self.step(state, action, friction)
+    or `time_up`), in one call: (stepped state, its obs, the next state: the start where ended, obs of
+    it, reward, terminated)."""
+    new, new_obs, reward, terminated = self.step(state, action, friction)
     ended = np.flatnonzero(terminated | time_up)
     nxt = new.copy()
     if ended.size:
       nxt[ended] = self.reset(qpos[ended], qvel[ended], friction[ended])[0]
-    return new, nxt, observation(nxt, self.layout), reward, terminated
+    return new, new_obs, nxt, observation(nxt, self.layout), reward, terminated
 
   def reset(self, qpos: np.ndarray, qvel: np.ndarray, friction: np.ndarray):
     """Batched gymnasium reset at the given qpos, qvel (noise included): (state, obs)."""
@@ -188,11 +188,10 @@ class HostAnt:
     def host(bits, action, friction, qpos, qvel, time_up):
       batch = action.shape[:-1]
       flat = lambda x, tail: np.asarray(x, np.float64).reshape((-1,) + tail)
-      new, nxt, obs, reward, terminated = self.sim.step_and_start(
+      new, stepped_obs, nxt, obs, reward, terminated = self.sim.step_and_start(
           from_bits(np.asarray(bits).reshape((-1,) + bits.shape[-2:])), flat(action, action.shape[-1:]),
           flat(friction, ()), flat(qpos, qpos.shape[-1:]), flat(qvel, qvel.shape[-1:]),
           np.asarray(time_up, bool).reshape(-1))
-      stepped_obs = observation(new, self.sim.layout)
       return (to_bits(new).reshape(batch + (-1, 2)), stepped_obs.astype(np.float32).reshape(batch + (-1,)),
               to_bits(nxt).reshape(batch + (-1, 2)), obs.astype(np.float32).reshape(batch + (-1,)),
               reward.astype(np.float32).reshape(batch), terminated.astype(np.float32).reshape(batch))

@@ -17,7 +17,9 @@ termination, and reset noise drawn per episode. The backend is a platform choice
 original ran it, on the host's cores, bit for bit gymnasium's Ant-v4 (ddl/rl/mujoco_host.py). On a
 GPU it is 'mjx': MJX in float32, patched to step as MuJoCo C (ddl/rl/mjx_patches.py). env.model=brax
 keeps Brax's own Ant (only the feet touch the floor, one solver iteration) on any backend but
-'mujoco'. The smoke runs the paper's Ant on 'mujoco', which has no physics to compile.
+'mujoco'. env.model_file: another MuJoCo XML of the Ant for env.model=gymnasium ('' : gymnasium's
+ant.xml), checked at launch (it must load and have Ant-v4's layout). The smoke runs the paper's Ant
+on 'mujoco', which has no physics to compile.
 
 Expected run time on this 2-core CPU (launch/benchmark.py --workload=ant --seeds=30 --variant=std
 --chunks=1 --override=updates_per_chunk=1 --override=ppo.rollout_steps=256 --override=probe_steps=256:
@@ -72,6 +74,7 @@ def get_config(arg: str = ''):
   # per rollout and used in turn at episode ends (see ddl/rl/env.py)
   config.env = dict(model='gymnasium', backend=platform_defaults.auto(str), num_envs=1, episode_length=1000, starts=8,
                     threads=platform_defaults.auto(int),   # env.backend=mujoco: host threads (one per core)
+                    model_file='',   # model gymnasium: another MuJoCo XML of the Ant ('': gymnasium's ant.xml)
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network.update(hidden=(256, 256), weight_init='lecun', layer_norm='')

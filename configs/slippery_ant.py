@@ -12,11 +12,17 @@ bootstrap bands, and the current friction per chunk.
   python launch/main.py --config=configs/slippery_ant.py:std,l2,cbp --config.env.friction.kind=file \\
       --config.env.friction.file=frictions.pkl
 
-Settings as configs/ant.py (the paper's Ant: gymnasium's ant.xml on mjx, env.model=gymnasium; the
-friction is set on the floor and every body geom, see ddl/rl/env.py). Expected run time: a GPU job
-(not measured on a GPU): the paper's Ant alone runs at ~80 steps/s for 30 copies on this 2-core CPU
-(configs/ant.py); with env.model=brax (~6 800 steps/s including learning, quiet machine) 20 M steps
-are ~25 h per 30-seed variant. Smoke: ~1 min.
+Settings as configs/ant.py (the paper's Ant: gymnasium's ant.xml, env.model=gymnasium, on MuJoCo C on
+a CPU and MJX on a GPU: env.backend per platform; the friction is set on the floor and every body geom,
+see ddl/rl/env.py). Expected run time on this 2-core CPU (env.backend=mujoco): 30 seeds run at ~1 540
+env steps/s including learning (configs/ant.py), so 20 M steps are ~4.5 days per 30-seed variant; a
+first look, std and cbp x 2 seeds x 6 M steps (three frictions) in one program,
+
+  python launch/main.py --config=configs/slippery_ant.py:std,cbp --config.num_seeds=2 \\
+      --config.total_steps=6021120 --config.checkpoint_every=1 --config.fuse_variants=True
+
+ran at ~1 300 env steps/s for its 4 runs (2026-12-06, the machine shared): ~5 h, resumable. A 64-core
+machine: docs/benchmarks.md. Smoke: ~1 min.
 """
 from ddl import config as config_lib
 

@@ -7,7 +7,7 @@ schedule drawn per seed or the original's (seeds x 50) file via env.friction.kin
 first episode end after every 2 M steps, and whether CBP on both networks, or the critic's
 per-weight step sizes meta-learned by TIDBD inside ObGD's bound (the step sizes of dynamic deep
 learning, for TD), help. Settings and variants as configs/stream_ant.py (the paper's Ant: gymnasium's
-ant.xml on mjx); 30 seeds x {stream, cbp, tidbd}, 20 M steps, returns per chunk of 100 k steps (PPO's
+ant.xml on MuJoCo C or MJX); 30 seeds x {stream, cbp, tidbd}, 20 M steps, returns per chunk of 100 k steps (PPO's
 bins: 100 352), the current friction per chunk; tidbd also the critic's step sizes (mean, spread).
 
   python launch/main.py --config=configs/slippery_stream_ant.py
@@ -16,9 +16,9 @@ bins: 100 352), the current friction per chunk; tidbd also the critic's step siz
       --config.env.friction.file=frictions.pkl
   python launch/main.py --config=configs/slippery_stream_ant.py:one_program  # the variants in one program
 
-Expected run time: a GPU job (not measured on a GPU): the paper's Ant alone runs at ~80 steps/s for
-30 copies on this 2-core CPU (configs/ant.py); with env.model=brax (~2 400 steps/s for 30 seeds,
-configs/stream_ant.py) 20 M steps are ~3 days per 30-seed variant. Smoke: ~1-2 min.
+Expected run time on this 2-core CPU (the paper's Ant on MuJoCo C, env.backend=mujoco): 30 seeds run at
+~2 250 env steps/s including learning (configs/stream_ant.py), so 20 M steps are ~3 days per 30-seed
+variant; a 64-core machine: docs/benchmarks.md. Smoke: ~1-2 min.
 """
 from ddl import config as config_lib
 

@@ -101,6 +101,7 @@ def get_config(arg: str = ''):
   # initial states drawn every refill_every steps and used in turn at episode ends (see ddl/rl/env.py)
   config.env = dict(model='gymnasium', backend=platform_defaults.auto(str), episode_length=1000, starts=8, refill_every=1000,
                     threads=platform_defaults.auto(int),   # env.backend=mujoco: host threads (one per core)
+                    model_file='',   # model gymnasium: another MuJoCo XML of the Ant ('': gymnasium's ant.xml)
                     friction=dict(kind='constant', value=1.0, low=0.02, high=2.0, num=50,
                                   change_every=2_000_000, file=''))
   config.network.update(hidden=(128, 128), activation='leaky_relu', weight_init='sparse', layer_norm='plain')

@@ -96,6 +96,11 @@ flags.DEFINE_integer('project_seeds', 30, 'Seeds per variant of the --memory pro
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
 flags.DEFINE_bool('env_alone', False, 'ant, stream_ant, dmc, minatar: also time the env alone at --seeds copies '
                   '(random actions, resets as the experiment) and report env_steps_per_sec and learning/env-alone ratio.')
+flags.DEFINE_bool('host_rollout', False, 'ant on env.backend=mujoco: instead of learning, time PPO\'s acting (one rollout '
+                  'of the policy on MuJoCo C) as the experiment runs it, compiled with the host step as a callback, '
+                  'against the rollout loop on the host with the policy jitted, alternately --chunks times.')
+flags.DEFINE_enum('peer', '', ['', 'brax_ppo'], "Instead of the workload's variants: 'brax_ppo' (--workload=ant): ddl's "
+                  "PPO on Brax's Ant against Brax's own ppo.train with the same work per update, alternately.")
 flags.DEFINE_bool('interventions', False, 'Replace the variants by one per intervention and learner of the toolkit '
                   '(and plain backprop) and report each one\'s step cost relative to plain backprop (SGD).')
 flags.DEFINE_integer('read_metrics_rows', 0, 'Instead of a workload: seconds to read a synthetic metrics.csv of this '
@@ -347,6 +352,124 @@ def _env_alone(config, devices, examples_per_sec):
                         backend=jax.default_backend())), flush=True)
 
 
+def _acting_in_program_vs_on_host(config):
+  """--host_rollout: one PPO rollout of `ppo.rollout_steps` steps for `num_seeds` runs on MuJoCo C, two ways:
+  as the experiment runs it (`ddl.rl.ppo.rollout` compiled, the host step a callback inside it), and with
+  the loop on the host (the policy jitted and called once per step, the same `Simulator` step and next
+  start, the trajectory stacked and put on the device for the update). Alternately `--chunks` times;
+  a JSON line with each one's env steps/s (all runs) and their ratio."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ddl.experiments import ppo as ppo_experiment  # pylint: disable=g-import-not-at-top
+  from ddl.rl import env as env_lib  # pylint: disable=g-import-not-at-top
+  from ddl.rl import ppo  # pylint: disable=g-import-not-at-top
+  env = env_lib.from_config(config.env)
+  if env.backend != 'mujoco':
+    raise app.UsageError('--host_rollout measures the Ant on MuJoCo C: add --override=env.backend=mujoco')
+  network = ppo_experiment.PPO.make_network(config, env.action_size)
+  seeds, steps = config.num_seeds, config.ppo.rollout_steps
+  keys = jax.random.split(jax.random.PRNGKey(0), seeds)
+  params = jax.vmap(lambda k: network.init(k, jnp.zeros((1, env.observation_size)))['params'])(keys)
+  schedule = jnp.full((1,), config.env.friction.value, jnp.float32)
+  env_state = jax.vmap(lambda k: jax.vmap(env.reset, (0, None))(k[None], schedule))(keys)
+  obs = jax.vmap(jax.vmap(env.observation))(env_state)
+  in_program = jax.jit(jax.vmap(lambda p, s, o, k: ppo.rollout(env, network, p, s, o, k, 0, schedule, steps)[:3]))
+
+  sim, layout = env.env.sim, env.env.sim.layout
+  act = jax.jit(jax.vmap(lambda p, o, k: network.policy_mean(p, o[None])[0] + jnp.exp(p['log_std']) * jax.random.normal(
+      k, (env.action_size,))))   # one observation per run, as a batch of one
+  rng = np.random.default_rng(0)
+  host_state, host_obs = sim.reset(sim.model.qpos0 + rng.uniform(-0.1, 0.1, (seeds, layout.nq)),
+                                   0.1 * rng.standard_normal((seeds, layout.nv)), np.ones(seeds))
+  friction, episode_step = np.full(seeds, config.env.friction.value), np.zeros(seeds, int)
+
+  def on_host(key):
+    nonlocal host_state, host_obs, episode_step
+    trajectory = []
+    for t in range(steps):
+      observed = host_obs.astype(np.float32)
+      action = np.asarray(act(params, observed, jax.random.split(jax.random.fold_in(key, t), seeds)), np.float64)
+      episode_step = episode_step + 1
+      time_up = episode_step >= config.env.episode_length
+      _, _, host_state, host_obs, reward, terminated = sim.step_and_start(
+          host_state, action, friction, sim.model.qpos0 + rng.uniform(-0.1, 0.1, (seeds, layout.nq)),
+          0.1 * rng.standard_normal((seeds, layout.nv)), time_up)
+      episode_step = np.where(terminated | time_up, 0, episode_step)
+      trajectory.append((observed, action.astype(np.float32), reward.astype(np.float32), terminated | time_up))
+    return jax.device_put([np.stack(x, 1) for x in zip(*trajectory)])
+
+  jax.block_until_ready((in_program(params, env_state, obs, keys), on_host(keys[0])))   # compile both
+  seconds = {'in_program': 0.0, 'on_host': 0.0}
+  for i in range(flags.FLAGS.chunks):
+    began = time.time()
+    env_state, obs, _ = jax.block_until_ready(in_program(params, env_state, obs, jax.vmap(jax.random.fold_in, (0, None))(keys, i)))
+    seconds['in_program'] += time.time() - began
+    began = time.time()
+    jax.block_until_ready(on_host(jax.random.fold_in(keys[0], i)))
+    seconds['on_host'] += time.time() - began
+  rate = {k: seeds * steps * flags.FLAGS.chunks / v for k, v in seconds.items()}
+  print(json.dumps(dict(workload=flags.FLAGS.workload, variant='acting', seeds=seeds, threads=sim.threads,
+                        in_program_steps_per_sec=round(rate['in_program'], 1),
+                        on_host_steps_per_sec=round(rate['on_host'], 1),
+                        on_host_vs_in_program=round(rate['on_host'] / rate['in_program'], 3),
+                        backend=jax.default_backend())), flush=True)
+
+
+def _peer_brax_ppo(config, devices, data):
+  """--peer=brax_ppo: ddl's PPO (the config's first variant, `num_seeds` agents with one Ant each, one
+  update per chunk) against Brax's own `ppo.train` on the same Ant with the same work per update: one agent
+  over `num_seeds` envs, each env's rollout of `ppo.rollout_steps` as `ppo.minibatches` unrolls, then
+  `ppo.epochs` x `ppo.minibatches` minibatch steps of num_seeds x rollout_steps / minibatches samples (ddl:
+  rollout_steps / minibatches per agent), the same ReLU MLPs and a Gaussian policy with a state-independent
+  log std. One timed ddl chunk runs between every two of Brax's training epochs (from its progress_fn), so
+  the two alternate in one sitting; Brax's first epoch (its compilation) and ddl's first chunk are untimed.
+  One JSON line: both env steps/s (all envs, learning included) and ddl / brax."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from brax import envs  # pylint: disable=g-import-not-at-top
+  from brax.training.agents.ppo import networks as ppo_networks  # pylint: disable=g-import-not-at-top
+  from brax.training.agents.ppo import train as brax_ppo  # pylint: disable=g-import-not-at-top
+  if config.experiment != 'ppo' or config.env.model != 'brax':
+    raise app.UsageError("--peer=brax_ppo compares PPO on Brax's Ant: --workload=ant --override=env.model=brax "
+                         '--override=env.backend=mjx')
+  if not hasattr(jax, 'device_put_replicated'):   # Brax 0.14.2 calls it; jax 0.10 removed it (one device here)
+    jax.device_put_replicated = lambda x, devices: jax.tree.map(
+        lambda a: jnp.stack([jnp.asarray(a)] * len(devices)), x)
+  programs, _ = memory.compile_programs(next(iter(_groups(programs_lib.build(config, devices)).values()))[:1],
+                                        data, devices)
+  program = programs[0]
+  state = jax.block_until_ready(program.run_chunk(program.init(), data)[0])
+  ddl_seconds, brax_rates = [], []
+
+  def between_epochs(step, metrics):
+    nonlocal state
+    brax_rates.append(float(metrics['training/sps']))
+    began = time.time()
+    state = jax.block_until_ready(program.run_chunk(state, data)[0])
+    ddl_seconds.append(time.time() - began)
+
+  p, seeds, timed = config.ppo, config.num_seeds, flags.FLAGS.chunks
+  per_update = seeds * p.rollout_steps
+  network_factory = functools.partial(
+      ppo_networks.make_ppo_networks, policy_hidden_layer_sizes=tuple(config.network.hidden),
+      value_hidden_layer_sizes=tuple(config.network.hidden), activation=jax.nn.relu, distribution_type='normal',
+      noise_std_type='log', init_noise_std=1.0)
+  brax_ppo.train(
+      envs.get_environment('ant', backend=config.env.backend), num_timesteps=(timed + 1) * per_update,
+      num_evals=timed + 2, run_evals=False, num_envs=seeds, episode_length=config.env.episode_length,
+      unroll_length=p.rollout_steps // p.minibatches, batch_size=seeds, num_minibatches=p.minibatches,
+      num_updates_per_batch=p.epochs, learning_rate=float(config.hparams.learning_rate), discounting=p.gamma,
+      gae_lambda=p.lam, clipping_epsilon=p.clip, normalize_advantage=p.normalise_advantages,
+      entropy_cost=0.0, network_factory=network_factory, progress_fn=between_epochs, seed=0)
+  ddl_rate = per_update * len(ddl_seconds[1:]) / sum(ddl_seconds[1:])
+  brax_rate = float(np.mean(brax_rates[1:]))
+  print(json.dumps(dict(workload=flags.FLAGS.workload, variant=program.group.name, peer='brax_ppo', seeds=seeds,
+                        env_backend=config.env.backend, ddl_steps_per_sec=round(ddl_rate, 1),
+                        brax_steps_per_sec=round(brax_rate, 1), ddl_vs_brax=round(ddl_rate / brax_rate, 3),
+                        timed_updates=len(ddl_seconds) - 1, backend=jax.default_backend())), flush=True)
+
+
 def main(argv):
   del argv
   if flags.FLAGS.read_metrics_rows > 0:
@@ -359,6 +482,12 @@ def main(argv):
   config_lib.validate(config, experiments.get(config.experiment))
   devices = devices_lib.Devices(config)   # the runs axis sharded over the devices, as in the run loop
   data = programs_lib.load_data(config, devices)
+  if flags.FLAGS.peer:
+    _peer_brax_ppo(config, devices, data)
+    return
+  if flags.FLAGS.host_rollout:
+    _acting_in_program_vs_on_host(config)
+    return
   if flags.FLAGS.memory:
     _memory_report(config, devices, data)
     return

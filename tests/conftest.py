@@ -91,7 +91,8 @@ def cheap_diagnostics(config):
 def trace_programs(config):
   """Every group's init, one chunk and the evaluator of a launch's config, traced on abstract values
   (`jax.eval_shape`: each experiment's code runs, nothing is compiled), after the launch's platform
-  choices and validation. Returns (experiment, state after the chunk, its values) of the first group."""
+  choices and validation. Returns (experiment, state after the chunk, its values) of the first group
+  (`trace_programs.evaluated`: the evaluator's values of it, or None)."""
   from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
   from ddl import experiments  # pylint: disable=g-import-not-at-top
   from ddl import platform_defaults  # pylint: disable=g-import-not-at-top
@@ -105,10 +106,10 @@ def trace_programs(config):
     hparams = {k: jnp.float32(v) for k, v in group.hparams[0].items()}
     state = jax.eval_shape(experiment.init, jax.random.PRNGKey(0), hparams, jnp.int32(0))
     state, values = jax.eval_shape(experiment.run_chunk, state, data)
-    if hasattr(experiment, 'evaluate'):
-      jax.eval_shape(experiment.evaluate, state, data)
-    traced.append((experiment, state, values))
-  return traced[0]
+    evaluated = jax.eval_shape(experiment.evaluate, state, data) if hasattr(experiment, 'evaluate') else None
+    traced.append((experiment, state, values, evaluated))
+  trace_programs.evaluated = traced[0][3]
+  return traced[0][:3]
 
 
 def poisoned_scr():

@@ -48,6 +48,11 @@ def _edit(path, old, new):
     f.write(text.replace(old, new))
 
 
+def _write(path, text):
+  with open(path, 'w') as f:
+    f.write(text)
+
+
 def _state_files(workdir):
   files = glob.glob(os.path.join(workdir, 'checkpoints', '*', 'state', '**', 'd', '*'), recursive=True)
   assert files
@@ -194,6 +199,13 @@ CASES = [
     Case('mujoco_backend_with_brax_model', (SMOKE['slippery_ant'], '--config.env.model=brax'),
          ("env.backend='mujoco'", 'set env.model=gymnasium')),
     Case('no_host_threads', (SMOKE['slippery_ant'], '--config.env.threads=0'), ('env.threads=0', 'must be > 0')),
+    Case('ant_model_file_unloadable', (SMOKE['slippery_ant'], '--config.env.model_file={tmp}/ant.xml'),
+         ('env.model_file=', 'cannot be loaded by MuJoCo', "leave it ''"), prepare=lambda w: _write(
+             os.path.join(os.path.dirname(w), 'ant.xml'), '<mujoco><worldbody><body name="torso">')),
+    Case('ant_model_file_not_an_ant', (SMOKE['slippery_ant'], '--config.env.model_file={tmp}/box.xml'),
+         ('env.model_file=', "not an Ant with gymnasium's layout", 'nq 7'), prepare=lambda w: _write(
+             os.path.join(os.path.dirname(w), 'box.xml'),
+             '<mujoco><worldbody><body name="torso"><freejoint/><geom size=".1"/></body></worldbody></mujoco>')),
     Case('gymnasium_model_off_mjx', (SMOKE['slippery_ant'], '--config.env.backend=spring'),
          ("env.backend='spring'", 'set env.backend=mjx or mujoco')),
 ]

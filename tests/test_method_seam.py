@@ -282,6 +282,10 @@ def _programs(family):
 
 @pytest.mark.parametrize('family', FAMILIES)
 def test_every_method_runs_on_every_network_family(family):
+  """Each program runs two chunks and its losses are finite; on the conv families a program that holds
+  an optimizer alone is traced, not compiled (an optimizer acts on the parameter tree whatever the
+  layers, and its numbers are checked against numpy loops on MLPs: what a conv net could break is
+  its tree handling, which tracing runs; compiling the four ResNets took ~40 s of the suite)."""
   programs = _programs(family)
   if family == 'actor_critic':
     assert {p[0] for p in programs} >= {'obgd', 'adam'}
@@ -295,8 +299,12 @@ def test_every_method_runs_on_every_network_family(family):
     values = {n: d for n, d in learner.traced}
     values.update({n: v for n, v in dict(replacement_rate=0.5, maturity_threshold=0.0, l2_init=1e-3, noise_scale=1e-3,
                                          weight_decay=1e-3, parseval=1e-3).items() if n in values})
-    run = jax.jit(jax.vmap(lambda k: _steps(learner, k, x, y, values, extra)))
-    losses, replaced, diagnostics = run(jax.random.split(jax.random.key(0), 2))
+    run = jax.vmap(lambda k: _steps(learner, k, x, y, values, extra))
+    if family in ('convnet', 'resnet') and len(names) == 1:
+      shapes = jax.eval_shape(run, jax.random.split(jax.random.key(0), 2))[0]
+      assert shapes.shape == (2, 2), (family, names)
+      continue
+    losses, replaced, diagnostics = jax.jit(run)(jax.random.split(jax.random.key(0), 2))
     assert np.all(np.isfinite(np.asarray(losses))), (family, names)
     if 'cbp' in names:
       assert np.asarray(replaced).sum() > 0, (family, names)

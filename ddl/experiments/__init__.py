@@ -20,29 +20,53 @@ time instead, for an evaluator whose memory per run is large.
 
 Optionally figures of its own: a static `figures(workdir) -> [paths]`, which the launch calls after
 the per-metric figures (`ddl.plotting.plot_workdir`), e.g. a paper's figure with its numbers marked."""
-from ddl.experiments.class_incremental import ClassIncremental
-from ddl.experiments.continual_imagenet import ContinualImageNet
-from ddl.experiments.dqn import DQN
-from ddl.experiments.drqv2 import DrQV2
-from ddl.experiments.permuted_inputs import PermutedInputs
-from ddl.experiments.ppo import PPO
-from ddl.experiments.random_labels import RandomLabels
-from ddl.experiments.slowly_changing_regression import SlowlyChangingRegression
-from ddl.experiments.stream_ac import StreamAC
-from ddl.experiments.tracking import Tracking
+import importlib
 
-EXPERIMENTS = {
-    'slowly_changing_regression': SlowlyChangingRegression,
-    'permuted_inputs': PermutedInputs,
-    'continual_imagenet': ContinualImageNet,
-    'ppo': PPO,
-    'stream_ac': StreamAC,
-    'class_incremental': ClassIncremental,
-    'random_labels': RandomLabels,
-    'tracking': Tracking,
-    'dqn': DQN,
-    'drqv2': DrQV2,
+# name: (module of ddl.experiments, class); a module is imported when its experiment is first used, so a
+# launch of one experiment (or launch/plot.py) does not import every other's libraries (MJX, Brax, gymnax).
+_WHERE = {
+    'slowly_changing_regression': ('slowly_changing_regression', 'SlowlyChangingRegression'),
+    'permuted_inputs': ('permuted_inputs', 'PermutedInputs'),
+    'continual_imagenet': ('continual_imagenet', 'ContinualImageNet'),
+    'ppo': ('ppo', 'PPO'),
+    'stream_ac': ('stream_ac', 'StreamAC'),
+    'class_incremental': ('class_incremental', 'ClassIncremental'),
+    'random_labels': ('random_labels', 'RandomLabels'),
+    'tracking': ('tracking', 'Tracking'),
+    'dqn': ('dqn', 'DQN'),
+    'drqv2': ('drqv2', 'DrQV2'),
 }
+
+
+class _Registry(dict):
+  """{experiment name: class}, each class imported on first lookup (a test may set an entry)."""
+
+  def __missing__(self, name):
+    if name not in _WHERE:
+      raise KeyError(name)
+    module, cls = _WHERE[name]
+    self[name] = getattr(importlib.import_module(f'ddl.experiments.{module}'), cls)
+    return self[name]
+
+  def __contains__(self, name):
+    return dict.__contains__(self, name) or name in _WHERE
+
+  def __iter__(self):
+    return iter(dict.fromkeys([*_WHERE, *dict.keys(self)]))
+
+  def get(self, name, default=None):
+    return self[name] if name in self else default
+
+
+EXPERIMENTS = _Registry()
+
+
+def __getattr__(name: str):
+  """`from ddl.experiments import PPO` and the like: the class, imported then."""
+  for key, (_, cls) in _WHERE.items():
+    if cls == name:
+      return EXPERIMENTS[key]
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def figures(workdir: str):

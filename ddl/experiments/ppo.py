@@ -44,7 +44,7 @@ def env_checks(config):
   """The (condition, message) checks of the Ant env and friction settings (PPO, stream AC)."""
   env = config.env
   return [
-      *env_lib.setting_checks(env.backend, env.model, env.get('threads', 1)),
+      *env_lib.setting_checks(env.backend, env.model, env.get('threads', 1), env.get('model_file', '')),
       (env.model != 'gymnasium' or importlib.util.find_spec('gymnasium') is not None,
        "env.model='gymnasium' reads gymnasium's ant.xml, but gymnasium is not installed: pip install gymnasium "
        '(or set env.model=brax)'),

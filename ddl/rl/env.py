@@ -56,8 +56,35 @@ def gymnasium_ant_xml() -> str:
   return os.path.join(os.path.dirname(gymnasium.envs.mujoco.__file__), 'assets', 'ant.xml')
 
 
-def _gymnasium_ant():
-  """gymnasium's Ant-v4 (use_contact_forces=False) as a Brax PipelineEnv on the 'mjx' pipeline."""
+def model_xml(model_file: str = '') -> str:
+  """The Ant's MuJoCo model file (env.model=gymnasium): `model_file`, or gymnasium's ant.xml when ''."""
+  return model_file or gymnasium_ant_xml()
+
+
+def model_file_problem(model_file: str) -> str:
+  """'' when `model_file` ('' : gymnasium's ant.xml, not checked) loads in MuJoCo as an Ant with gymnasium's
+  layout (the observation, reward and termination read it: a 'torso' body, nq 15, nv 14, 8 actuators),
+  else what is wrong with it."""
+  if not model_file:
+    return ''
+  import mujoco  # pylint: disable=g-import-not-at-top
+  try:
+    model = mujoco.MjModel.from_xml_path(model_file)
+  except Exception as e:  # pylint: disable=broad-except   (MuJoCo raises ValueError, or others, with its message)
+    reason = ' '.join(str(e).split())[:200] or type(e).__name__   # MuJoCo's message on one line
+    return (f"env.model_file={model_file!r} cannot be loaded by MuJoCo ({reason}); give a MuJoCo XML of the Ant, or "
+            "leave it '' for gymnasium's ant.xml")
+  has_torso = any(model.body(i).name == 'torso' for i in range(model.nbody))
+  if not has_torso or (model.nq, model.nv, model.nu) != (15, 14, 8):
+    return (f"env.model_file={model_file!r} is not an Ant with gymnasium's layout (a 'torso' body, nq 15, nv 14, "
+            f"8 actuators; it has nq {model.nq}, nv {model.nv}, {model.nu} actuators"
+            f"{'' if has_torso else ', no torso'}); give a MuJoCo XML of the Ant, or leave it '' for gymnasium's ant.xml")
+  return ''
+
+
+def _gymnasium_ant(xml_path: str):
+  """gymnasium's Ant-v4 (use_contact_forces=False) on the model file `xml_path` as a Brax PipelineEnv on
+  the 'mjx' pipeline."""
   import mujoco  # pylint: disable=g-import-not-at-top
   from brax.envs import base  # pylint: disable=g-import-not-at-top
   from brax.io import mjcf  # pylint: disable=g-import-not-at-top
@@ -67,7 +94,7 @@ def _gymnasium_ant():
 
     def __init__(self):
       mjx_patches.install()   # MJX steps as MuJoCo C (the plane-capsule frame, the line search)
-      mj_model = mujoco.MjModel.from_xml_path(gymnasium_ant_xml())
+      mj_model = mujoco.MjModel.from_xml_path(xml_path)
       # gymnasium's init_qpos is the model's qpos0 (torso at z 0.75, joints at 0), not the xml's
       # custom init_qpos (which Brax's System.init_q takes); numpy, so that it takes jax's dtype.
       self.init_qpos = mj_model.qpos0.copy()
@@ -121,15 +148,15 @@ class FrictionAnt:
   """Pure functions over EnvState; the brax environment object holds only static structure."""
 
   def __init__(self, backend: str = 'spring', episode_length: int = 1000, change_every: int = 2_000_000,
-               starts: int = 8, model: str = 'brax', threads: int = 1):
-    for ok, message in setting_checks(backend, model, threads):
+               starts: int = 8, model: str = 'brax', threads: int = 1, model_file: str = ''):
+    for ok, message in setting_checks(backend, model, threads, model_file):
       if not ok:
         raise ValueError(message)
     if backend == 'mujoco':
       from ddl.rl import mujoco_host  # pylint: disable=g-import-not-at-top
-      self.env = mujoco_host.HostAnt(gymnasium_ant_xml(), threads)
+      self.env = mujoco_host.HostAnt(model_xml(model_file), threads)
     elif model == 'gymnasium':
-      self.env = _gymnasium_ant()
+      self.env = _gymnasium_ant(model_xml(model_file))
     else:
       from brax import envs  # pylint: disable=g-import-not-at-top
       self.env = envs.get_environment('ant', backend=backend)
@@ -205,9 +232,10 @@ class FrictionAnt:
     return state.brax_state.obs
 
 
-def setting_checks(backend: str, model: str, threads: int = 1):
+def setting_checks(backend: str, model: str, threads: int = 1, model_file: str = ''):
   """(condition, message) checks of the Ant's physics settings: FrictionAnt raises the first that fails,
   the experiments' `checks` report them before anything is built."""
+  problem = model_file_problem(model_file) if model == 'gymnasium' else ''
   return [
       (backend is None or backend in BACKENDS, f'env.backend={backend!r} is not known; use one of {BACKENDS}.'),
       (model in MODELS, f'env.model={model!r} is not known; use one of {MODELS}.'),
@@ -219,6 +247,10 @@ def setting_checks(backend: str, model: str, threads: int = 1):
        'mujoco (or env.model=brax)'),
       (backend != 'mujoco' or threads is None or threads > 0,
        f'env.threads={threads} must be > 0 (host threads stepping MuJoCo C; left unset: one per core)'),
+      (not model_file or model == 'gymnasium',
+       f"env.model_file={model_file!r} is the paper's Ant's model file (env.model=gymnasium); Brax's Ant has its own: "
+       "leave env.model_file ''"),
+      (not problem, problem),
   ]
 
 
@@ -229,7 +261,8 @@ def from_config(env) -> FrictionAnt:
   choices = platform_defaults.choices(jax.default_backend())
   backend = env.backend if env.backend is not None else choices['env.backend']
   threads = env.get('threads') if env.get('threads') is not None else choices['env.threads']
-  return FrictionAnt(backend, env.episode_length, env.friction.change_every, env.starts, env.model, threads)
+  return FrictionAnt(backend, env.episode_length, env.friction.change_every, env.starts, env.model, threads,
+                     env.get('model_file', ''))
 
 
 def friction_schedule(key: chex.PRNGKey, length: int, low: float, high: float) -> jax.Array:

@@ -145,7 +145,7 @@ def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = No
            built: Optional[Dict[Any, Any]] = None):
   """(the launch's programs, a line on the memory they need per device to log): the programs
   compiled before any state is allocated (`memory.compile_programs`). `built`: a dict that keeps
-  the compiled programs by config and call size across launches in one process (a relaunch of the
+  the compiled programs by config and slice sizes across launches in one process (a relaunch of the
   same config then neither traces, lowers nor compiles again; the config must describe the programs
   fully: files it names are read again only when building). The caller logs the line
   once the launch is known to go ahead (after a resume's checkpoint is read), so a refused launch
@@ -160,11 +160,11 @@ def fitted(config, devices: Devices, data, saved_calls: Optional[List[int]] = No
     if built is None:
       programs, footprint = memory.compile_programs(build(config, devices, size), data, devices)
     else:
-      runs = [len(g.variants) * config.num_seeds for g in config_lib.groups(config)]
-      slices = tuple(min(calls_size(config, devices, r, size), r) for r in runs)   # what `build` makes of `size`
-      key = (config.to_json_best_effort(sort_keys=True), tuple(d.id for d in devices.mesh.devices.flat), slices)
+      programs = build(config, devices, size)   # its slices' sizes key the compiled programs (nothing traced yet)
+      key = (config.to_json_best_effort(sort_keys=True), tuple(d.id for d in devices.mesh.devices.flat),
+             tuple(p.padded for p in programs))
       if key not in built:
-        built[key] = memory.compile_programs(build(config, devices, size), data, devices)
+        built[key] = memory.compile_programs(programs, data, devices)
       programs, footprint = built[key]
       footprint = dataclasses.replace(footprint, free=memory.free_bytes(devices.mesh.devices.flat[0]))
     per_call = max(p.padded for p in programs)

@@ -54,22 +54,20 @@ def test_scr_smoke_end_to_end_through_main(tmp_path):
 
 
 def test_launches_share_built_programs_by_config(tmp_path, monkeypatch):
-  """run(..., built=): a relaunch and a resume of the same config build and compile nothing again (a
-  resume's saved call sizes are those a fresh launch makes); another config builds its own programs."""
+  """run(..., built=): a relaunch and a resume of the same config compile nothing again (a resume's
+  saved call sizes make the same slices as a fresh launch); another config compiles its own programs."""
   from ddl import memory  # pylint: disable=g-import-not-at-top
-  from ddl import programs as programs_lib  # pylint: disable=g-import-not-at-top
-  builds, compiles = [], []
-  build, compile_programs = programs_lib.build, memory.compile_programs
-  monkeypatch.setattr(programs_lib, 'build', lambda *args: builds.append(args[2:]) or build(*args))
+  compiles = []
+  compile_programs = memory.compile_programs
   monkeypatch.setattr(memory, 'compile_programs', lambda *args: compiles.append(1) or compile_programs(*args))
   config, built = load_config(SCR, 'smoke,bp'), {}
   run_lib.run(config, str(tmp_path / 'a'), stop_after_chunks=1, figures=False, built=built)
   run_lib.run(config, str(tmp_path / 'a'), figures=False, built=built)        # a resume: saved calls [2]
   run_lib.run(config, str(tmp_path / 'b'), figures=False, built=built)
-  assert len(builds) == len(compiles) == 1 and len(built) == 1
+  assert len(compiles) == 1 and len(built) == 1
   config.num_seeds -= 1
   run_lib.run(config, str(tmp_path / 'c'), figures=False, built=built)
-  assert len(builds) == len(compiles) == 2 and len(built) == 2
+  assert len(compiles) == 2 and len(built) == 2
 
 
 def test_resume_after_interruption_gives_identical_metrics(tmp_path):

@@ -6,6 +6,11 @@ Table 1), and the fraction of active units of each module over training (Fig. 3)
   python launch/main.py --config=configs/dmc_plasticity.py --workdir=/tmp/dmc      # CPU default, ~18 min
   python launch/main.py --config=configs/dmc_plasticity.py:paper --workdir=/tmp/dmc_paper   # a GPU
   python launch/main.py --config=configs/dmc_plasticity.py:smoke                   # tests, seconds
+  python launch/main.py --config=configs/dmc_plasticity.py:paper --config.env.name=QuadrupedRun   # Table 1's third task
+
+Tasks: MuJoCo Playground's dm_control suite (CheetahRun, WalkerRun, HopperHop, ReacherHard, ...) and
+QuadrupedRun, which Playground lacks: ddl's port of dm_control's Run on its own model file
+(ddl/rl/quadruped.py; needs dm-control), checked against dm_control step by step (tests/test_dmc.py).
 
 Settings (the authors' cfgs/config.yaml and drqv2.py): DrQ-v2's actor and double-Q critic (trunk
 Linear -> LayerNorm -> tanh of 50 features, ReLU MLPs, orthogonal init), Adam lr 1e-4 per module,

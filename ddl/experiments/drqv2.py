@@ -26,6 +26,7 @@ shared diagnostics of the critic (`ddl.experiments.evaluation`) on `probe_size` 
 transitions, and the fraction of active units and dormant fraction of both modules.
 """
 import dataclasses
+import importlib.util
 from typing import Dict, Tuple
 
 import chex
@@ -101,8 +102,11 @@ class DrQV2:
     return [
         (installed, 'MuJoCo Playground is not installed: pip install -e . installs it (or pip install playground)'),
         (not installed or config.env.name in dmc.task_names(),
-         f'env.name={config.env.name!r} is not a dm_control task of MuJoCo Playground; use one of '
+         f'env.name={config.env.name!r} is not a dm_control task of MuJoCo Playground or ddl; use one of '
          f'{dmc.task_names() if installed else ()}'),
+        (config.env.name not in dmc.PORTED or importlib.util.find_spec('dm_control') is not None,
+         f"env.name={config.env.name!r} is ddl's port of a dm_control task and loads dm_control's own model file, "
+         'but dm-control is not installed: pip install dm-control'),
         (config.env.get('pixels', False) is False,
          'env.pixels=True: DrQ-v2 from pixels needs the MJX batch renderer (madrona_mjx / Warp), which ddl does not '
          'drive yet; set env.pixels=False (from state)'),

@@ -1,5 +1,6 @@
 """DeepMind Control Suite tasks on MJX, from state: MuJoCo Playground's `dm_control_suite` (its
-CheetahRun, WalkerRun, HopperHop, ReacherHard, ...), for the actor-critic track of Ma et al. 2024
+CheetahRun, WalkerRun, HopperHop, ReacherHard, ...) and ddl's ports of tasks it lacks (`PORTED`:
+QuadrupedRun, `ddl.rl.quadruped`), for the actor-critic track of Ma et al. 2024
 (`ddl.experiments.drqv2`).
 
 The tasks run on MJX's JAX implementation (`impl='jax'`: one XLA program on any platform; Playground
@@ -27,6 +28,8 @@ from typing import Tuple
 import chex
 import jax
 import jax.numpy as jnp
+import mujoco
+import numpy as np
 from flax import struct
 from mujoco import mjx
 
@@ -41,16 +44,34 @@ def installed() -> bool:
   return importlib.util.find_spec('mujoco_playground') is not None
 
 
+# dm_control tasks that Playground lacks, ported in ddl: name -> module with default_config() and load(config)
+PORTED = {'QuadrupedRun': 'ddl.rl.quadruped'}
+
+
+def _default_config(name: str):
+  if name in PORTED:
+    return importlib.import_module(PORTED[name]).default_config()
+  from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
+  return registry.get_default_config(name)
+
+
+def _load(name: str, config=None):
+  """The task's MjxEnv: Playground's, or ddl's port (`PORTED`)."""
+  if name in PORTED:
+    return importlib.import_module(PORTED[name]).load(config)
+  from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
+  return registry.load(name, config=config)
+
+
 @functools.lru_cache(maxsize=None)
 def observation_size(name: str) -> int:
   """The length of a task's state observation (its model loaded once per process)."""
-  from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
-  return int(registry.load(name).observation_size)
+  return int(_load(name).observation_size)
 
 
 def task_names() -> Tuple[str, ...]:
   from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
-  return tuple(registry.dm_control_suite.ALL_ENVS)
+  return tuple(registry.dm_control_suite.ALL_ENVS) + tuple(PORTED)
 
 
 @struct.dataclass
@@ -66,14 +87,18 @@ class Control:
   agent steps a run takes (sizes its reset states drawn ahead)."""
 
   def __init__(self, name: str, action_repeat: int = 2, steps: int = 1, physics: str = 'dm_control'):
-    from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
     mjx_patches.install()   # MJX steps as MuJoCo C (the plane-capsule frame, the line search)
-    config = registry.get_default_config(name)
+    config = _default_config(name)
     config.impl = 'jax'
-    self.env = registry.load(name, config=config)
+    self.env = _load(name, config)
     self.physics = physics
     # Playground's walkers observe the torso's uprightness (xmat zz) as its height; dm_control's the z of its position
     self.walker_height = 2 * (self.env.mj_model.nbody - 1) if name.startswith('Walker') else None
+    # sensordata of acceleration-stage sensors (accelerometer, force, torque): dm_control's step ends
+    # with mj_step1, which does not update them, so it observes them from its last substep's forward pass
+    model = self.env.mj_model
+    self.stale_sensors = np.concatenate([np.full(model.sensor_dim[i], model.sensor_needstage[i] == mujoco.mjtStage.mjSTAGE_ACC)
+                                         for i in range(model.nsensor)] or [np.zeros(0, bool)])
     if physics == 'dm_control':
       restore_dm_control_physics(self.env)
     elif physics != 'playground':
@@ -91,9 +116,11 @@ class Control:
     return self._observed(task) if self.physics == 'dm_control' else task
 
   def _observed(self, task):
-    """The task observed after its last step, as dm_control (a forward pass: positions, sensors) with
-    dm_control's observation and reward of it."""
+    """The task observed after its last step, as dm_control (a forward pass: positions, sensors; the
+    acceleration-stage sensors kept from the step) with dm_control's observation and reward of it."""
     data = mjx.forward(self.env.mjx_model, task.data)
+    if self.stale_sensors.any():
+      data = data.replace(sensordata=jnp.where(self.stale_sensors, task.data.sensordata, data.sensordata))
     obs = self.env._get_obs(data, task.info)   # pylint: disable=protected-access
     if self.walker_height is not None:
       obs = obs.at[self.walker_height].set(data.xpos[self.env._torso_id, 2])   # pylint: disable=protected-access

@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Modules whose end-to-end runs take a minute or more on a 2-core CPU (compiling a ResNet, Brax, or
 # many programs): run first, so that the short tests fill the other processes' time around them.
 LONG_FIRST = ('test_ddpg', 'test_cifar100', 'test_method_seam', 'test_dqn', 'test_rl', 'test_stream_ac', 'test_robust', 'test_dynamic_scr', 'test_run',
-              'test_experiments', 'test_platform', 'test_interventions', 'test_gym_ant', 'test_mujoco_host')
+              'test_experiments', 'test_platform', 'test_interventions', 'test_dmc', 'test_gym_ant', 'test_mujoco_host')
 
 
 def pytest_collection_modifyitems(items):

@@ -94,11 +94,7 @@ class Control:
     self.physics = physics
     # Playground's walkers observe the torso's uprightness (xmat zz) as its height; dm_control's the z of its position
     self.walker_height = 2 * (self.env.mj_model.nbody - 1) if name.startswith('Walker') else None
-    # sensordata of acceleration-stage sensors (accelerometer, force, torque): dm_control's step ends
-    # with mj_step1, which does not update them, so it observes them from its last substep's forward pass
-    model = self.env.mj_model
-    self.stale_sensors = np.concatenate([np.full(model.sensor_dim[i], model.sensor_needstage[i] == mujoco.mjtStage.mjSTAGE_ACC)
-                                         for i in range(model.nsensor)] or [np.zeros(0, bool)])
+    self.stale_sensors = acceleration_sensors(self.env.mj_model)
     if physics == 'dm_control':
       restore_dm_control_physics(self.env)
     elif physics != 'playground':
@@ -155,6 +151,14 @@ class Control:
     state = EnvState(task=task, starts=state.starts, used=state.used + ended.astype(jnp.int32),
                      t=jnp.where(ended, 0, t))
     return state, task.obs, reward, terminated, truncated, final_obs
+
+
+def acceleration_sensors(model) -> np.ndarray:
+  """(nsensordata,) bool: the sensordata of acceleration-stage sensors (accelerometer, force, torque).
+  dm_control's step ends with mj_step1, which does not update them, so it observes them as its last
+  substep's forward pass left them."""
+  return np.concatenate([np.full(model.sensor_dim[i], model.sensor_needstage[i] == mujoco.mjtStage.mjSTAGE_ACC)
+                         for i in range(model.nsensor)] or [np.zeros(0, bool)])
 
 
 def restore_dm_control_physics(env) -> None:

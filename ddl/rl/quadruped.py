@@ -72,21 +72,29 @@ def _make_env():
       self._torso = m.body('torso').id
       self._root = m.joint('root').qposadr[0]
 
+    def _placed(self, orientation: jax.Array, z: jax.Array) -> mjx.Data:
+      """Reset data with the torso at (0, 0, z) in `orientation` (a unit quaternion)."""
+      blank = mjx.make_data(self._mjx_model)
+      root = jnp.concatenate([jnp.stack([0.0, 0.0, z]), orientation]).astype(blank.qpos.dtype)
+      return blank.replace(qpos=blank.qpos.at[self._root:self._root + 7].set(root))
+
     def _touches(self, data: mjx.Data) -> jax.Array:
       """Whether any geom touches another: MuJoCo C's ncon > 0 after collision."""
-      contact = mjx.collision(self._mjx_model, mjx.kinematics(self._mjx_model, data)).contact
+      contact = mjx.collision(self._mjx_model, mjx.kinematics(self._mjx_model, data))._impl.contact
       return jnp.any(contact.dist < contact.includemargin)
+
+    def non_contacting_height(self, orientation: jax.Array) -> jax.Array:
+      """dm_control's `_find_non_contacting_height`: the torso's z, from 0 up in 1 cm steps, at which
+      nothing touches (at most 10 000 tries)."""
+      z, _ = jax.lax.while_loop(lambda c: self._touches(self._placed(orientation, c[0])) & (c[1] < MAX_TRIES),
+                                lambda c: (c[0] + HEIGHT_STEP, c[1] + 1), (jnp.zeros(()), jnp.zeros((), jnp.int32)))
+      return z
 
     def reset(self, rng: jax.Array) -> mjx_env.State:
       rng, key = jax.random.split(rng)
       orientation = jax.random.normal(key, (4,))
       orientation = orientation / jnp.linalg.norm(orientation)
-      blank = mjx.make_data(self._mjx_model)
-      placed = lambda z: blank.replace(qpos=blank.qpos.at[self._root:self._root + 7].set(
-          jnp.concatenate([jnp.stack([0.0, 0.0, z]).astype(blank.qpos.dtype), orientation.astype(blank.qpos.dtype)])))
-      z, _ = jax.lax.while_loop(lambda c: self._touches(placed(c[0])) & (c[1] < MAX_TRIES),
-                                lambda c: (c[0] + HEIGHT_STEP, c[1] + 1), (jnp.zeros(()), jnp.zeros((), jnp.int32)))
-      data = mjx.forward(self._mjx_model, placed(z))
+      data = mjx.forward(self._mjx_model, self._placed(orientation, self.non_contacting_height(orientation)))
       info = {'rng': rng}
       return mjx_env.State(data, self._get_obs(data, info), jnp.zeros(()), jnp.zeros(()), {}, info)
 

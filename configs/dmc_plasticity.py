@@ -11,6 +11,9 @@ Table 1), and the fraction of active units of each module over training (Fig. 3)
 Tasks: MuJoCo Playground's dm_control suite (CheetahRun, WalkerRun, HopperHop, ReacherHard, ...) and
 QuadrupedRun, which Playground lacks: ddl's port of dm_control's Run on its own model file
 (ddl/rl/quadruped.py; needs dm-control), checked against dm_control step by step (tests/test_dmc.py).
+On this 2-core CPU its physics is the cost: 89.6 agent steps/s for 2 copies alone, 78.8 with DrQ-v2
+learning at hidden 256 (docs/benchmarks.md), so `:paper` on it (5 seeds x 1M steps at hidden 1 024)
+is a GPU's job; its time on one GPU is not measured (no GPU lent).
 
 Settings (the authors' cfgs/config.yaml and drqv2.py): DrQ-v2's actor and double-Q critic (trunk
 Linear -> LayerNorm -> tanh of 50 features, ReLU MLPs, orthogonal init), Adam lr 1e-4 per module,

@@ -21,7 +21,7 @@ first look, std and cbp x 2 seeds x 6 M steps (three frictions) in one program,
   python launch/main.py --config=configs/slippery_ant.py:std,cbp --config.num_seeds=2 \\
       --config.total_steps=6021120 --config.checkpoint_every=1 --config.fuse_variants=True
 
-ran at ~1 300 env steps/s for its 4 runs (2026-12-06, the machine shared): ~5 h, resumable. A 64-core
+ran at ~2 300 env steps/s for its 4 runs with the CPU to itself (2026-12-07): ~3 h, resumable. A 64-core
 machine: docs/benchmarks.md. Smoke: ~1 min.
 """
 from ddl import config as config_lib

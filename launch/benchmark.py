@@ -379,8 +379,9 @@ def _acting_in_program_vs_on_host(config):
   act = jax.jit(jax.vmap(lambda p, o, k: network.policy_mean(p, o[None])[0] + jnp.exp(p['log_std']) * jax.random.normal(
       k, (env.action_size,))))   # one observation per run, as a batch of one
   rng = np.random.default_rng(0)
-  host_state, host_obs = sim.reset(sim.model.qpos0 + rng.uniform(-0.1, 0.1, (seeds, layout.nq)),
-                                   0.1 * rng.standard_normal((seeds, layout.nv)), np.ones(seeds))
+  noise = lambda: (sim.model.qpos0 + rng.uniform(-0.1, 0.1, (seeds, layout.nq)),   # gymnasium's reset noise
+                   0.1 * rng.standard_normal((seeds, layout.nv)))
+  host_state, host_obs = sim.reset(*noise(), np.ones(seeds))
   friction, episode_step = np.full(seeds, config.env.friction.value), np.zeros(seeds, int)
 
   def on_host(key):
@@ -391,9 +392,8 @@ def _acting_in_program_vs_on_host(config):
       action = np.asarray(act(params, observed, jax.random.split(jax.random.fold_in(key, t), seeds)), np.float64)
       episode_step = episode_step + 1
       time_up = episode_step >= config.env.episode_length
-      _, _, host_state, host_obs, reward, terminated = sim.step_and_start(
-          host_state, action, friction, sim.model.qpos0 + rng.uniform(-0.1, 0.1, (seeds, layout.nq)),
-          0.1 * rng.standard_normal((seeds, layout.nv)), time_up)
+      _, _, host_state, host_obs, reward, terminated = sim.step_and_start(host_state, action, friction, *noise(),
+                                                                         time_up)
       episode_step = np.where(terminated | time_up, 0, episode_step)
       trajectory.append((observed, action.astype(np.float32), reward.astype(np.float32), terminated | time_up))
     return jax.device_put([np.stack(x, 1) for x in zip(*trajectory)])

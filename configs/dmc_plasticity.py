@@ -57,7 +57,7 @@ from ddl import platform_defaults
 
 def smoke(config):
   """Seconds: 2 seeds, 2 chunks of 100 steps, tiny networks, a 50-step warm-up, one program: every
-  variant injects into the critic at its second chunk. CartpoleSwingup: every task runs the same code,
+  variant injects into the critic at its second chunk, and rr_0p5 is primed with 30 updates. CartpoleSwingup: every task runs the same code,
   and its physics compiles in a third less time than CheetahRun's (whose steps, and WalkerRun's, are
   checked against dm_control's in tests/test_dmc.py)."""
   config.env.name = 'CartpoleSwingup'
@@ -75,7 +75,7 @@ def smoke(config):
   config.intervene = ('critic',)
   config.fuse_variants = True
   config.replay.calls_per_ratio = False   # one call: in so small a run MJX's physics, not the update, dominates
-  config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
+  config.variants = {'rr_0p5': dict(replay_ratio=0.5, priming_updates=30.0), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
 
 
@@ -96,6 +96,16 @@ def injection(config):
       'inject_critic': dict(replay_ratio=0.5, intervene=('critic',)),
       'inject_actor': dict(replay_ratio=0.5, intervene=('actor',)),
   }
+
+
+def priming(config, updates: int = 50_000, reset_chunk: int = 3):
+  """Claim 2 at a CPU's scale: Nikishin et al. 2022's heavy priming (`updates` updates on the warm-up's
+  2 000 transitions) costs the critic its plasticity early, as the paper's no-DA critic loses it; then a
+  reset of the critic vs of the actor (with its target) at chunk `reset_chunk`, against unprimed (RR 0.5)."""
+  primed = dict(replay_ratio=0.5, priming_updates=float(updates))
+  reset = lambda module: dict(primed, intervene=(module,), schedule=dict(reset_first=reset_chunk, reset_layers=0))
+  config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'primed': primed,
+                     'primed_reset_critic': reset('critic'), 'primed_reset_actor': reset('actor')}
 
 
 def get_config(arg: str = ''):
@@ -122,5 +132,6 @@ def get_config(arg: str = ''):
   config.schedule.injection_layers = 8      # >= the actor's layers: the whole module (`injection` preset)
   config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
-  config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'paper': paper, 'injection': injection})
+  config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'paper': paper, 'injection': injection,
+                                           'priming': priming})
   return config

@@ -6,6 +6,7 @@ subprocess, so that the real stderr (library logs included) is checked as a user
 import dataclasses
 import glob
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -46,6 +47,16 @@ def _edit(path, old, new):
   assert old in text
   with open(path, 'w') as f:
     f.write(text.replace(old, new))
+
+
+def _drop_saved_key(workdir, key='scan_unroll'):
+  """config.json as a run saved before ddl had `key`."""
+  path = os.path.join(workdir, 'config.json')
+  with open(path) as f:
+    saved = json.load(f)
+  del saved[key]
+  with open(path, 'w') as f:
+    json.dump(saved, f)
 
 
 def _write(path, text):
@@ -157,6 +168,8 @@ CASES = [
          prepare=lambda w: os.makedirs(w, mode=0o500), unprivileged=True),
     Case('workdir_of_another_config', (f'--config={SCR}', '--config.hparams.learning_rate=0.5'),
          ('different config', 'hparams.learning_rate', '--fresh'), base=True),
+    Case('workdir_saved_before_a_key_came', (f'--config={SCR}',), base=True,
+         says=('different config', 'scan_unroll', 'came into ddl', 'config.json'), prepare=_drop_saved_key),
     Case('config_json_garbage', (f'--config={SCR}',), base=True, says=('config.json',),
          prepare=lambda w: open(os.path.join(w, 'config.json'), 'w').write('{oops')),
     Case('config_json_deleted', (f'--config={SCR}',), base=True, says=('config.json', 'checkpoints'),

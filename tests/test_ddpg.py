@@ -122,6 +122,9 @@ def test_dmc_smoke_resumes_exactly_and_builds_injection_into_the_listed_module_o
   assert value('arr', 'replay_ratio', chunk) and set(value('arr', 'replay_ratio', chunk)) <= {0.5, 2.0}
   assert len(value('rr_2', 'updates', chunk)) == 2
   assert value('rr_2', 'updates', chunk) == [2 * config.steps_per_chunk] * 2     # RR 2 after the warm-up
+  # rr_0p5's first chunk: RR 0.5 from the warm-up's 50th transition (steps 49, 51, ..., 99: 26 updates)
+  # and 30 of priming; then RR 0.5 alone
+  assert value('rr_0p5', 'updates', 0) == [26.0 + 30.0] * 2 and value('rr_0p5', 'updates', chunk) == [50.0] * 2
   assert [os.path.basename(p) for p in drqv2.DrQV2.figures(whole)] == ['plasticity.png']
   # the smoke injects into the critic alone: its critic holds the frozen heads; its actor has no
   # boundary method at all

@@ -137,3 +137,14 @@ def test_boundary_steps_must_divide_the_chunk():
   assert not ok and 'replay.boundary_steps=70 must divide steps_per_chunk=300' in message
   config.replay.boundary_steps = 150
   assert off_policy.config_checks(config)[0][0] and off_policy.num_periods(config) == 4
+
+
+def test_a_boundary_rewrite_enters_the_target_per_run_and_per_weight_array():
+  """Run 0's head was reset (its 'head' array rewritten), run 1's was not: under vmap, run 0's target
+  takes the new head and keeps its averaged trunk; run 1's target is untouched."""
+  target = {'trunk': jnp.full((2, 3), 0.5), 'head': jnp.full((2, 4), 0.25)}
+  before = {'trunk': jnp.ones((2, 3)), 'head': jnp.ones((2, 4))}
+  after = {'trunk': jnp.ones((2, 3)), 'head': jnp.asarray([[1.0, 7.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])}
+  out = jax.jit(jax.vmap(dqn.follow_rewrites))(target, before, after)
+  np.testing.assert_array_equal(out['head'], [[1.0, 7.0, 1.0, 1.0], [0.25] * 4])
+  np.testing.assert_array_equal(out['trunk'], np.full((2, 3), 0.5))

@@ -222,3 +222,30 @@ def test_vmapped_runs_equal_single_runs():
   dues, switched, _ = together
   assert np.asarray(switched[:, -1]).tolist() == [True, False, True]    # ARR's state runs with adaptive off too
   assert int(dues[0].max()) == 2 and int(dues[1].max()) == 1 and int(dues[2].max()) == 1
+
+
+def test_priming_adds_its_updates_once_at_the_warmups_last_step_vmapped():
+  """Heavy priming (Nikishin et al. 2022): a plain loop pays nothing before the warm-up's `warmup`-th
+  transition, then floor(t r) of the ratio since, plus `priming_updates` at that one step; traced and vmapped
+  over runs with and without it."""
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  arr, warmup, steps = ConfigDict(dict(check_every=50, threshold=0.001)), 7, 40
+
+  def run(ratio, priming):
+    hparams = {'replay_ratio': ratio, 'priming_updates': priming}
+    def step(schedule, t):
+      due, schedule = rr.after_step(schedule, False, hparams, arr, t, warmup)
+      return schedule, due
+    return jax.lax.scan(step, rr.init(), jnp.arange(steps))[1]
+
+  ratios, primings = [0.5, 0.5, 2.0], [0.0, 300.0, 25.0]
+  dues = np.asarray(jax.jit(jax.vmap(run))(jnp.asarray(ratios), jnp.asarray(primings)))
+  for ratio, priming, due in zip(ratios, primings, dues):
+    credit, expected = 0.0, []
+    for t in range(steps):                                    # the numpy loop
+      credit += ratio
+      paid = int(np.floor(credit))
+      credit -= paid
+      expected.append(0 if t + 1 < warmup else paid + (int(priming) if t + 1 == warmup else 0))
+    np.testing.assert_array_equal(due, expected)
+  assert dues[1, warmup - 1] == 300 + dues[0, warmup - 1] and dues[1].sum() == dues[0].sum() + 300

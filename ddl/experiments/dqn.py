@@ -11,7 +11,8 @@ takes one learner step on the Huber loss against double-Q targets from the targe
 follows the online one by Polyak averaging every `dqn.target_every` updates. Replay ratio, ARR and
 augmentation are traced hyperparameters (agent methods of the registry): one program covers a grid
 of them. Resets and plasticity injection (`schedule.*`) act at the starts of boundary periods of
-`replay.boundary_steps` steps (`ddl.rl.off_policy`; 0: chunk starts).
+`replay.boundary_steps` steps (`ddl.rl.off_policy`; 0: chunk starts); the weights they rewrite are
+copied into the target network (`ddl.rl.dqn.follow_rewrites`).
 
 Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
 replay_ratio (at its end), q_loss, critic_fau (the fraction of active units of the Q-network's
@@ -149,8 +150,9 @@ class DQN:
     del data
     config, r, d = self.config, self.config.replay, self.config.dqn
     def boundary(state, period):
-      return state.replace(learner=self.learner.boundary(
-          state.learner, period, jax.random.fold_in(state.key, -1 - period), state.obs[None].astype(jnp.float32)))
+      learner = self.learner.boundary(state.learner, period, jax.random.fold_in(state.key, -1 - period),
+                                      state.obs[None].astype(jnp.float32))
+      return state.replace(learner=learner, target=dqn.follow_rewrites(state.target, state.learner.params, learner.params))
 
     def env_step(carry, _):
       state, sums = carry

@@ -15,7 +15,8 @@ Modules: the actor and the critic are two learners (`ddl.learners.Learner`, each
 of the config's optimizer section). Resets, plasticity injection and unit transforms (CBP, ReDo)
 act on the modules `intervene` lists ('actor', 'critic'): Fig. 5's injection into the actor vs
 the critic. Resets and injection act at the starts of boundary periods of `replay.boundary_steps`
-agent steps (`ddl.rl.off_policy`; 0: chunk starts). Replay ratio and ARR are the registry's agent settings; augmentation
+agent steps (`ddl.rl.off_policy`; 0: chunk starts); the critic weights they rewrite are copied into the
+target critic (`ddl.rl.dqn.follow_rewrites`). Replay ratio and ARR are the registry's agent settings; augmentation
 (random shift) is refused: from state there is no image to shift.
 
 Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
@@ -186,7 +187,8 @@ class DrQV2:
     def boundary(state, period):
       key = jax.random.fold_in(state.key, -1 - period)
       sample = jnp.concatenate([state.obs, jnp.zeros((self.env.action_size,))])[None]
-      return state.replace(critic=self.critic.boundary(state.critic, period, jax.random.fold_in(key, 0), sample),
+      critic = self.critic.boundary(state.critic, period, jax.random.fold_in(key, 0), sample)
+      return state.replace(critic=critic, target=dqn.follow_rewrites(state.target, state.critic.params, critic.params),
                            actor=self.actor.boundary(state.actor, period, jax.random.fold_in(key, 1), state.obs[None]))
 
     names = ('critic_loss', 'actor_loss', 'critic_fau', 'actor_fau')

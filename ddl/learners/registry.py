@@ -68,6 +68,7 @@ AGENT_SETTINGS: Dict[str, Method] = {
     'replay_ratio': agent.REPLAY_RATIO,
     'arr': agent.ARR,
     'augment': agent.AUGMENT,
+    'priming': agent.PRIMING,
 }
 
 TABLES: Tuple[Dict[str, Method], ...] = (NETWORK_OPTIONS, GRADIENT_TERMS, OPTIMIZERS, WRAPPERS, UPDATE_TERMS,

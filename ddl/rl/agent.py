@@ -5,7 +5,9 @@ the learner composes nothing for them.
   replay_ratio  gradient updates per environment step (0.5: one every two steps), Ma et al. 2024;
   arr           Adaptive Replay Ratio: `replay_ratio` until the critic's fraction of active units
                 settles, then `arr_high_ratio` (on when > 0; `ddl.rl.replay_ratio`);
-  augment       DrQ's random shift of the replayed observations (on when > 0; `ddl.rl.augment`).
+  augment       DrQ's random shift of the replayed observations (on when > 0; `ddl.rl.augment`);
+  priming       Nikishin et al. 2022's heavy priming: `priming_updates` extra updates at once when the
+                warm-up ends, on its transitions only (on when > 0; `ddl.rl.replay_ratio.after_step`).
 They apply where the experiment has a replay buffer (`config.replay`).
 """
 from ddl.learners import method as method_lib
@@ -57,3 +59,9 @@ AUGMENT = method_lib.Method(
      Hyper('pad', 1, low=1, traced=False, doc='random shift: pixels of replicate padding (4 on 84x84, 1 on MinAtar)')),
     section='augment', active=_gated_off_policy('augment'), check=_needs_images,
     examples=(('augment', dict(augment=1.0)),))
+
+PRIMING = method_lib.Method(
+    'priming', 'agent', "heavy priming: many updates on the warm-up's transitions at once (Nikishin et al. 2022)",
+    (Hyper('priming_updates', 0.0, low=0, doc='updates made at once when the warm-up ends, beyond the ratio (0: none)'),),
+    active=_gated_off_policy('priming_updates'), check=_needs_replay,
+    examples=(('priming', dict(priming_updates=100.0)),))

@@ -52,3 +52,10 @@ def epsilon_greedy(key: jax.Array, q_values: jax.Array, eps: jax.Array) -> jax.A
 def polyak(target: Any, online: Any, tau: jax.Array) -> Any:
   """target <- tau online + (1 - tau) target (tau = 1: a copy); optax's incremental update."""
   return optax.incremental_update(online, target, tau)
+
+
+def follow_rewrites(target: Any, before: Any, after: Any) -> Any:
+  """The target network after a boundary transform (a reset, plasticity injection) took the online one from
+  `before` to `after`: each weight array it rewrote is copied into the target, the others keep their average.
+  Nikishin et al.'s resets re-create the target with the online network, and an injected head enters both."""
+  return jax.tree.map(lambda t, b, a: jnp.where(jnp.array_equal(b, a), t, a), target, before, after)

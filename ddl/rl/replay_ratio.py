@@ -126,9 +126,12 @@ def after_step(schedule: Schedule, ended: jax.Array, hparams, arr, steps: jax.Ar
                warmup: int) -> tuple[jax.Array, Schedule]:
   """An experiment's bookkeeping after its environment step `steps` (0-based): ARR's check at an
   episode's end (`arr`: its config section), then the updates the ratio owes, none before the
-  `warmup`-th transition is stored -> (updates due, schedule)."""
+  `warmup`-th transition is stored, and at that step also `priming_updates` more (Nikishin et al.
+  2022's heavy priming, where the hyperparameter is held) -> (updates due, schedule)."""
   schedule = episode_end(schedule, ended, arr.check_every, arr.threshold, steps)
   due, schedule = updates_due(schedule, ratio_of(schedule, hparams))
+  priming = jnp.asarray(hparams.get('priming_updates', 0), jnp.float32).astype(jnp.int32)
+  due = due + jnp.where(steps + 1 == warmup, priming, 0)
   return jnp.where(steps + 1 >= warmup, due, 0), schedule
 
 

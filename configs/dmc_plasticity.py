@@ -5,7 +5,7 @@ Table 1), and the fraction of active units of each module over training (Fig. 3)
 
   python launch/main.py --config=configs/dmc_plasticity.py --workdir=/tmp/dmc      # CPU default, ~18 min
   python launch/main.py --config=configs/dmc_plasticity.py:paper --workdir=/tmp/dmc_paper   # a GPU
-  python launch/main.py --config=configs/dmc_plasticity.py:priming --workdir=/tmp/dmc_priming   # claim 2, ~24 min
+  python launch/main.py --config=configs/dmc_plasticity.py:priming --workdir=/tmp/dmc_priming   # claim 2, ~24 min (2 seeds)
   python launch/main.py --config=configs/dmc_plasticity.py:smoke                   # tests, seconds
   python launch/main.py --config=configs/dmc_plasticity.py:paper --config.env.name=QuadrupedRun   # Table 1's third task
 
@@ -54,15 +54,20 @@ learns. Injection into the actor raises the actor's FAU: 0.65 / 0.65 against 0.6
 
 `:priming` causes the early loss the paper's Fig. 5 waits 1M steps for: Nikishin et al. 2022's heavy
 priming (50 000 updates at once on the warm-up's 500 transitions), then a reset of the critic or of the
-actor 5 500 steps later, on CartpoleSwingup (30 000 agent steps, RR 0.5, 2 seeds). Measured 2026-12-07,
-23.7 min on this CPU with other jobs beside it (1 006 s of it the first chunk: the 50 000 updates, once
-in each of the three primed programs). Mean return over the last 10 000 steps, seeds 0 / 1:
-  unprimed                 564 / 279   (mean 421)
-  primed                   323 / 363   (mean 343)
-  primed, actor reset      452 / 355   (mean 404)
-  primed, critic reset     444 / 635   (mean 539)
-The order is claim 2's (the critic's reset helps most, the actor's little), but the seeds spread as
-wide as the gaps (unprimed: 564 / 279), so 2 seeds do not establish it; 5+ seeds are the next run.
+actor 5 500 steps later, on CartpoleSwingup (30 000 agent steps, RR 0.5). Measured 2026-12-07 on this CPU
+with other jobs beside it: 23.7 min for 2 seeds (1 006 s of it the first chunk: the 50 000 updates, once
+in each of the three primed programs), 33.2 min for 3 more (--config.seed=1 --config.num_seeds=3).
+Mean return over the last 10 000 steps, 5 seeds (2 + 3), mean ± s.e.:
+  unprimed                 564 / 279 / 574 / 578 / 456   490 ± 57
+  primed                   323 / 363 / 426 / 335 / 658   421 ± 62
+  primed, actor reset      452 / 355 / 409 / 466 / 693   475 ± 58
+  primed, critic reset     444 / 635 / 389 / 631 / 674   554 ± 57
+Paired by seed (the variants share each seed's keys): critic reset - primed +134 ± 67, actor reset -
+primed +54 ± 32, critic reset - actor reset +80 ± 61. The order is claim 2's (the critic's reset helps
+most, the actor's little), but at about 1-2 standard errors: claim 2 is not established at this scale.
+The FAU says priming cost both modules units, not the critic alone: at the end the primed critic's FAU is
+0.572 ± 0.008 against 0.607 ± 0.005 unprimed, the actor's 0.522 ± 0.024 against 0.617 ± 0.010, and
+neither reset brought its module's FAU back by the end (critic reset 0.572, actor reset 0.549).
 A first try on CheetahRun (24 000 steps, the same priming on 2 000 transitions, resets at 6 000) showed
 no cost in return at that length (last 6 000 steps: unprimed 46, primed 45, actor reset 43, critic
 reset 50), but a sign in the critic alone: the primed critic's FAU stayed at 0.50 where the unprimed

@@ -333,6 +333,13 @@ def declared_defaults() -> Dict[str, Any]:
   return out
 
 
+def keys_absent(saved: Dict[str, Any], keys: Sequence[str]) -> List[str]:
+  """Of the dotted `keys`, those that a saved config `saved` (nested dicts) does not hold: keys that came into
+  ddl after it was saved."""
+  held = _flatten(saved)
+  return [k for k in keys if k not in held]
+
+
 def differing_keys(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
   """Dotted keys whose values differ between a saved config `a` and a new one `b` (nested dicts).
   A key only `b` has that holds a registered method's declared default is no difference: a method

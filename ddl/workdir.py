@@ -57,8 +57,7 @@ def prepare_workdir(workdir: str, config, fresh: bool = False) -> bool:
                                    'start this workdir over.') from None
     differ = config_lib.differing_keys(previous, json.loads(config.to_json()))
     if differ:
-      saved_keys = config_lib._flatten(previous)  # pylint: disable=protected-access
-      new = [k for k in differ if k not in saved_keys]
+      new = config_lib.keys_absent(previous, differ)
       added = (f'; {", ".join(new)} came into ddl after this run was saved: if the value this launch '
                'gives it changes nothing of the run, add it with that value to config.json and relaunch') if new else ''
       raise config_lib.ConfigError(

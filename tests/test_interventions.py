@@ -105,6 +105,29 @@ def test_reset_reinitialises_the_head_and_zeroes_its_optimizer_state():
   assert schedules.count(2, 2, 10) == 4 and schedules.count(3, 0, 10) == 1 and schedules.count(0, 1, 10) == 0
 
 
+def test_encoder_reset_reinitialises_the_first_layers_only_and_zeroes_their_optimizer_state():
+  """reset_layers=-1 on a conv net: its conv layer (the encoder) from the fresh init of the boundary's key,
+  the dense layers and their Adam moments untouched; more layers than the network has is refused."""
+  network = nets.ConvNet(widths=(4,), kernels=(3,), pool=False, dense=(8,), outputs=3)
+  learner, config = _learner(network, schedule=dict(reset_first=1, reset_layers=-1))
+  x = jax.random.normal(jax.random.key(0), (16, 6, 6, 2))
+  y = jax.random.randint(jax.random.key(1), (16,), 0, 3)
+  state, _ = learner.step(learner.init(jax.random.key(1), x[:1], config.hparams), x, y, jax.random.key(2))
+  reset = learner.boundary(state, jnp.asarray(1), jax.random.key(3), x[:1])
+  fresh = network.init(jax.random.split(jax.random.key(3))[0], x[:1])['params']
+  first = network.layer_names()[0]
+  jax.tree.map(np.testing.assert_array_equal, reset.params[first], fresh[first])
+  for name in network.layer_names()[1:]:
+    jax.tree.map(np.testing.assert_array_equal, reset.params[name], state.params[name])
+  adam = idbd.find_state(reset.opt_state, optax.ScaleByAdamState)
+  jax.tree.map(lambda m: np.testing.assert_array_equal(m, 0.0), adam.mu[first])
+  assert np.any(np.asarray(adam.mu['output']['kernel']) != 0)
+  whole = config_lib.base_config()
+  whole.schedule.update(reset_first=1, reset_layers=-len(network.layer_names()))
+  where = type('Where', (), {'config': whole, 'network': lambda self: network})()
+  assert 'reset the whole network' in schedules.RESET.check(where)
+
+
 def test_whole_network_reset_equals_a_fresh_init_of_the_same_key():
   network = nets.MLP(hidden=(6,), outputs=3)
   learner, config = _learner(network, optimizer='sgd', schedule=dict(reset_first=1, reset_layers=0))

@@ -2,8 +2,9 @@
 et al. 2023). The learner applies them at the start of a chunk (a task, or a bin of steps), when
 the chunk index is due: `due(index, first, every)`.
 
-Reset: re-initialise the last `layers` weight layers (the head) or the whole network (layers=0)
-from the network's own initializers, and zero their optimizer state.
+Reset: re-initialise the last `layers` weight layers (the head), the whole network (layers=0) or,
+with layers=-k, the first k (an encoder: e.g. a conv net's conv layers, without its dense head), from the
+network's own initializers, and zero their optimizer state.
 
 Injection: at injection j the head θ is frozen and a fresh head θ' (trainable) minus a frozen copy
 θ'' of it is added, so the output is unchanged at that moment and only θ' (with the trunk) learns
@@ -22,7 +23,8 @@ from ddl.learners.hyper import Hyper
 RESET_HYPERS = (
     Hyper('reset_first', 0, low=0, traced=False, doc='chunk (task) of the first reset; 0: no resets'),
     Hyper('reset_every', 0, low=0, traced=False, doc='chunks between resets after the first; 0: once'),
-    Hyper('reset_layers', 0, low=0, traced=False, doc='last weight layers re-initialised; 0: the whole network'),
+    Hyper('reset_layers', 0, traced=False,
+          doc='last weight layers re-initialised (a head); 0: the whole network; -k: the first k (an encoder)'),
 )
 INJECTION_HYPERS = (
     Hyper('injection_first', 0, low=0, traced=False, doc='chunk (task) of the first injection; 0: none'),
@@ -132,6 +134,9 @@ class ResetHooks(method_lib.Hooks):
     params, batch_stats, states = b.params, b.batch_stats, dict(b.states)
     if o['reset_layers'] > 0:
       names = head_names(network, b.sample_input, head_start(network, o['reset_layers']))
+    elif o['reset_layers'] < 0:   # the first k layers: what the layers from k on do not use
+      after = head_names(network, b.sample_input, min(-o['reset_layers'], len(network.layer_names())))
+      names = tuple(n for n in params if n not in after)
     else:
       names = tuple(params)
       if batch_stats is not None:
@@ -153,7 +158,12 @@ def _head_problem(where):
 
 
 def _reset_check(where):
-  return _head_problem(where) if RESET.options(where.config)['reset_layers'] > 0 else None
+  layers = RESET.options(where.config)['reset_layers']
+  problem = _head_problem(where) if layers != 0 else None
+  if problem is None and layers < 0 and -layers >= len(where.network().layer_names()):
+    problem = (f'schedule.reset_layers={layers} resets the first {-layers} layers, but the network has '
+               f'{len(where.network().layer_names())}: set 0 to reset the whole network')
+  return problem
 
 
 RESET = method_lib.Method(

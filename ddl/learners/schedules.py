@@ -135,7 +135,7 @@ class ResetHooks(method_lib.Hooks):
     if o['reset_layers'] > 0:
       names = head_names(network, b.sample_input, head_start(network, o['reset_layers']))
     elif o['reset_layers'] < 0:   # the first k layers: what the layers from k on do not use
-      after = head_names(network, b.sample_input, min(-o['reset_layers'], len(network.layer_names())))
+      after = head_names(network, b.sample_input, -o['reset_layers'])   # < the layers: `_reset_check`
       names = tuple(n for n in params if n not in after)
     else:
       names = tuple(params)

@@ -167,7 +167,7 @@ def _reset_check(where):
 
 
 RESET = method_lib.Method(
-    'reset', 'boundary', 'resets of the last layers or the whole network (Nikishin et al. 2022)', RESET_HYPERS,
+    'reset', 'boundary', 'resets of the last layers (a head), the first (an encoder) or the whole network (Nikishin et al. 2022)', RESET_HYPERS,
     section='schedule', active=method_lib.positive('schedule.reset_first'), check=_reset_check, hooks=ResetHooks,
     examples=(('reset', dict(schedule=dict(reset_first=1, reset_every=1, reset_layers=1))),
               ('reset_network', dict(schedule=dict(reset_first=1, reset_every=1, reset_layers=0)))))

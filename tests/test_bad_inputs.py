@@ -127,6 +127,8 @@ CASES = [
     # Off-policy RL.
     Case('replay_ratio_not_positive', (SMOKE['minatar_replay_ratio'], '--config.variants.rr_2.replay_ratio=0'),
          ('replay_ratio', '> 0')),
+    Case('encoder_reset_of_every_layer', (SMOKE['minatar_replay_ratio'], '--config.schedule.reset_first=1',
+                                          '--config.schedule.reset_layers=-5'), ('reset_layers=-5', 'whole network')),
     Case('buffer_smaller_than_a_batch', (SMOKE['minatar_replay_ratio'], '--config.replay.capacity=4'),
          ('replay.capacity', 'smaller than a batch')),
     Case('unknown_task', (SMOKE['minatar_replay_ratio'], '--config.env.name=Brekaout-MinAtar'),

@@ -1,10 +1,13 @@
 """Plasticity of an off-policy actor-critic on DeepMind Control (Ma et al., ICLR 2024; beyond_reference.md
-(d)): DrQ-v2 from state on MJX's dm_control tasks (MuJoCo Playground), with plasticity injection into
-the actor vs the critic (their Fig. 5), replay ratios 0.5 / 2 and Adaptive Replay Ratio (Fig. 9,
-Table 1), and the fraction of active units of each module over training (Fig. 3).
+(d)): DrQ-v2 from state or from 84x84 pixels on MJX's dm_control tasks (MuJoCo Playground), with
+plasticity injection into the actor vs the critic (their Fig. 5), replay ratios 0.5 / 2 and Adaptive
+Replay Ratio (Fig. 9, Table 1), DA x Reset (Fig. 1), and the fraction of active units of each module
+(encoder, actor, critic) over training (Fig. 3).
 
   python launch/main.py --config=configs/dmc_plasticity.py --workdir=/tmp/dmc      # CPU default, ~18 min
-  python launch/main.py --config=configs/dmc_plasticity.py:paper --workdir=/tmp/dmc_paper   # a GPU
+  python launch/main.py --config=configs/dmc_plasticity.py:paper --workdir=/tmp/dmc_paper   # a GPU, pixels
+  python launch/main.py --config=configs/dmc_plasticity.py:paper,da_reset --workdir=/tmp/dmc_da   # Fig. 1, a GPU
+  python launch/main.py --config=configs/dmc_plasticity.py:paper,state --workdir=/tmp/dmc_state   # from state
   python launch/main.py --config=configs/dmc_plasticity.py:priming --workdir=/tmp/dmc_priming   # claim 2, ~24 min (2 seeds)
   python launch/main.py --config=configs/dmc_plasticity.py:smoke                   # tests, seconds
   python launch/main.py --config=configs/dmc_plasticity.py:paper --config.env.name=QuadrupedRun   # Table 1's third task
@@ -27,8 +30,14 @@ a fresh trainable minus frozen twin: the output does not jump).
 The CPU default is the paper's protocol shrunk to a 2-core CPU: CheetahRun, hidden 256 (not 1 024),
 batch 64, a 100 000-transition buffer, 40 000 agent steps (80 000 frames), 2 seeds, RR 0.5 / 2 / ARR
 (its check every 10 episodes of 500 steps: the authors' 50 would check once in so short a run).
-`paper`: hidden 1 024, batch 256, a 10^6 buffer, 1M agent steps (2M frames), 5 seeds: a GPU's job
-(from state; the paper's pixels need the MJX batch renderer, not driven yet: env.pixels is refused).
+`paper`: the paper's protocol, from pixels: 84x84 frames of DrQ-v2's camera, three stacked, rendered in
+the program by MuJoCo Warp's ray tracer (ddl/rl/render.py), DrQ-v2's encoder (four 3x3 convolutions of 32
+channels) as a third module, hidden 1 024, batch 256, a 10^6 buffer (one frame per slot and its next:
+42 GB per run), 1M agent steps (2M frames), 5 seeds: a GPU's job. On this CPU pixels run at 2.3 agent
+steps/s (RR 1, batch 64, hidden 256; the environment alone with its rendering 370): from pixels is only
+the smoke here. Its time on one GPU, projected from the measured 24 GFLOP per step (no GPU lent):
+~28 min per run at 30 TFLOPS, ~7 h for 5 seeds x 3 variants (docs/benchmarks.md). `da_reset`: Fig. 1's
+grid, random shift (pad 4) on / off x a reset of actor and critic half way / none, at RR 0.5.
 
 The default, measured 2026-12-06 on this 2-core CPU (other jobs running for part of it): 17.7 min
 (1 062 s) for the 6 runs. Mean return over the last 20 000 frames, seeds 0 / 1:
@@ -102,12 +111,32 @@ def smoke(config):
 
 
 def paper(config):
-  """The paper's sizes (from state): hidden 1 024, batch 256, a 10^6 buffer, 1M agent steps, 5 seeds."""
+  """The paper's protocol: from 84x84 pixels (three stacked frames), hidden 1 024, batch 256, a 10^6 buffer,
+  1M agent steps (2M frames), 5 seeds; RR 0.5 / 2 / ARR (Table 1). `:paper,state` learns from state."""
+  config.env.pixels = True
   config.num_seeds = 5
   config.total_steps = 1_000_000
   config.steps_per_chunk = 10_000
   config.network.hidden = (1024, 1024)
   config.replay.update(capacity=1_000_000, batch_size=256)
+
+
+def state(config):
+  """From the state vector, not pixels (after `paper`)."""
+  config.env.pixels = False
+
+
+def da_reset(config):
+  """Fig. 1's DA x Reset grid from pixels at RR 0.5: random shift (pad 4) on or off, and a reset of the
+  actor and the critic half way (Nikishin et al.'s, the encoder kept) or none."""
+  config.env.pixels = True
+  half = -(-config.total_steps // config.steps_per_chunk) // 2
+  reset = dict(reset_first=half, reset_layers=0)
+  config.intervene = ('actor', 'critic')
+  config.variants = {'augment': dict(replay_ratio=0.5, augment=1.0),
+                     'no_augment': dict(replay_ratio=0.5),
+                     'augment_reset': dict(replay_ratio=0.5, augment=1.0, schedule=reset),
+                     'no_augment_reset': dict(replay_ratio=0.5, schedule=reset)}
 
 
 def injection(config):
@@ -136,6 +165,20 @@ def priming(config, updates: int = 50_000, reset_chunk: int = 3):
                      'primed_reset_critic': reset('critic'), 'primed_reset_actor': reset('actor')}
 
 
+def pixels(config):
+  """From pixels (DrQ-v2's setting): 84x84 frames, three stacked, rendered in the program by MuJoCo Warp's
+  ray tracer. After `smoke` (`:smoke,pixels`, for the tests): 24x24 frames, a 2-layer encoder of 4
+  channels, injection into the critic and the encoder, random shift in one variant."""
+  config.env.pixels = True
+  if config.total_steps <= 1_000:       # after `smoke`
+    config.env.image_size = 24
+    config.network.update(encoder_channels=4, encoder_layers=2)
+    config.replay.capacity = 200
+    config.intervene = ('critic', 'encoder')
+    config.variants = {'rr_0p5_augment': dict(replay_ratio=0.5, augment=1.0, priming_updates=30.0),
+                       'rr_2': dict(replay_ratio=2.0)}
+
+
 def get_config(arg: str = ''):
   config = config_lib.base_config()
   config.experiment = 'drqv2'
@@ -144,14 +187,17 @@ def get_config(arg: str = ''):
   config.steps_per_chunk = 2_000
   config.probe_size = 256
   config.diagnostics.every = 5
-  config.env = dict(name='CheetahRun', action_repeat=2, pixels=False, physics='dm_control')
+  # pixels: DrQ-v2's 84x84 frames of camera `camera` (-1: DrQ-v2's for the task), `frame_stack` stacked
+  config.env = dict(name='CheetahRun', action_repeat=2, pixels=False, physics='dm_control', image_size=84,
+                    frame_stack=3, camera=-1)
   config.replay = dict(capacity=100_000, batch_size=64, n_step=3, warmup=2_000,
                        boundary_steps=0,   # resets / injection at chunk starts (ddl.rl.off_policy)
                        calls_per_ratio=platform_defaults.auto(bool))   # per platform
   config.drqv2 = dict(gamma=0.99, target_tau=0.01, exploration_steps=2_000, std_start=1.0, std_end=0.1,
                       std_steps=500_000, std_clip=0.3)
   config.network.update(hidden=(256, 256), feature_dim=50, activation='relu', weight_init='orthogonal',
-                        layer_norm='')
+                        layer_norm='', encoder_channels=32, encoder_layers=4)   # the encoder: from pixels
+  config.augment.pad = 4                    # random shift on 84x84 pixels (DrQ-v2's)
   config.optimizer.name = 'adam'
   config.hparams.learning_rate = 1e-4
   config.hparams.replay_ratio = 0.5
@@ -161,5 +207,6 @@ def get_config(arg: str = ''):
   config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
   config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'paper': paper, 'injection': injection,
-                                           'priming': priming})
+                                           'priming': priming, 'pixels': pixels, 'state': state,
+                                           'da_reset': da_reset})
   return config

@@ -266,6 +266,38 @@ class DrQCritic(nn.Module):
     return jnp.stack(values, axis=-1), features
 
 
+class DrQEncoder(nn.Module):
+  """DrQ-v2's pixel encoder (Yarats et al. 2022; Ma et al. 2024's code, drqv2.py `Encoder`): uint8 NHWC
+  images (stacked frames on the channels) scaled to /255 - 0.5, then `layers` ReLU convolutions 3x3 of
+  `channels` (the first of stride 2), flattened: 32 x 35 x 35 = 39 200 features from 84x84. Orthogonal
+  init with ReLU's gain, zero biases (their `weight_init`). It flattens (row, column, channel), where
+  theirs is channel-major: a permutation of the next layer's input rows that changes nothing else.
+  Features 'conv_i' (what the encoder's FAU pools); layers named 'conv_i', run from any (`start`, as `MLP`:
+  x is then the map of layer start - 1)."""
+  channels: int = 32
+  layers: int = 4
+  conv: str = 'patches'
+
+  def layer_names(self) -> Tuple[str, ...]:
+    return tuple(f'conv_{i}' for i in range(self.layers))
+
+  @staticmethod
+  def output_size(image_size: int, channels: int = 32, layers: int = 4) -> int:
+    side = (image_size - 3) // 2 + 1 - 2 * (layers - 1)
+    return channels * side * side
+
+  @nn.compact
+  def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    features = {}
+    if start == 0:
+      x = x.astype(jnp.float32) / 255.0 - 0.5
+    for i in range(start, self.layers):
+      x = Conv(self.channels, (3, 3), self.conv, orthogonal(math.sqrt(2.0)), nn.initializers.zeros,
+               strides=2 if i == 0 else 1, name=f'conv_{i}')(x)
+      x = features[f'conv_{i}'] = nn.relu(x)
+    return x.reshape(x.shape[0], -1), features
+
+
 class LTUNet(nn.Module):
   """The slowly-changing-regression target (FixLTUNet): in -> linear threshold units -> 1.
 

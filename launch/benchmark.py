@@ -296,7 +296,7 @@ def _random_rollout(config):
   e = config.env
   if config.experiment == 'drqv2':    # dm_control on MJX: one reset draw per run, action repeat inside a step
     from ddl.rl import dmc  # pylint: disable=g-import-not-at-top
-    env = dmc.Control(e.name, e.action_repeat, config.total_steps, e.physics)
+    env = dmc.from_config(config)
     def chunk(state, key):
       def one(state, t):
         action = jax.random.uniform(jax.random.fold_in(key, t), (env.action_size,), minval=-1)

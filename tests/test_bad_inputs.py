@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT, load_config
 from ddl import run as run_lib
 from ddl.data import arrays
+from ddl.rl import render
 
 SPEC = importlib.util.spec_from_file_location('launch_main', os.path.join(ROOT, 'launch', 'main.py'))
 MAIN = importlib.util.module_from_spec(SPEC)
@@ -136,10 +137,14 @@ CASES = [
     Case('unknown_control_task', (SMOKE['dmc_plasticity'], '--config.env.name=CheetahRunn'),
          ('env.name', 'CheetahRunn', 'CheetahRun')),
     Case('pixels_without_the_renderer', (SMOKE['dmc_plasticity'], '--config.env.pixels=True'),
-         ('env.pixels', 'renderer', 'env.pixels=False')),
+         ('env.pixels', 'warp-lang is not installed', 'env.pixels=False')),
+    Case('camera_the_task_lacks', (SMOKE['dmc_plasticity'] + ',pixels', '--config.env.camera=7'),
+         ('env.camera=7', 'CartpoleSwingup has', 'cameras', '-1')),
+    Case('encoder_from_state', (SMOKE['dmc_plasticity'], "--config.intervene=('critic','encoder')"),
+         ('encoder', 'env.pixels=True')),
     Case('augmentation_from_state', (SMOKE['dmc_plasticity'], '--config.hparams.augment=1'),
          ('augment', 'pixels', 'does not apply')),
-    Case('unknown_module', (SMOKE['dmc_plasticity'], "--config.intervene=('critic','encoder')"),
+    Case('unknown_module', (SMOKE['dmc_plasticity'], "--config.intervene=('critic','policy')"),
          ('intervene', 'actor', 'critic')),
     Case('dmc_replay_ratio_not_positive', (SMOKE['dmc_plasticity'], '--config.variants.arr.replay_ratio=-1'),
          ('replay_ratio', '> 0')),
@@ -271,6 +276,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, tmp_path, monkeypa
   else:
     if case.name == 'mnist_download_without_the_extra':   # whatever is installed here: never download
       monkeypatch.setattr(arrays, 'BUILD_MODULES', ('tensorflow', 'no_such_module_for_ddl'))
+    if case.name == 'pixels_without_the_renderer':        # as on a machine without warp-lang
+      monkeypatch.setattr(render, 'installed', lambda: False)
     status = MAIN.command(['launch/main.py', *args])
     out, err = capsys.readouterr()
   assert status == 2, (out, err)

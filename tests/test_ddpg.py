@@ -1,7 +1,8 @@
 """DrQ-v2 (ddl.rl.ddpg, nets.DrQActor/DrQCritic, ddl.experiments.drqv2): its losses, targets, noise and
 schedule against plain numpy loops of the authors' code (Ma et al.'s drqv2.py and utils.py), the
-networks against a numpy forward pass, the per-module FAU, injection into one module only, and the
-DeepMind Control experiment through the run loop (resumed exactly)."""
+networks against a numpy forward pass, the per-module FAU, injection into one module only, the
+update from pixels against DrQ-v2's joint critic-encoder gradient, and the DeepMind Control experiment
+through the run loop, from state and from pixels (resumed exactly)."""
 import csv
 import os
 
@@ -101,6 +102,102 @@ def test_drq_networks_match_a_numpy_forward_pass_and_pool_fau_as_the_authors():
   np.testing.assert_allclose(mean, np.tanh(_numpy_dense(z, ap['output'])), rtol=1e-4, atol=1e-5)
 
 
+def _numpy_conv(x, p, stride):
+  """VALID convolution, NHWC with an HWIO kernel, in float64."""
+  k, b = np.asarray(p['kernel'], np.float64), np.asarray(p['bias'], np.float64)
+  kh, kw = k.shape[:2]
+  oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+  out = np.zeros((x.shape[0], oh, ow, k.shape[-1])) + b
+  for dy in range(kh):
+    for dx in range(kw):
+      out += x[:, dy:dy + stride * oh:stride, dx:dx + stride * ow:stride, :] @ k[dy, dx]
+  return out
+
+
+def test_drq_encoder_matches_a_numpy_forward_pass():
+  """DrQ-v2's Encoder: obs / 255 - 0.5, conv3x3 stride 2, then stride 1, ReLU after each, flattened;
+  its features are the ReLU maps, and its orthogonal kernels have ReLU's gain (columns of norm sqrt 2)."""
+  encoder = nets.DrQEncoder(channels=4, layers=3, conv='lax')
+  images = np.random.default_rng(3).integers(0, 256, size=(2, 13, 13, 6), dtype=np.uint8)
+  params = encoder.init(jax.random.PRNGKey(0), images)['params']
+  h, features = encoder.apply({'params': params}, images)
+  z = images.astype(np.float64) / 255.0 - 0.5
+  for i in range(3):
+    z = np.maximum(_numpy_conv(z, params[f'conv_{i}'], 2 if i == 0 else 1), 0)
+    np.testing.assert_allclose(features[f'conv_{i}'], z, rtol=1e-4, atol=1e-5)
+  assert h.shape == (2, nets.DrQEncoder.output_size(13, 4, 3)) == (2, 4 * 2 * 2)
+  np.testing.assert_allclose(h, z.reshape(2, -1), rtol=1e-4, atol=1e-5)
+  kernel = np.asarray(params['conv_1']['kernel']).reshape(-1, 4)
+  np.testing.assert_allclose(kernel.T @ kernel, 2.0 * np.eye(4), atol=1e-5)
+  np.testing.assert_array_equal(encoder.apply({'params': params}, features['conv_0'], start=1)[0], h)
+
+
+def test_encoder_units_are_its_conv_channels_read_inside_it():
+  """CBP / ReDo on the encoder: each conv's channels are units read by the next conv; the last conv's
+  channels feed the critic and the actor, outside the module, so they are not among its units. A
+  replaced channel gets fresh incoming weights and zero outgoing ones."""
+  from ddl.learners import cbp as cbp_lib  # pylint: disable=g-import-not-at-top
+  from ddl.learners import topology
+  encoder = nets.DrQEncoder(channels=3, layers=3, conv='lax')
+  params = encoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 11, 11, 6), jnp.uint8))['params']
+  layers = topology.unit_layers(encoder)
+  assert [(l.kernel, l.consumers) for l in layers] == [
+      (('conv_0', 'kernel'), (('conv_1', 'kernel'),)), (('conv_1', 'kernel'), (('conv_2', 'kernel'),))]
+  replaced = jnp.arange(3) == 1
+  picks = [cbp_lib.Pick(replaced, jnp.asarray([1]), jnp.asarray([True]), jnp.zeros(3), jax.random.PRNGKey(1)),
+           cbp_lib.Pick(jnp.zeros(3, bool), jnp.asarray([0]), jnp.asarray([False]), jnp.zeros(3), jax.random.PRNGKey(2))]
+  new = cbp_lib.reset_units(layers, params, picks, fresh=True)
+  assert not np.allclose(new['conv_0']['kernel'][..., 1], params['conv_0']['kernel'][..., 1])
+  np.testing.assert_array_equal(new['conv_0']['kernel'][..., [0, 2]], params['conv_0']['kernel'][..., [0, 2]])
+  np.testing.assert_array_equal(new['conv_1']['kernel'][:, :, 1, :], 0.0)
+  np.testing.assert_array_equal(new['conv_2']['kernel'], params['conv_2']['kernel'])
+
+
+def test_pixel_update_is_drqv2s_joint_critic_and_encoder_gradient():
+  """One update from pixels with SGD moves the encoder and the critic by the gradient of the critic's
+  loss through both (DrQ-v2's critic_opt and encoder_opt on one backward pass) and the actor by its loss
+  at the updated critic on the encoder's features before the update, detached (`update_actor(obs.detach())`)."""
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl.experiments import drqv2
+  from ddl.rl import replay as replay_lib
+  config = load_config('dmc_plasticity', 'smoke,pixels')
+  config.optimizer.name = 'sgd'
+  group = config_lib.groups(config)[0]
+  experiment = drqv2.DrQV2(group.config, group)
+  lr = 0.05
+  hparams = dict(learning_rate=lr, replay_ratio=2.0, augment=0.0)
+  state = jax.jit(lambda k: experiment.init(k, hparams, 0))(jax.random.PRNGKey(5))
+  rng = np.random.default_rng(6)
+  n, shape = 40, state.obs.shape
+  state = state.replace(replay=replay_lib.add_many(
+      state.replay, rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
+      rng.uniform(-1, 1, (n, experiment.env.action_size)).astype(np.float32), rng.normal(size=n).astype(np.float32),
+      rng.integers(0, 256, (n,) + shape, dtype=np.uint8), np.zeros(n, bool), np.zeros(n, bool)), steps=jnp.asarray(n))
+  key = jax.random.PRNGKey(7)
+  new, _ = jax.jit(experiment._update)(state, key)    # pylint: disable=protected-access
+
+  r, d = config.replay, config.drqv2
+  sample_key, next_key, _, _, noise_key = jax.random.split(key, 5)
+  batch = replay_lib.sample(state.replay, sample_key, r.batch_size, r.n_step, d.gamma)
+  encode = lambda params, obs: experiment.encoder.network.apply({'params': params}, obs)[0]
+  critic = lambda params, x: experiment.critic.network.apply({'params': params}, x)[0]
+  actor = lambda params, x: experiment.actor.network.apply({'params': params}, x)[0]
+  std = experiment._std(state.steps)    # pylint: disable=protected-access
+  next_features = encode(state.encoder.params, batch.next_obs)
+  next_action = ddpg.sample_action(next_key, actor(state.actor.params, next_features), std, d.std_clip)
+  y = ddpg.critic_targets(batch.returns, batch.discount,
+                          critic(state.target, jnp.concatenate([next_features, next_action], -1)))
+  joint = lambda enc, cri: ddpg.critic_loss(critic(cri, jnp.concatenate([encode(enc, batch.obs), batch.action], -1)), y)
+  encoder_grad, critic_grad = jax.grad(joint, argnums=(0, 1))(state.encoder.params, state.critic.params)
+  features = encode(state.encoder.params, batch.obs)
+  actor_grad = jax.grad(lambda p: ddpg.actor_loss(critic(new.critic.params, jnp.concatenate(
+      [features, ddpg.sample_action(noise_key, actor(p, features), std, d.std_clip)], -1))))(state.actor.params)
+  for module, grad in (('encoder', encoder_grad), ('critic', critic_grad), ('actor', actor_grad)):
+    moved = jax.tree.map(lambda old, now: (old - now) / lr, getattr(state, module).params, getattr(new, module).params)
+    jax.tree.map(lambda m, g: np.testing.assert_allclose(m, g, rtol=2e-3, atol=2e-5), moved, grad)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad)) > 1e-4, module
+
+
 def _rows(workdir):
   with open(os.path.join(workdir, 'metrics.csv')) as f:
     return list(csv.DictReader(f))
@@ -132,6 +229,31 @@ def test_dmc_smoke_resumes_exactly_and_builds_injection_into_the_listed_module_o
   experiment = drqv2.DrQV2(group.config, group)
   assert 'injection' in [m.name for m in experiment.critic.methods]
   assert not [m for m in experiment.actor.methods if m.kind in drqv2.PER_MODULE_KINDS]
+
+
+def test_dmc_pixels_smoke_resumes_exactly_with_the_encoders_fau_and_random_shift(tmp_path):
+  """`:smoke,pixels`: frames rendered in the program, the encoder as a third module (its FAU logged and
+  diagnosed; injection into it and the critic), random shift on in one variant; resumed exactly."""
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl.experiments import drqv2
+  config = cheap_diagnostics(load_config('dmc_plasticity', 'smoke,pixels'))
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  assert_resume_is_identical(config, whole, split, stop_after_chunks=1, run_whole=True)
+  rows = _rows(whole)
+  value = lambda v, m, step: [float(r['value']) for r in rows if r['variant'] == v and r['metric'] == m
+                              and int(r['step']) == step]
+  chunk = config.steps_per_chunk * config.env.action_repeat
+  for variant in ('rr_0p5_augment', 'rr_2'):
+    for metric in ('encoder_fau', 'critic_fau', 'actor_fau', 'active_fraction_encoder', 'dormant_fraction_encoder'):
+      values = value(variant, metric, chunk)
+      assert len(values) == 2 and all(0 <= v <= 1 for v in values), (variant, metric, values)
+  assert value('rr_0p5_augment', 'updates', 0) == [26.0 + 30.0] * 2
+  assert value('rr_2', 'updates', chunk) == [2 * config.steps_per_chunk] * 2
+  group = config_lib.groups(config)[0]
+  experiment = drqv2.DrQV2(group.config, group)
+  assert experiment.env.obs_shape == (24, 24, 9)
+  assert 'injection' in [m.name for m in experiment.encoder.methods]
+  assert 'augment' in dict(experiment.critic.traced)    # the program shifts where a run's augment > 0
 
 
 def test_orthogonal_init_is_the_q_of_a_gaussians_qr():

@@ -153,3 +153,50 @@ def test_uint8_observations_stay_uint8():
 def test_bad_sizes_raise_naming_the_argument(name, call):
   with pytest.raises(ValueError, match=name):
     call()
+
+
+def _frame_stream(steps, k, seed):
+  """A stream of stacked-frame observations as DrQ-v2's FrameStackWrapper makes them: each step's frame is a
+  distinct value; an episode starts with its first frame repeated k times. -> (obs, next_obs, terminal,
+  last) per step, obs (steps, 2, 2, 3 k) uint8."""
+  rng = np.random.default_rng(seed)
+  frame = lambda v: np.full((2, 2, 3), v % 251, np.uint8)
+  value, stack, rows = 0, None, []
+  for _ in range(steps):
+    if stack is None:
+      value += 1
+      stack = [frame(value)] * k
+    value += 1
+    after = stack[1:] + [frame(value)]
+    end = rng.random() < 0.2
+    terminal = end and rng.random() < 0.5
+    rows.append((np.concatenate(stack, -1), np.concatenate(after, -1), terminal, end))
+    stack = None if end else after
+  return rows
+
+
+@pytest.mark.parametrize('capacity', [7, 40])      # 7: the 25 transitions wrap around
+@pytest.mark.parametrize('k', [2, 3])
+def test_stacked_frames_stored_one_per_slot_sample_as_whole_stacks(capacity, k):
+  """A buffer of one frame per slot (`frame_stack` k) gives every samplable n-step transition exactly as a
+  buffer of whole stacks does (episode starts inside a stack, a window's end at an episode end, wrap-around);
+  once full it skips its k - 1 oldest slots, whose stacks reach into overwritten ones."""
+  rows = _frame_stream(25, k, seed=k)
+  example = jnp.zeros(rows[0][0].shape, jnp.uint8)
+  whole = replay_lib.init(capacity, example, jnp.zeros((), jnp.int32))
+  frames = replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k)
+  assert frames.obs.shape == (capacity, 2, 2, 3)
+  for t, (obs, next_obs, terminal, last) in enumerate(rows):
+    whole = _add(whole, obs, t % 3, float(t), next_obs, terminal, last)
+    frames = _add(frames, obs, t % 3, float(t), next_obs, terminal, last)
+  n_step, gamma = 3, 0.9
+  count = int(replay_lib.num_samplable(frames, n_step))
+  skipped = k - 1 if capacity < len(rows) else 0
+  assert count == int(replay_lib.num_samplable(whole, n_step)) - skipped
+  starts = jnp.arange(count)
+  ours = replay_lib.gather(frames, starts, n_step, gamma)
+  expected = replay_lib.gather(whole, starts + skipped, n_step, gamma)
+  for field in ('obs', 'action', 'returns', 'discount', 'next_obs'):
+    np.testing.assert_array_equal(getattr(ours, field), getattr(expected, field), err_msg=field)
+  batch = jax.jit(replay_lib.sample, static_argnums=(2, 3))(frames, jax.random.key(0), 64, n_step, gamma)
+  assert batch.obs.shape == (64, 2, 2, 3 * k)

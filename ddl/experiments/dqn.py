@@ -123,20 +123,13 @@ class DQN:
     next_online, _ = self.learner.apply(online, next_obs, state.learner.batch_stats)
     return dqn.td_targets(batch.returns, batch.discount, next_target, next_online, self.config.dqn.double)
 
-  def _augmented(self, key, batch: replay_lib.Batch, on: jax.Array) -> replay_lib.Batch:
-    """The batch with both observations shifted at random (independently) where `on`."""
-    pad = self.config.augment.pad
-    obs_key, next_key = jax.random.split(key)
-    shift = lambda k, x: jnp.where(on, augment_lib.random_shift(k, x, pad), x)
-    return batch._replace(obs=shift(obs_key, batch.obs), next_obs=shift(next_key, batch.next_obs))
-
   def _update(self, state: State, key) -> Tuple[State, jax.Array, jax.Array]:
     """One learner step on a sampled batch -> (state, loss, the Q-network's FAU on it)."""
     r, d = self.config.replay, self.config.dqn
     sample_key, augment_key, step_key = jax.random.split(key, 3)
     batch = replay_lib.sample(state.replay, sample_key, r.batch_size, r.n_step, d.gamma)
     if 'augment' in state.learner.hparams:    # a program with augmentation (some of its runs)
-      batch = self._augmented(augment_key, batch, state.learner.hparams['augment'] > 0)
+      batch = augment_lib.shift_batch(augment_key, batch, state.learner.hparams['augment'] > 0, self.config.augment.pad)
     y = self._targets(state, batch)
     learner, out = self.learner.step(state.learner, batch.obs.astype(jnp.float32), (batch.action, y), step_key)
     updates = state.updates + 1

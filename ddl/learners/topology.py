@@ -47,6 +47,13 @@ def _drq_critic(network: nets.DrQCritic) -> Tuple[UnitLayer, ...]:
   return _mlp(network.head(), ('q1',)) + _mlp(network.head(), ('q2',))
 
 
+def _drq_encoder(network: nets.DrQEncoder) -> Tuple[UnitLayer, ...]:
+  """The encoder's conv channels, each read by the next conv; the last conv's channels are read by the
+  critic and the actor, outside the module, so they are not replaced (the module's units end there)."""
+  names = network.layer_names()
+  return _chain(names, [f'{name}_norm' for name in names[:-1]], nets.orthogonal(2.0 ** 0.5))
+
+
 def _resnet18(network: nets.ResNet18) -> Tuple[UnitLayer, ...]:
   """ResGnT's 17 hidden layers: layer i (conv + its norm) feeds weight layer i + 1; a block's conv2
   feeds the next block's conv1 (the last one feeds fc); the downsample branch is not touched, and
@@ -65,7 +72,8 @@ def _resnet18(network: nets.ResNet18) -> Tuple[UnitLayer, ...]:
 
 TOPOLOGIES = {nets.MLP: _mlp, nets.ConvNet: _convnet, nets.ActorCritic: _actor_critic,
               nets.StreamActorCritic: _actor_critic, nets.ResNet18: _resnet18,
-              nets.DrQActor: _drq_actor, nets.DrQCritic: _drq_critic}
+              nets.DrQActor: _drq_actor, nets.DrQCritic: _drq_critic,
+              nets.DrQEncoder: _drq_encoder}
 
 
 def unit_layers(network) -> Tuple[UnitLayer, ...]:

@@ -26,11 +26,13 @@ def _needs_replay(where):
 
 
 def _needs_images(where):
-  """Random shift moves image observations; an experiment from state (`observations = 'state'`) has none."""
+  """Random shift moves image observations; an experiment from state (its `observations(config)` is
+  'state') has none."""
   problem = _needs_replay(where)
-  if problem is None and getattr(where.experiment_cls, 'observations', 'pixels') == 'state':
+  observations = getattr(where.experiment_cls, 'observations', lambda config: 'pixels')
+  if problem is None and observations(where.config) == 'state':
     problem = (f'the {where.experiment} experiment learns from state vectors, not pixels: random shift has no image '
-               'to move; remove augment')
+               'to move; remove augment (or learn from pixels where the experiment can: env.pixels=True)')
   return problem
 
 

@@ -50,3 +50,12 @@ def random_shift(key: chex.PRNGKey, images: jax.Array, pad: int) -> jax.Array:
   _check_images(images)
   offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pad + 1, dtype=jnp.int32)
   return shift(images, offsets, pad)
+
+
+def shift_batch(key: chex.PRNGKey, batch, on: jax.Array, pad: int):
+  """A replayed batch (a NamedTuple with `obs` and `next_obs`) with both observations shifted at random,
+  independently (DrQ-v2's `aug(obs)` and `aug(next_obs)`), where `on` (a traced bool: augmentation is a
+  hyperparameter of the run); the batch itself where not."""
+  obs_key, next_key = jax.random.split(key)
+  shift_where = lambda k, x: jnp.where(on, random_shift(k, x, pad), x)
+  return batch._replace(obs=shift_where(obs_key, batch.obs), next_obs=shift_where(next_key, batch.next_obs))

@@ -16,6 +16,12 @@ iterations, no implicit damping: CheetahRun's joints move by ~1 after one step f
 `episode_length` control steps (1 000: dm_control's 10 s at 0.01 s), a time limit that bootstraps;
 an episode also ends (terminal) if the physics turns NaN.
 
+From pixels (`pixels=True`, DrQ-v2's setting): the observation is the last `frame_stack` frames of
+camera `camera` (DrQ-v2's: 0, the quadruped's 2), `image_size` square, uint8, stacked on the channels
+(NHWC: (84, 84, 9)); an episode starts with its first frame repeated (DrQ-v2's FrameStackWrapper). The
+frames are rendered inside the program by MuJoCo Warp's ray tracer (`ddl.rl.render`) after each agent
+step; a run's start states are rendered once, when it starts.
+
 A dm_control reset stabilises the model with 200 physics steps. Inside a vmapped program a reset at
 an episode end would run in every step (a select, not a branch), so a run's reset states are drawn
 at its start, one per episode its `steps` agent steps hold (a time limit ends every episode at the
@@ -23,7 +29,7 @@ same step; an episode ended early by NaN physics takes the next, and past the la
 """
 import functools
 import importlib.util
-from typing import Tuple
+from typing import Optional, Tuple
 
 import chex
 import jax
@@ -34,6 +40,7 @@ from flax import struct
 from mujoco import mjx
 
 from ddl.rl import mjx_patches
+from ddl.rl import render
 
 
 PHYSICS = ('dm_control', 'playground')
@@ -69,6 +76,12 @@ def observation_size(name: str) -> int:
   return int(_load(name).observation_size)
 
 
+@functools.lru_cache(maxsize=None)
+def camera_count(name: str) -> int:
+  """The cameras of a task's model (its model loaded once per process)."""
+  return int(_load(name).mj_model.ncam)
+
+
 def task_names() -> Tuple[str, ...]:
   from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
   return tuple(registry.dm_control_suite.ALL_ENVS) + tuple(PORTED)
@@ -80,13 +93,17 @@ class EnvState:
   starts: chex.ArrayTree      # (starts, ...) Playground States drawn at the start for the next episodes
   used: jax.Array             # starts used so far, int32
   t: jax.Array                # agent steps into the episode, int32
+  stack: Optional[jax.Array] = None          # from pixels: (size, size, 3 frame_stack) uint8, the observation
+  start_frames: Optional[jax.Array] = None   # from pixels: (starts, size, size, 3) uint8, the starts' first frames
 
 
 class Control:
   """A dm_control task on MJX with action repeat and auto-reset: reset, step; pure. `steps`: the
-  agent steps a run takes (sizes its reset states drawn ahead)."""
+  agent steps a run takes (sizes its reset states drawn ahead). `pixels`: observe `frame_stack` frames of
+  `camera` (None: DrQ-v2's choice for the task) at `image_size`, not the state."""
 
-  def __init__(self, name: str, action_repeat: int = 2, steps: int = 1, physics: str = 'dm_control'):
+  def __init__(self, name: str, action_repeat: int = 2, steps: int = 1, physics: str = 'dm_control',
+               pixels: bool = False, image_size: int = 84, frame_stack: int = 3, camera: Optional[int] = None):
     mjx_patches.install()   # MJX steps as MuJoCo C (the plane-capsule frame, the line search)
     config = _default_config(name)
     config.impl = 'jax'
@@ -104,6 +121,12 @@ class Control:
     self.starts = max(1, steps // self.episode_steps)
     self.obs_size = int(self.env.observation_size)
     self.action_size = int(self.env.action_size)
+    self.renderer, self.frame_stack = None, frame_stack
+    self.obs_shape = (self.obs_size,)
+    if pixels:
+      camera = default_camera(name) if camera is None else camera
+      self.renderer = render.Renderer(self.env.mj_model, camera, image_size)
+      self.obs_shape = (image_size, image_size, 3 * frame_stack)
 
   def _reset(self, key: chex.PRNGKey) -> chex.ArrayTree:
     """A Playground reset with every leaf strongly typed (its `time` is a weak Python float, which
@@ -123,12 +146,24 @@ class Control:
     reward = self.env._get_reward(data, jnp.asarray(data.ctrl), task.info, task.metrics)  # pylint: disable=protected-access
     return task.replace(data=data, obs=obs, reward=reward)
 
+  def _frame(self, data) -> jax.Array:
+    """The camera's frame of the state after a step (positions and cameras as a forward pass leaves them;
+    Playground's physics keeps the step's own, from before its integration)."""
+    if self.physics != 'dm_control':
+      data = mjx.camlight(self.env.mjx_model, mjx.com_pos(self.env.mjx_model, mjx.kinematics(self.env.mjx_model, data)))
+    return self.renderer.frames(data)
+
   def reset(self, key: chex.PRNGKey) -> Tuple[EnvState, jax.Array]:
     # the first episode's start and the next ones' in one vmapped draw
     drawn = jax.vmap(self._reset)(jax.random.split(key, self.starts + 1))
     task = jax.tree.map(lambda x: x[0], drawn)
     zero = jnp.zeros((), jnp.int32)
-    return EnvState(task=task, starts=jax.tree.map(lambda x: x[1:], drawn), used=zero, t=zero), task.obs
+    state = EnvState(task=task, starts=jax.tree.map(lambda x: x[1:], drawn), used=zero, t=zero)
+    if self.renderer is None:
+      return state, task.obs
+    frames = jax.lax.map(lambda t: self._frame(t.data), drawn)    # one start per step: one vmap level at a time
+    stack = jnp.tile(frames[0], (1, 1, self.frame_stack))
+    return state.replace(stack=stack, start_frames=frames[1:]), stack
 
   def step(self, state: EnvState, action: jax.Array):
     """-> (state, observation, reward summed over the repeats, terminated, truncated, the last
@@ -147,10 +182,30 @@ class Control:
     ended = jnp.logical_or(terminated, truncated)
     fresh = jax.tree.map(lambda s: s[state.used % self.starts], state.starts)
     final_obs = jnp.nan_to_num(task.obs)
+    stack = None
+    if self.renderer is not None:
+      final_obs = jnp.concatenate([state.stack[..., 3:], self._frame(task.data)], axis=-1)
+      stack = jnp.where(ended, jnp.tile(state.start_frames[state.used % self.starts], (1, 1, self.frame_stack)),
+                        final_obs)
     task = jax.tree.map(lambda new, old: jnp.where(ended, new, old), fresh, task)
     state = EnvState(task=task, starts=state.starts, used=state.used + ended.astype(jnp.int32),
-                     t=jnp.where(ended, 0, t))
-    return state, task.obs, reward, terminated, truncated, final_obs
+                     t=jnp.where(ended, 0, t), stack=stack, start_frames=state.start_frames)
+    return state, task.obs if stack is None else stack, reward, terminated, truncated, final_obs
+
+
+def from_config(config) -> Control:
+  """The task of an experiment's config: its `env` section (name, action_repeat, physics, pixels and their
+  image_size, frame_stack, camera (-1: DrQ-v2's for the task)) and a run's length (`total_steps`)."""
+  e = config.env
+  camera = e.get('camera', -1)
+  return Control(e.name, e.action_repeat, config.total_steps, e.physics, pixels=e.get('pixels', False),
+                 image_size=e.get('image_size', 84), frame_stack=e.get('frame_stack', 3),
+                 camera=None if camera < 0 else camera)
+
+
+def default_camera(name: str) -> int:
+  """DrQ-v2's camera for a task (its dmc.py: `dict(quadruped=2).get(domain, 0)`)."""
+  return 2 if name.startswith('Quadruped') else 0
 
 
 def acceleration_sensors(model) -> np.ndarray:

@@ -7,6 +7,14 @@ consecutive slots; interleaving E parallel environments into one buffer would mi
 window, so an experiment with E environments keeps E buffers (vmapped) or steps one. Each slot
 keeps its own next observation, so a time-limit truncation bootstraps from the true last state
 (`last` without `terminal`).
+
+Stacked frames (`frame_stack` k > 1: observations (..., k C), the last C channels the newest frame, as
+DrQ-v2's pixels) are stored one frame per slot: the newest frame of the observation and of the next one,
+2/(2k) of the stacks' memory (127 KB -> 42 KB per transition at 84x84x9). `gather` rebuilds a stack from
+the slots before, back to its episode's first slot, whose frame repeats in the stack's older places (what
+a frame stack holds at a reset). Once the buffer has wrapped, the k - 1 oldest slots are not sampled (their
+stacks would reach into overwritten slots): samples equal those of a buffer of whole stacks
+(tests/test_replay.py).
 """
 import numbers
 from typing import NamedTuple
@@ -19,7 +27,7 @@ from flax import struct
 
 @struct.dataclass
 class Replay:
-  obs: jax.Array        # (capacity, *obs_shape), stored in the example's dtype (uint8 for pixels)
+  obs: jax.Array        # (capacity, *obs_shape), stored in the example's dtype (uint8 for pixels); the newest frame with frame_stack
   action: jax.Array     # (capacity, *action_shape)
   reward: jax.Array     # (capacity,) float32
   next_obs: jax.Array   # (capacity, *obs_shape): after the action (the true last one at an episode's end)
@@ -27,6 +35,7 @@ class Replay:
   last: jax.Array       # (capacity,) bool: the episode ended here (terminal or truncated)
   index: jax.Array      # int32: the next slot to write
   size: jax.Array       # int32: slots written, at most capacity
+  frame_stack: int = struct.field(pytree_node=False, default=1)   # frames per observation, one stored per slot
 
 
 class Batch(NamedTuple):
@@ -43,16 +52,26 @@ def _positive(name: str, value) -> None:
     raise ValueError(f'replay: {name} must be a static integer >= 1, got {value!r}')
 
 
-def init(capacity: int, obs: jax.Array, action: jax.Array) -> Replay:
+def init(capacity: int, obs: jax.Array, action: jax.Array, frame_stack: int = 1) -> Replay:
   """An empty buffer for `capacity` transitions shaped like ONE example `obs` and `action` (their
-  shapes and dtypes; zeros everywhere, index = size = 0)."""
+  shapes and dtypes; zeros everywhere, index = size = 0). `frame_stack` k > 1: `obs` stacks k frames on
+  its last axis, and a slot keeps the newest one."""
   _positive('capacity', capacity)
+  _positive('frame_stack', frame_stack)
   obs, action = jnp.asarray(obs), jnp.asarray(action)
+  if obs.shape[-1:] and obs.shape[-1] % frame_stack:
+    raise ValueError(f'replay: frame_stack={frame_stack} does not divide the observation\'s last axis {obs.shape}')
+  frame = obs[..., obs.shape[-1] - obs.shape[-1] // frame_stack:] if frame_stack > 1 else obs
   slots = lambda x: jnp.zeros((capacity,) + x.shape, x.dtype)
   flags = jnp.zeros((capacity,), bool)
   zero = jnp.zeros((), jnp.int32)
-  return Replay(obs=slots(obs), action=slots(action), reward=jnp.zeros((capacity,), jnp.float32),
-                next_obs=slots(obs), terminal=flags, last=flags, index=zero, size=zero)
+  return Replay(obs=slots(frame), action=slots(action), reward=jnp.zeros((capacity,), jnp.float32),
+                next_obs=slots(frame), terminal=flags, last=flags, index=zero, size=zero, frame_stack=frame_stack)
+
+
+def _newest(replay: Replay, obs: jax.Array) -> jax.Array:
+  """What a slot keeps of an observation: the whole, or its newest frame (its last channels)."""
+  return obs if replay.frame_stack == 1 else obs[..., obs.shape[-1] - replay.obs.shape[-1]:]
 
 
 def add(replay: Replay, obs, action, reward, next_obs, terminal, last) -> Replay:
@@ -61,8 +80,8 @@ def add(replay: Replay, obs, action, reward, next_obs, terminal, last) -> Replay
   i, capacity = replay.index, replay.reward.shape[0]
   put = lambda store, x: store.at[i].set(jnp.asarray(x).astype(store.dtype))
   terminal = jnp.asarray(terminal).astype(bool)
-  return replay.replace(obs=put(replay.obs, obs), action=put(replay.action, action),
-                        reward=put(replay.reward, reward), next_obs=put(replay.next_obs, next_obs),
+  return replay.replace(obs=put(replay.obs, _newest(replay, obs)), action=put(replay.action, action),
+                        reward=put(replay.reward, reward), next_obs=put(replay.next_obs, _newest(replay, next_obs)),
                         terminal=put(replay.terminal, terminal),
                         last=put(replay.last, jnp.asarray(last).astype(bool) | terminal),
                         index=(i + 1) % capacity, size=jnp.minimum(replay.size + 1, capacity))
@@ -77,10 +96,32 @@ def add_many(replay: Replay, obs, action, reward, next_obs, terminal, last) -> R
   return replay
 
 
+def _skipped(replay: Replay) -> jax.Array:
+  """Oldest slots not sampled: with stacked frames once the buffer has wrapped, the frame_stack - 1 whose
+  stacks would reach back into overwritten slots."""
+  return jnp.where(replay.size == replay.reward.shape[0], replay.frame_stack - 1, 0).astype(jnp.int32)
+
+
 def num_samplable(replay: Replay, n_step: int) -> jax.Array:
-  """int32: start slots followed by n_step written transitions in time order, max(size - (n_step - 1), 0)."""
+  """int32: start slots followed by n_step written transitions in time order, max(size - (n_step - 1), 0)
+  (less the oldest frame_stack - 1 once a buffer of stacked frames has wrapped)."""
   _positive('n_step', n_step)
-  return jnp.maximum(replay.size - (n_step - 1), 0).astype(jnp.int32)
+  return jnp.maximum(replay.size - (n_step - 1) - _skipped(replay), 0).astype(jnp.int32)
+
+
+def _stack(replay: Replay, slots: jax.Array, frames: jax.Array) -> jax.Array:
+  """The observations of `slots` with their older frames: the newest frames of the frame_stack - 1 slots
+  before each, back to its episode's first slot (after a `last` one, or the oldest written), whose frame
+  fills the older places. `frames`: the per-slot store to read (`replay.obs`)."""
+  capacity, k = replay.reward.shape[0], replay.frame_stack
+  oldest = (replay.index - replay.size) % capacity
+  since_oldest = (slots - oldest) % capacity
+  back = jnp.arange(1, k)                                               # 1 .. k-1 slots back
+  earlier = (slots[..., None] - back) % capacity
+  same_episode = jnp.cumprod(jnp.logical_not(replay.last[earlier]) & (back <= since_oldest[..., None]), axis=-1)
+  reach = jnp.sum(same_episode, axis=-1)                                # slots back within the episode, <= k-1
+  offsets = jnp.minimum(jnp.arange(k - 1, -1, -1), reach[..., None])     # oldest place first
+  return jnp.concatenate([frames[(slots - offsets[..., i]) % capacity] for i in range(k)], axis=-1)
 
 
 def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:
@@ -91,7 +132,7 @@ def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:
   _positive('n_step', n_step)
   capacity = replay.reward.shape[0]
   oldest = (replay.index - replay.size) % capacity
-  first = (oldest + jnp.asarray(starts, jnp.int32)) % capacity
+  first = (oldest + _skipped(replay) + jnp.asarray(starts, jnp.int32)) % capacity
   window = (first[..., None] + jnp.arange(n_step)) % capacity         # (..., n)
   last = replay.last[window]
   # inside the window: every step up to and including its first episode end (all n without one)
@@ -102,8 +143,13 @@ def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:
   returns = jnp.sum(jnp.where(inside, replay.reward[window] * powers[:n_step], 0.0), axis=-1)
   end_slot = jnp.take_along_axis(window, end[..., None], axis=-1)[..., 0]
   discount = jnp.where(replay.terminal[end_slot], 0.0, powers[end + 1])
-  return Batch(obs=replay.obs[first], action=replay.action[first], returns=returns, discount=discount,
-               next_obs=replay.next_obs[end_slot])
+  if replay.frame_stack == 1:
+    obs, next_obs = replay.obs[first], replay.next_obs[end_slot]
+  else:   # the next observation: the end slot's stack moved on by its next frame
+    obs = _stack(replay, first, replay.obs)
+    channels = replay.obs.shape[-1]
+    next_obs = jnp.concatenate([_stack(replay, end_slot, replay.obs)[..., channels:], replay.next_obs[end_slot]], -1)
+  return Batch(obs=obs, action=replay.action[first], returns=returns, discount=discount, next_obs=next_obs)
 
 
 def sample(replay: Replay, key: chex.PRNGKey, batch_size: int, n_step: int, gamma) -> Batch:

@@ -33,7 +33,7 @@ batch 64, a 100 000-transition buffer, 40 000 agent steps (80 000 frames), 2 see
 `paper`: the paper's protocol, from pixels: 84x84 frames of DrQ-v2's camera, three stacked, rendered in
 the program by MuJoCo Warp's ray tracer (ddl/rl/render.py), DrQ-v2's encoder (four 3x3 convolutions of 32
 channels) as a third module, hidden 1 024, batch 256, a 10^6 buffer (one frame per slot and its next:
-42 GB per run), 1M agent steps (2M frames), 5 seeds: a GPU's job. On this CPU pixels run at 2.3 agent
+42 GB per run: one run per call on an 80 GB GPU), 1M agent steps (2M frames), 5 seeds: a GPU's job. On this CPU pixels run at 2.3 agent
 steps/s (RR 1, batch 64, hidden 256; the environment alone with its rendering 370): from pixels is only
 the smoke here. Its time on one GPU, projected from the measured 24 GFLOP per step (no GPU lent):
 ~28 min per run at 30 TFLOPS, ~7 h for 5 seeds x 3 variants (docs/benchmarks.md). `da_reset`: Fig. 1's

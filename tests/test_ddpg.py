@@ -198,21 +198,23 @@ def test_pixel_update_is_drqv2s_joint_critic_and_encoder_gradient():
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad)) > 1e-4, module
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.csv')) as f:
-    return list(csv.DictReader(f))
+def _resumed_smoke(preset, tmp_path):
+  """A preset of configs/dmc_plasticity.py run whole and stopped-and-resumed (metrics.csv identical) ->
+  (config, the whole run's workdir, value(variant, metric, step) -> the seeds' values, a chunk in frames)."""
+  config = cheap_diagnostics(load_config('dmc_plasticity', preset))
+  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
+  assert_resume_is_identical(config, whole, split, stop_after_chunks=1, run_whole=True)
+  with open(os.path.join(whole, 'metrics.csv')) as f:
+    rows = list(csv.DictReader(f))
+  value = lambda v, m, step: [float(r['value']) for r in rows if r['variant'] == v and r['metric'] == m
+                              and int(r['step']) == step]
+  return config, whole, value, config.steps_per_chunk * config.env.action_repeat
 
 
 def test_dmc_smoke_resumes_exactly_and_builds_injection_into_the_listed_module_only(tmp_path):
   from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
   from ddl.experiments import drqv2
-  config = cheap_diagnostics(load_config('dmc_plasticity', 'smoke'))
-  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
-  assert_resume_is_identical(config, whole, split, stop_after_chunks=1, run_whole=True)
-  rows = _rows(whole)
-  value = lambda v, m, step: [float(r['value']) for r in rows if r['variant'] == v and r['metric'] == m
-                              and int(r['step']) == step]
-  chunk = config.steps_per_chunk * config.env.action_repeat       # frames
+  config, whole, value, chunk = _resumed_smoke('smoke', tmp_path)
   for metric in ('critic_fau', 'actor_fau', 'critic_loss', 'actor_loss', 'active_fraction_actor',
                  'dormant_fraction_critic', 'effective_rank'):
     assert value('rr_0p5', metric, chunk) and all(np.isfinite(value('rr_0p5', metric, chunk))), metric
@@ -236,13 +238,7 @@ def test_dmc_pixels_smoke_resumes_exactly_with_the_encoders_fau_and_random_shift
   diagnosed; injection into it and the critic), random shift on in one variant; resumed exactly."""
   from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
   from ddl.experiments import drqv2
-  config = cheap_diagnostics(load_config('dmc_plasticity', 'smoke,pixels'))
-  whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
-  assert_resume_is_identical(config, whole, split, stop_after_chunks=1, run_whole=True)
-  rows = _rows(whole)
-  value = lambda v, m, step: [float(r['value']) for r in rows if r['variant'] == v and r['metric'] == m
-                              and int(r['step']) == step]
-  chunk = config.steps_per_chunk * config.env.action_repeat
+  config, _, value, chunk = _resumed_smoke('smoke,pixels', tmp_path)
   for variant in ('rr_0p5_augment', 'rr_2'):
     for metric in ('encoder_fau', 'critic_fau', 'actor_fau', 'active_fraction_encoder', 'dormant_fraction_encoder'):
       values = value(variant, metric, chunk)

@@ -4,33 +4,36 @@ scheduled exploration noise) on a DeepMind Control task in MJX (`ddl.rl.dmc`), f
 84x84 pixels rendered inside the program (`env.pixels`: three stacked frames, `ddl.rl.render`).
 
 One run = one seed's actor, critic, target critic, environment and replay buffer (on the device, in
-the state; from pixels it keeps one frame per slot, `ddl.rl.replay`). One chunk = `steps_per_chunk` agent steps (each `env.action_repeat` physics steps) in
-one `lax.scan`. Before `drqv2.exploration_steps` the actions are uniform; afterwards the actor's
-mean plus noise of the scheduled std (`drqv2.std_*`). After each step the agent makes as many
-updates as its replay ratio owes (`ddl.rl.replay_ratio`, ARR included). An update samples a batch
-of n-step transitions; the critic regresses both Q heads on r + γ^n min(Q1', Q2') of the target
-critic at an action the actor samples with clipped noise; the actor then maximises min(Q1, Q2) of
-the updated critic at its sampled action; the target critic follows by Polyak averaging (τ 0.01).
+the state; from pixels it keeps one frame per slot, `ddl.rl.replay`). One chunk = `steps_per_chunk`
+agent steps (each `env.action_repeat` physics steps) in one `lax.scan`. Before
+`drqv2.exploration_steps` the actions are uniform; afterwards the actor's mean plus noise of the
+scheduled std (`drqv2.std_*`). After each step the agent makes as many updates as its replay ratio
+owes (`ddl.rl.replay_ratio`, ARR included). An update samples a batch of n-step transitions; the
+critic regresses both Q heads on r + γ^n min(Q1', Q2') of the target critic at an action the actor
+samples with clipped noise; the actor then maximises min(Q1, Q2) of the updated critic at its sampled
+action; the target critic follows by Polyak averaging (τ 0.01).
 
 Modules: the actor and the critic are two learners (`ddl.learners.Learner`, each its own optimizer
 of the config's optimizer section); from pixels the encoder is a third (`nets.DrQEncoder`, DrQ-v2's
 `encoder_opt`): it learns from the critic's loss alone, through the critic at its parameters before
 the update, and the actor and the target critic read its features detached (the actor's of the
 replayed observations before its update, the target's of the next ones), as DrQ-v2's `update`. With
-augmentation on (the `augment` agent setting, pad 4) both observations of a replayed batch are shifted
-at random, independently. Resets, plasticity injection and unit transforms (CBP, ReDo) act on the
-modules `intervene` lists ('actor', 'critic', and 'encoder' for resets and injection): Fig. 5's
-injection into the actor vs the critic. Resets and injection act at the starts of boundary periods of `replay.boundary_steps`
-agent steps (`ddl.rl.off_policy`; 0: chunk starts); the critic weights they rewrite are copied into the
-target critic (`ddl.rl.dqn.follow_rewrites`). Replay ratio, ARR and augmentation are the registry's
-agent settings; augmentation is refused from state, where there is no image to shift.
+augmentation on (the `augment` agent setting, pad 4) both observations of a replayed batch are
+shifted at random, independently. Resets, plasticity injection and unit transforms (CBP, ReDo) act
+on the modules `intervene` lists ('actor', 'critic', and from pixels 'encoder'): Fig. 5's injection
+into the actor vs the critic. Resets and injection act at the starts of boundary periods of
+`replay.boundary_steps` agent steps (`ddl.rl.off_policy`; 0: chunk starts); the critic weights they
+rewrite are copied into the target critic (`ddl.rl.dqn.follow_rewrites`). Replay ratio, ARR and
+augmentation are the registry's agent settings; augmentation is refused from state, where there is no
+image to shift.
 
 Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
 replay_ratio, critic_loss, actor_loss, critic_fau and actor_fau (the fraction of active units of
 each module's ReLU layers over the chunk's update batches, as the authors' forward_with_FAU; ARR
-reads the critic's), exploration_std; from pixels also encoder_fau (its ReLU maps). The evaluator (every `diagnostics.every` chunks) takes the
-shared diagnostics of the critic (`ddl.experiments.evaluation`) on `probe_size` replayed
-transitions, and the fraction of active units and dormant fraction of both modules.
+reads the critic's), exploration_std; from pixels also encoder_fau (its ReLU maps). The evaluator
+(every `diagnostics.every` chunks) takes the shared diagnostics of the critic
+(`ddl.experiments.evaluation`) on `probe_size` replayed transitions, and the fraction of active units
+and dormant fraction of each module.
 """
 import dataclasses
 import importlib.util
@@ -137,8 +140,9 @@ class DrQV2:
         (not config.env.get('pixels', False) or render.installed(),
          "env.pixels=True renders with MuJoCo Warp's ray tracer, but warp-lang is not installed: pip install -e . "
          'installs it (or pip install warp-lang), or set env.pixels=False (from state)'),
-        (not config.env.get('pixels', False) or config.env.get('image_size', 84) >= 2 * config.network.get(
-            'encoder_layers', 4) + 3, 'env.image_size is too small for the encoder: it must be >= 2 network.encoder_layers + 3'),
+        (not config.env.get('pixels', False)
+         or config.env.get('image_size', 84) >= 2 * config.network.get('encoder_layers', 4) + 3,
+         'env.image_size is too small for the encoder: it must be >= 2 network.encoder_layers + 3'),
         (config.env.get('frame_stack', 3) >= 1, 'env.frame_stack must be >= 1'),
         _camera_check(config, installed),
         ('encoder' not in config.intervene or config.env.get('pixels', False),

@@ -57,7 +57,8 @@ def light_poses(model: mujoco.MjModel, data) -> Dict[str, jax.Array]:
 
 
 def unpack_rgb(packed: jax.Array, height: int, width: int) -> jax.Array:
-  """Warp's packed uint32 pixels (..., height * width), 0xAARRGGBB (blue in the low byte), -> uint8 (..., height, width, 3)."""
+  """Warp's packed uint32 pixels (..., height * width), 0xAARRGGBB (blue in the low byte), -> uint8
+  (..., height, width, 3)."""
   channels = [(packed >> shift) & 255 for shift in (16, 8, 0)]
   return jnp.stack(channels, axis=-1).astype(jnp.uint8).reshape(packed.shape[:-1] + (height, width, 3))
 

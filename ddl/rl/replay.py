@@ -27,7 +27,7 @@ from flax import struct
 
 @struct.dataclass
 class Replay:
-  obs: jax.Array        # (capacity, *obs_shape), stored in the example's dtype (uint8 for pixels); the newest frame with frame_stack
+  obs: jax.Array        # (capacity, *obs_shape) in the example's dtype (uint8 for pixels); frame_stack > 1: its newest frame
   action: jax.Array     # (capacity, *action_shape)
   reward: jax.Array     # (capacity,) float32
   next_obs: jax.Array   # (capacity, *obs_shape): after the action (the true last one at an episode's end)

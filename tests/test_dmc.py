@@ -1,7 +1,8 @@
 """The DeepMind Control tasks on MJX (ddl.rl.dmc) against dm_control's own: from the same state and
 under the same actions, the physics, observation and reward agree (to float32's rounding) for
-several hundred control steps (CheetahRun) or a few dozen (WalkerRun) with the
-settings the experiments train with (physics='dm_control')."""
+several hundred control steps (CheetahRun), a hundred (ReacherHard: dm_control's timestep, 4x
+Playground's) or a few dozen (WalkerRun, HopperHop) with the settings the experiments train with
+(physics='dm_control')."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,8 +27,21 @@ TASKS = [('CheetahRun', 'cheetah', 'run', ('position', 'velocity'), 300, 5e-3),
          # touch sensors, acceleration-stage: observed as dm_control leaves them (dmc.acceleration_sensors;
          # re-read after the step, they were off by up to 7.7 in log1p of the force)
          ('HopperHop', 'hopper', 'hop', ('position', 'velocity', 'touch'), 25, 5e-3),
+         # ReacherHard loads through ddl's fix of Playground 0.2.0's version test (dmc._fix_playground_reacher)
+         ('ReacherHard', 'reacher', 'hard', ('position', 'to_target', 'velocity'), 100, 5e-3),
          pytest.param('QuadrupedRun', 'quadruped', 'run', ('egocentric_state', 'torso_velocity', 'torso_upright',
                                                            'imu', 'force_torque'), 15, 3e-2, marks=pytest.mark.slow)]
+
+
+def _mocap_targets(model, physics) -> np.ndarray:
+  """(nmocap, 3): Playground's mocap bodies (Reacher's target) placed where dm_control's episode put the
+  geom of the same name (its target is a world geom that dm_control moves per episode)."""
+  import mujoco  # pylint: disable=g-import-not-at-top
+  targets = np.zeros((model.nmocap, 3))
+  for body in np.flatnonzero(model.body_mocapid >= 0):
+    geom = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, model.body_geomadr[body])
+    targets[model.body_mocapid[body]] = physics.named.data.geom_xpos[geom]
+  return targets
 
 
 def _follow(control, env_ref, steps, seed=0):
@@ -36,6 +50,7 @@ def _follow(control, env_ref, steps, seed=0):
   from mujoco import mjx  # pylint: disable=g-import-not-at-top
   physics = env_ref.physics
   start = jnp.asarray(np.concatenate([physics.data.qpos, physics.data.qvel]), jnp.float32)
+  mocap = jnp.asarray(_mocap_targets(control.env.mj_model, physics), jnp.float32)
   warmstart = jnp.asarray(physics.data.qacc_warmstart, jnp.float32)
   rng = np.random.default_rng(seed)
   actions = rng.uniform(-1, 1, (steps, control.action_size)).astype(np.float32)
@@ -47,10 +62,11 @@ def _follow(control, env_ref, steps, seed=0):
     refs['reward'].append(time_step.reward)
 
   @jax.jit
-  def run(start, warmstart, actions):
+  def run(start, warmstart, actions, mocap):
     # the task's state at dm_control's (a Playground reset stabilises for 200 steps: not needed here)
     model = control.env.mjx_model
-    data = mjx.make_data(model).replace(qpos=start[:model.nq], qvel=start[model.nq:], qacc_warmstart=warmstart)
+    data = mjx.make_data(model).replace(qpos=start[:model.nq], qvel=start[model.nq:], qacc_warmstart=warmstart,
+                                        mocap_pos=mocap)
     data = mjx.forward(model, data)
     shapes = jax.eval_shape(control.env.reset, jax.random.PRNGKey(0))
     zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
@@ -65,7 +81,7 @@ def _follow(control, env_ref, steps, seed=0):
       return state, dict(state=jnp.concatenate([d.qpos, d.qvel]), obs=final_obs, reward=reward)
     return jax.lax.scan(one, state, actions)[1]
 
-  got = run(start, warmstart, jnp.asarray(actions))
+  got = run(start, warmstart, jnp.asarray(actions), mocap)
   return {k: float(np.max(np.abs(np.asarray(got[k]) - np.asarray(refs[k])))) for k in refs}
 
 

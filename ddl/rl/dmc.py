@@ -6,13 +6,14 @@ QuadrupedRun, `ddl.rl.quadruped`), for the actor-critic track of Ma et al. 2024
 The tasks run on MJX's JAX implementation (`impl='jax'`: one XLA program on any platform; Playground
 defaults to Warp, which leaves the program for every step on a CPU). `physics`: 'dm_control' (the
 default) restores what Playground changed in dm_control's model files for speed, MuJoCo's solver
-iterations (100, line search 50) and Euler's implicit damping, and observes the state after the step
-(Playground's reward and observation read the quantities MJX's step computed before integrating: a
-step late for sensors, positions of bodies), so that a step is dm_control's own (tests/test_dmc.py:
-within 2e-4 of dm_control over 300 steps in float32); 'playground' keeps its settings (4 and 8
-iterations, no implicit damping: CheetahRun's joints move by ~1 after one step from the same state;
-~1.5-2x faster on a CPU). An agent step repeats its action
-`action_repeat` times and sums the rewards (DrQ-v2's ActionRepeatWrapper). Episodes last the task's
+iterations (100, line search 50), Euler's implicit damping and the physics timestep of Finger, Fish,
+Pendulum and Reacher (`DM_CONTROL_TIMESTEP`: Playground halves or quarters it), and observes the
+state after the step (Playground's reward and observation read the quantities MJX's step computed
+before integrating: a step late for sensors, positions of bodies), so that a step is dm_control's own
+(tests/test_dmc.py: within 2e-4 of dm_control over 300 steps in float32); 'playground' keeps its
+settings (4 and 8 iterations, no implicit damping: CheetahRun's joints move by ~1 after one step from
+the same state; ~1.5-2x faster on a CPU). An agent step repeats its action `action_repeat` times and
+sums the rewards (DrQ-v2's ActionRepeatWrapper). Episodes last the task's
 `episode_length` control steps (1 000: dm_control's 10 s at 0.01 s), a time limit that bootstraps;
 an episode also ends (terminal) if the physics turns NaN.
 
@@ -44,6 +45,9 @@ from ddl.rl import render
 
 
 PHYSICS = ('dm_control', 'playground')
+# dm_control's physics timesteps (its suite's model files, dm_control 1.0.50) where Playground's differ
+# (sim_dt; the control step, ctrl_dt, is the same): physics='dm_control' steps at dm_control's
+DM_CONTROL_TIMESTEP = {'Finger': 0.01, 'Fish': 0.004, 'Pendulum': 0.02, 'Reacher': 0.02}
 EULERDAMP = 1 << 15    # mjtDisableBit.mjDSBL_EULERDAMP
 
 
@@ -53,6 +57,11 @@ def installed() -> bool:
 
 # dm_control tasks that Playground lacks, ported in ddl: name -> module with default_config() and load(config)
 PORTED = {'QuadrupedRun': 'ddl.rl.quadruped'}
+
+
+def _domain(name: str) -> str:
+  """A task's dm_control domain as Playground names it: 'Reacher' of 'ReacherHard'."""
+  return next((d for d in DM_CONTROL_TIMESTEP if name.startswith(d)), name)
 
 
 def _default_config(name: str):
@@ -67,7 +76,22 @@ def _load(name: str, config=None):
   if name in PORTED:
     return importlib.import_module(PORTED[name]).load(config)
   from mujoco_playground import registry  # pylint: disable=g-import-not-at-top
+  _fix_playground_reacher()
   return registry.load(name, config=config)
+
+
+def _fix_playground_reacher() -> None:
+  """Playground 0.2.0 builds Reacher's model with `MjSpec.find_body` unless `mujoco.__version__ >= "3.3.0"`,
+  compared as strings: "3.17.0" is smaller, and MuJoCo 3.17 has no find_body, so ReacherEasy / ReacherHard
+  do not load. Its builder as Playground means it (`spec.body`). Drop it once Playground compares versions
+  as numbers (tests/test_dmc.py loads ReacherHard)."""
+  from mujoco_playground._src.dm_control_suite import reacher  # pylint: disable=g-import-not-at-top
+
+  def make_model(xml_path, target_size: float, assets) -> mujoco.MjModel:
+    spec = mujoco.MjSpec.from_string(xml_path.read_text(), assets)
+    spec.body('target').first_geom().size[0] = target_size
+    return spec.compile()
+  reacher._make_model = make_model   # pylint: disable=protected-access
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,6 +131,8 @@ class Control:
     mjx_patches.install()   # MJX steps as MuJoCo C (the plane-capsule frame, the line search)
     config = _default_config(name)
     config.impl = 'jax'
+    if physics == 'dm_control':
+      config.sim_dt = DM_CONTROL_TIMESTEP.get(_domain(name), config.sim_dt)
     self.env = _load(name, config)
     self.physics = physics
     # Playground's walkers observe the torso's uprightness (xmat zz) as its height; dm_control's the z of its position

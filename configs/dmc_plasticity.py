@@ -168,13 +168,15 @@ def priming(config, updates: int = 50_000, reset_chunk: int = 3):
 def pixels(config):
   """From pixels (DrQ-v2's setting): 84x84 frames, three stacked, rendered in the program by MuJoCo Warp's
   ray tracer. After `smoke` (`:smoke,pixels`, for the tests): 24x24 frames, a 2-layer encoder of 4
-  channels, injection into the critic and the encoder, random shift in one variant."""
+  channels reset at the second chunk (no injection: its frozen copy would double the program), random
+  shift in one variant."""
   config.env.pixels = True
   if config.total_steps <= 1_000:       # after `smoke`
     config.env.image_size = 24
     config.network.update(encoder_channels=4, encoder_layers=2)
     config.replay.capacity = 200
-    config.intervene = ('critic', 'encoder')
+    config.intervene = ('encoder',)
+    config.schedule.update(injection_first=0, reset_first=1, reset_layers=0)
     config.variants = {'rr_0p5_augment': dict(replay_ratio=0.5, augment=1.0, priming_updates=30.0),
                        'rr_2': dict(replay_ratio=2.0)}
 

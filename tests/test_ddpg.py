@@ -166,16 +166,35 @@ def test_pixel_update_is_drqv2s_joint_critic_and_encoder_gradient():
   experiment = drqv2.DrQV2(group.config, group)
   lr = 0.05
   hparams = dict(learning_rate=lr, replay_ratio=2.0, augment=0.0)
-  state = jax.jit(lambda k: experiment.init(k, hparams, 0))(jax.random.PRNGKey(5))
   rng = np.random.default_rng(6)
-  n, shape = 40, state.obs.shape
-  state = state.replace(replay=replay_lib.add_many(
-      state.replay, rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
-      rng.uniform(-1, 1, (n, experiment.env.action_size)).astype(np.float32), rng.normal(size=n).astype(np.float32),
-      rng.integers(0, 256, (n,) + shape, dtype=np.uint8), np.zeros(n, bool), np.zeros(n, bool)), steps=jnp.asarray(n))
+  n, shape, actions = 40, experiment.env.obs_shape, experiment.env.action_size
+  obs = rng.integers(0, 256, (n,) + shape, dtype=np.uint8)
+  # the learners and a filled buffer, without the environment (its rendering compiles for long)
+  encoder = jax.jit(experiment.encoder.init)(jax.random.PRNGKey(1), obs[:1], hparams)   # jitted: compiles once
+  features = experiment.encoder.predict(encoder, obs[:1])[0]
+  critic = jax.jit(experiment.critic.init)(jax.random.PRNGKey(2),
+                                           jnp.concatenate([features, jnp.zeros((1, actions))], -1), hparams)
+  replay = replay_lib.add_many(
+      replay_lib.init(config.replay.capacity, obs[0], jnp.zeros(actions), experiment.env.frame_stack), obs,
+      rng.uniform(-1, 1, (n, actions)).astype(np.float32), rng.normal(size=n).astype(np.float32),
+      rng.integers(0, 256, (n,) + shape, dtype=np.uint8), np.zeros(n, bool), np.zeros(n, bool))
+  state = drqv2.State(actor=jax.jit(experiment.actor.init)(jax.random.PRNGKey(3), features, hparams), critic=critic,
+                      target=critic.params, env=None, obs=obs[0], replay=replay, ratio=None, key=jax.random.PRNGKey(4),
+                      steps=jnp.asarray(n), updates=jnp.asarray(0), episode_return=jnp.zeros(()), encoder=encoder)
   key = jax.random.PRNGKey(7)
   new, _ = jax.jit(experiment._update)(state, key)    # pylint: disable=protected-access
 
+  expected = jax.jit(lambda state, key: _joint_gradients(experiment, config, state, new, key))(state, key)
+  for module, grad in zip(('encoder', 'critic', 'actor'), expected):
+    moved = jax.tree.map(lambda old, now: (old - now) / lr, getattr(state, module).params, getattr(new, module).params)
+    jax.tree.map(lambda m, g: np.testing.assert_allclose(m, g, rtol=2e-3, atol=2e-5), moved, grad)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad)) > 1e-4, module
+
+
+def _joint_gradients(experiment, config, state, new, key):
+  """DrQ-v2's gradients of one update, written out: the critic loss's through the encoder and the critic
+  at once, and the actor's loss at the updated critic on the encoder's features before the update."""
+  from ddl.rl import replay as replay_lib  # pylint: disable=g-import-not-at-top
   r, d = config.replay, config.drqv2
   sample_key, next_key, _, _, noise_key = jax.random.split(key, 5)
   batch = replay_lib.sample(state.replay, sample_key, r.batch_size, r.n_step, d.gamma)
@@ -192,10 +211,7 @@ def test_pixel_update_is_drqv2s_joint_critic_and_encoder_gradient():
   features = encode(state.encoder.params, batch.obs)
   actor_grad = jax.grad(lambda p: ddpg.actor_loss(critic(new.critic.params, jnp.concatenate(
       [features, ddpg.sample_action(noise_key, actor(p, features), std, d.std_clip)], -1))))(state.actor.params)
-  for module, grad in (('encoder', encoder_grad), ('critic', critic_grad), ('actor', actor_grad)):
-    moved = jax.tree.map(lambda old, now: (old - now) / lr, getattr(state, module).params, getattr(new, module).params)
-    jax.tree.map(lambda m, g: np.testing.assert_allclose(m, g, rtol=2e-3, atol=2e-5), moved, grad)
-    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grad)) > 1e-4, module
+  return encoder_grad, critic_grad, actor_grad
 
 
 def _resumed_smoke(preset, tmp_path):
@@ -235,7 +251,7 @@ def test_dmc_smoke_resumes_exactly_and_builds_injection_into_the_listed_module_o
 
 def test_dmc_pixels_smoke_resumes_exactly_with_the_encoders_fau_and_random_shift(tmp_path):
   """`:smoke,pixels`: frames rendered in the program, the encoder as a third module (its FAU logged and
-  diagnosed; injection into it and the critic), random shift on in one variant; resumed exactly."""
+  diagnosed; reset at the second chunk), random shift on in one variant; resumed exactly."""
   from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
   from ddl.experiments import drqv2
   config, _, value, chunk = _resumed_smoke('smoke,pixels', tmp_path)
@@ -248,7 +264,10 @@ def test_dmc_pixels_smoke_resumes_exactly_with_the_encoders_fau_and_random_shift
   group = config_lib.groups(config)[0]
   experiment = drqv2.DrQV2(group.config, group)
   assert experiment.env.obs_shape == (24, 24, 9)
-  assert 'injection' in [m.name for m in experiment.encoder.methods]
+  assert [m.name for m in experiment.encoder.methods if m.kind in drqv2.PER_MODULE_KINDS] == ['reset']
+  assert not [m for m in experiment.critic.methods if m.kind in drqv2.PER_MODULE_KINDS]
+  # the reset drew a fresh encoder: both variants' seed-1 runs share it (the same key) after the reset
+  assert value('rr_0p5_augment', 'encoder_fau', chunk)[1] != value('rr_0p5_augment', 'encoder_fau', 0)[1]
   assert 'augment' in dict(experiment.critic.traced)    # the program shifts where a run's augment > 0
 
 

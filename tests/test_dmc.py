@@ -28,7 +28,9 @@ TASKS = [('CheetahRun', 'cheetah', 'run', ('position', 'velocity'), 300, 5e-3),
          # re-read after the step, they were off by up to 7.7 in log1p of the force)
          ('HopperHop', 'hopper', 'hop', ('position', 'velocity', 'touch'), 25, 5e-3),
          # ReacherHard loads through ddl's fix of Playground 0.2.0's version test (dmc._fix_playground_reacher)
-         ('ReacherHard', 'reacher', 'hard', ('position', 'to_target', 'velocity'), 100, 5e-3),
+         # and steps at dm_control's timestep (the default run checks both without compiling its step)
+         pytest.param('ReacherHard', 'reacher', 'hard', ('position', 'to_target', 'velocity'), 100, 5e-3,
+                      marks=pytest.mark.slow),
          pytest.param('QuadrupedRun', 'quadruped', 'run', ('egocentric_state', 'torso_velocity', 'torso_upright',
                                                            'imu', 'force_torque'), 15, 3e-2, marks=pytest.mark.slow)]
 
@@ -119,3 +121,16 @@ def test_quadruped_reset_raises_the_torso_as_dm_control():
   for orientation, height in zip(orientations, np.asarray(heights)):
     dm_quadruped._find_non_contacting_height(physics, orientation)   # pylint: disable=protected-access
     assert abs(height - float(physics.named.data.qpos['root'][2])) < 1e-5, (orientation, height)
+
+
+def test_physics_dm_control_keeps_dm_controls_timestep_where_playground_changed_it():
+  """Playground steps Finger, Fish, Pendulum and Reacher at a finer timestep than dm_control; physics=
+  'dm_control' steps at dm_control's (its control step unchanged), and ReacherHard loads at all on MuJoCo
+  3.17 (`-m slow` follows its step against dm_control's for 100 steps)."""
+  for name in ('ReacherHard', 'PendulumSwingup', 'FingerSpin'):
+    reference = suite.load(*{'ReacherHard': ('reacher', 'hard'), 'PendulumSwingup': ('pendulum', 'swingup'),
+                             'FingerSpin': ('finger', 'spin')}[name])
+    ours = dmc.Control(name, action_repeat=1, physics='dm_control').env
+    assert ours.mj_model.opt.timestep == reference.physics.timestep(), name
+    assert ours.dt == reference.control_timestep(), name
+    assert dmc.Control(name, action_repeat=1, physics='playground').env.mj_model.opt.timestep < ours.mj_model.opt.timestep

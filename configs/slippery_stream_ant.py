@@ -19,6 +19,27 @@ bins: 100 352), the current friction per chunk; tidbd also the critic's step siz
 Expected run time on this 2-core CPU (the paper's Ant on MuJoCo C, env.backend=mujoco): 30 seeds run at
 ~2 250 env steps/s including learning (configs/stream_ant.py), so 20 M steps are ~3 days per 30-seed
 variant; a 64-core machine: docs/benchmarks.md. Smoke: ~1-2 min.
+
+A first look (2026-12-06/07, this CPU shared with other runs, ~3 h): stream and cbp x 2 seeds x 750 000
+steps with the friction changing every 250 000 (two changes; the paper's 2 M interval does not fit a CPU
+run of stream AC, 4 runs at ~220 steps/s each), in one program:
+
+  python launch/main.py --config=configs/slippery_stream_ant.py:stream,cbp --config.num_seeds=2 \
+      --config.total_steps=1000000 --config.steps_per_chunk=50000 --config.env.friction.change_every=250000 \
+      --config.checkpoint_every=1 --config.fuse_variants=True      (stopped after 16 of 20 chunks)
+
+Frictions: seed 0 0.057 -> 0.60 -> 0.021, seed 1 0.64 -> 0.76 -> 0.045. Mean return per 50 000 steps:
+  stream/0  44  566  710  787  822 | 854  896  882  913  919 |  951  911  907  910  915 | 964
+  stream/1  37  629  819  881  977 | 1100 1420 1830 1860 2170 | 2140 2350 2560 2560 2510 | 2800
+  cbp/0     21  529  687  754  841 | 865  928  957  941 1050 |  901  910  904  941  938 | 949
+  cbp/1     22  580  754  802  867 | 934 1060 1200 1190 1330 | 1180 1020 1130 1050 1100 | 1060
+No return collapses at a change at this length: plain stream AC keeps improving or holds (seed 1 reaches
+2 800), and CBP is no better (seed 1's dropped by ~300 when its ground turned slippery, 0.76 -> 0.045,
+and stayed there). The paper's shape for PPO (Fig. 3: standard PPO degrades over 20 M steps, CBP + L2
+keeps improving) would need the 20 M steps. The markers of lost plasticity do build in plain stream AC
+and not with CBP: the policy's mean |W| grows monotonically (0.0055 -> 0.0066 / 0.0070) where CBP's stays
+at 0.0050-0.0056, and seed 0's stable rank falls from 90 % to 70-80 % with up to 16 % dormant units
+(CBP: 80-86 %, at most 9 %).
 """
 from ddl import config as config_lib
 

@@ -53,13 +53,15 @@ def _finite(states) -> jax.Array:
 
 def _guard(run_chunk):
   """The vmapped chunk with NaN/inf isolation, on the device: a run whose new state is not finite
-  keeps its previous state and is marked dead (alive=False) for good; the others are untouched."""
+  keeps its previous state and is marked dead (alive=False) for good; the others are untouched.
+  uint8 leaves (stored images: a pixel replay buffer, tens of GB at the paper's size) take the new
+  value in every run: they cannot be non-finite, and selecting between old and new would hold both."""
   def step(carry, data):
     states, alive = carry
     new, values = jax.vmap(run_chunk, in_axes=(0, None))(states, data)
     finite = _finite(new)
     ok = alive if finite is None else alive & finite
-    keep = lambda n, o: jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o)
+    keep = lambda n, o: n if n.dtype == jnp.uint8 else jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o)
     return (jax.tree.map(keep, new, states), ok), values
   return step
 

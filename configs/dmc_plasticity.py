@@ -169,7 +169,7 @@ def pixels(config):
   """From pixels (DrQ-v2's setting): 84x84 frames, three stacked, rendered in the program by MuJoCo Warp's
   ray tracer. After `smoke` (`:smoke,pixels`, for the tests): 24x24 frames, a 2-layer encoder of 4
   channels reset at the second chunk (no injection: its frozen copy would double the program), random
-  shift in one variant."""
+  shift in one variant, ARR in another."""
   config.env.pixels = True
   if config.total_steps <= 1_000:       # after `smoke`
     config.env.image_size = 24
@@ -178,7 +178,7 @@ def pixels(config):
     config.intervene = ('encoder',)
     config.schedule.update(injection_first=0, reset_first=1, reset_layers=0)
     config.variants = {'rr_0p5_augment': dict(replay_ratio=0.5, augment=1.0, priming_updates=30.0),
-                       'rr_2': dict(replay_ratio=2.0)}
+                       'rr_2': dict(replay_ratio=2.0), 'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
 
 
 def get_config(arg: str = ''):

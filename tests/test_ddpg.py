@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_resume_is_identical, cheap_diagnostics, load_config
+from conftest import assert_resume_is_identical, cheap_diagnostics, load_config, trace_programs
 from ddl import metrics
 from ddl import nets
 from ddl.rl import ddpg
@@ -227,7 +227,11 @@ def _resumed_smoke(preset, tmp_path):
   return config, whole, value, config.steps_per_chunk * config.env.action_repeat
 
 
+@pytest.mark.slow
 def test_dmc_smoke_resumes_exactly_and_builds_injection_into_the_listed_module_only(tmp_path):
+  """From state, through the run loop (~50 s: `-m slow`). The default run covers its code with the pixel
+  smoke (the same loop, resume, ratios, ARR and priming, with an encoder) and the traced state program
+  (test_dmc_state_smoke_traces_with_injection_into_the_critic_only)."""
   from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
   from ddl.experiments import drqv2
   config, whole, value, chunk = _resumed_smoke('smoke', tmp_path)
@@ -249,18 +253,36 @@ def test_dmc_smoke_resumes_exactly_and_builds_injection_into_the_listed_module_o
   assert not [m for m in experiment.actor.methods if m.kind in drqv2.PER_MODULE_KINDS]
 
 
+def test_dmc_state_smoke_traces_with_injection_into_the_critic_only():
+  """The CPU default's path, from state (no encoder): its init, chunk and evaluator traced (`jax.eval_shape`,
+  nothing compiled) with the smoke's injection into the critic and none into the actor."""
+  from ddl.experiments import drqv2  # pylint: disable=g-import-not-at-top
+  config = cheap_diagnostics(load_config('dmc_plasticity', 'smoke'))
+  experiment, state, values = trace_programs(config)
+  assert experiment.encoder is None and state.encoder is None
+  assert state.obs.shape == (experiment.env.obs_size,) and state.replay.frame_stack == 1
+  assert {'critic_fau', 'actor_fau', 'critic_loss', 'actor_loss', 'replay_ratio', 'updates'} <= set(values)
+  assert 'encoder_fau' not in values
+  assert {'active_fraction_actor', 'dormant_fraction_critic'} <= set(trace_programs.evaluated)
+  assert 'injection' in [m.name for m in experiment.critic.methods]
+  assert not [m for m in experiment.actor.methods if m.kind in drqv2.PER_MODULE_KINDS]
+
+
 def test_dmc_pixels_smoke_resumes_exactly_with_the_encoders_fau_and_random_shift(tmp_path):
   """`:smoke,pixels`: frames rendered in the program, the encoder as a third module (its FAU logged and
   diagnosed; reset at the second chunk), random shift on in one variant; resumed exactly."""
   from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
   from ddl.experiments import drqv2
   config, _, value, chunk = _resumed_smoke('smoke,pixels', tmp_path)
-  for variant in ('rr_0p5_augment', 'rr_2'):
+  for variant in ('rr_0p5_augment', 'rr_2', 'arr'):
     for metric in ('encoder_fau', 'critic_fau', 'actor_fau', 'active_fraction_encoder', 'dormant_fraction_encoder'):
       values = value(variant, metric, chunk)
       assert len(values) == 2 and all(0 <= v <= 1 for v in values), (variant, metric, values)
+  # RR 0.5 from the warm-up's 50th transition (26 updates) and 30 of priming, then RR 0.5 alone; RR 2
   assert value('rr_0p5_augment', 'updates', 0) == [26.0 + 30.0] * 2
+  assert value('rr_0p5_augment', 'updates', chunk) == [50.0] * 2
   assert value('rr_2', 'updates', chunk) == [2 * config.steps_per_chunk] * 2
+  assert value('arr', 'replay_ratio', chunk) and set(value('arr', 'replay_ratio', chunk)) <= {0.5, 2.0}
   group = config_lib.groups(config)[0]
   experiment = drqv2.DrQV2(group.config, group)
   assert experiment.env.obs_shape == (24, 24, 9)

@@ -23,6 +23,26 @@ first look, std and cbp x 2 seeds x 6 M steps (three frictions) in one program,
 
 ran at ~2 300 env steps/s for its 4 runs with the CPU to itself (2026-12-07): ~3 h, resumable. A 64-core
 machine: docs/benchmarks.md. Smoke: ~1 min.
+
+That first look, run 2026-12-06/07 on this CPU shared with other jobs and stopped after 42 of its 60 chunks
+(4.2 M steps, through two friction changes; resumable with the same command). Frictions: seed 0 0.057 ->
+0.60 -> 0.021, seed 1 0.64 -> 0.76 -> 0.045 (the changes land at ~1.9 M and ~3.9 M: the first episode end
+after each 2 M). Mean return per segment of steps:
+             0-1 M   1-2 M   2-3 M   3-3.9 M   3.9-4.2 M (after the 2nd change)
+  std/0       -485    1308    2136     2115      1375
+  std/1       -383    1463    2064     2208      1798
+  cbp/0       -197    1478    2406     3891      2247
+  cbp/1       -105    2438    3478     3983      3202
+The paper's shape, as far as 4 M steps can show it (its Fig. 3: standard PPO degrades over 20 M steps and
+10 changes, CBP + L2 keeps improving, ~4 900 at 50 M): standard PPO stops improving after its first 2 M
+(~2 100-2 200 from 2 M to 3.9 M, both seeds) while CBP + L2 keeps climbing (3 900-4 000 before the second
+change); every run drops at the second change, to a much more slippery floor (CBP 4 260 -> 1 400 and
+3 940 -> 2 700 in the chunk after it, std 2 360 -> 880 and 2 330 -> 1 540), and all recover within two
+chunks. At the first change the CBP runs dipped and recovered within a chunk; std did not dip. Standard
+PPO's collapse itself is not reached at this length. The markers of lost plasticity (lop_reference.md §6.5)
+are clear already: standard PPO's policy has 22-27 % dormant units at 4 M (CBP: 2-6 %), its last hidden
+layer's stable rank fell from 92 % to 50-56 % (CBP: 80-84 %), and its mean |W| grew to 0.086 (CBP: 0.045-
+0.050), as the paper's std PPO at 50 M (dormant ↑, rank ↓, weights ↑) against CBP + L2.
 """
 from ddl import config as config_lib
 

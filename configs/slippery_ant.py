@@ -26,13 +26,14 @@ machine: docs/benchmarks.md. Smoke: ~1 min.
 
 That first look, run 2026-12-06/07 on this CPU shared with other jobs and stopped after 42 of its 60 chunks
 (4.2 M steps, through two friction changes; resumable with the same command). Frictions: seed 0 0.057 ->
-0.60 -> 0.021, seed 1 0.64 -> 0.76 -> 0.045 (the changes land at ~1.9 M and ~3.9 M: the first episode end
-after each 2 M). Mean return per segment of steps:
-             0-1 M   1-2 M   2-3 M   3-3.9 M   3.9-4.2 M (after the 2nd change)
-  std/0       -485    1308    2136     2115      1375
-  std/1       -383    1463    2064     2208      1798
-  cbp/0       -197    1478    2406     3891      2247
-  cbp/1       -105    2438    3478     3983      3202
+0.60 -> 0.021, seed 1 0.64 -> 0.76 -> 0.045 (each at the first episode end after 2 M and 4 M: in the last
+~10 000 steps of the chunks that start at 1.9 M and 3.9 M). Mean return per segment of steps (per chunk:
+the episodes that ended in it):
+             0-1 M   1-2 M   2-3 M   3-4 M   4-4.2 M (after the 2nd change)
+  std/0       -485    1308    2136    2120      982
+  std/1       -383    1463    2064    2199     1639
+  cbp/0       -197    1478    2406    3871     1524
+  cbp/1       -105    2438    3478    3955     2953
 The paper's shape, as far as 4 M steps can show it (its Fig. 3: standard PPO degrades over 20 M steps and
 10 changes, CBP + L2 keeps improving, ~4 900 at 50 M): standard PPO stops improving after its first 2 M
 (~2 100-2 200 from 2 M to 3.9 M, both seeds) while CBP + L2 keeps climbing (3 900-4 000 before the second

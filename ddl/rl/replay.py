@@ -10,7 +10,7 @@ keeps its own next observation, so a time-limit truncation bootstraps from the t
 
 Stacked frames (`frame_stack` k > 1: observations (..., k C), the last C channels the newest frame, as
 DrQ-v2's pixels) are stored one frame per slot: the newest frame of the observation and of the next one,
-2/(2k) of the stacks' memory (127 KB -> 42 KB per transition at 84x84x9). `gather` rebuilds a stack from
+1/k of the stacks' memory (127 KB -> 42 KB per transition at 84x84x9). `gather` rebuilds a stack from
 the slots before, back to its episode's first slot, whose frame repeats in the stack's older places (what
 a frame stack holds at a reset). Once the buffer has wrapped, the k - 1 oldest slots are not sampled (their
 stacks would reach into overwritten slots): samples equal those of a buffer of whole stacks

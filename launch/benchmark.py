@@ -471,7 +471,16 @@ def _peer_brax_ppo(config, devices, data):
 
 
 def main(argv):
+  """The measurement the flags ask for; a config error is one line `error: ...` on stderr, exit 2 (as main.py)."""
   del argv
+  try:
+    _measure()
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _measure():
   if flags.FLAGS.read_metrics_rows > 0:
     print(_read_metrics_line(flags.FLAGS.read_metrics_rows), flush=True)
     return

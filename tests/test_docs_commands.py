@@ -260,3 +260,15 @@ def test_local_links_resolve():
       if not os.path.exists(full) or (anchor and full.endswith('.md') and anchor not in _anchors(full)):
         bad.append(f'{doc}: {target}')
   assert not bad, bad
+
+
+def test_benchmark_config_error_is_one_line_and_exit_2():
+  """launch/benchmark.py refuses a bad config as main.py does: one `error:` line on stderr, exit status 2."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run([sys.executable, os.path.join('launch', 'benchmark.py'), '--workload=scr', '--seeds=1',
+                         '--override=num_examples=0'], capture_output=True, text=True, cwd=ROOT,
+                        env={**os.environ, 'PYTHONPATH': ROOT}, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'num_examples' in errors[0], proc.stderr[-2000:]

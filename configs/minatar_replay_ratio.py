@@ -33,12 +33,14 @@ with random shift's gather on top) ~40 min; `:full` (~20M updates) ~7 h here: a 
 """
 from ddl import config as config_lib
 from ddl import platform_defaults
+from ddl.rl import atari
 
 name = config_lib.variant_name
 
 
 def smoke(config):
-  """Seconds: 2 seeds, 2 chunks of 300 steps, a 200-step warm-up, small batches, one program."""
+  """Seconds: 2 seeds, 2 chunks of 300 steps, a 200-step warm-up, small batches, one program (after `atari`:
+  its game at 42x42 with a smaller network, 2 chunks of 150 steps, games truncated at 100 steps)."""
   config.num_seeds = 2
   config.total_steps = 600
   config.steps_per_chunk = 300
@@ -49,10 +51,19 @@ def smoke(config):
   config.probe_size = 64
   config.diagnostics.hessian_iterations = 3
   config.arr.check_every = 2
-  config.fuse_variants = True     # one program for the four variants (fewer to compile)
+  config.fuse_variants = True     # one program for the variants (fewer to compile)
   config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0),
                      'rr_1_augment': dict(replay_ratio=1.0, augment=1.0)}
+  if atari.is_atari(config.env.name):
+    config.env.update(size=42, max_episode_steps=100)
+    config.network.update(widths=(8, 8), kernels=(8, 4), strides=(4, 2), dense=(32,))
+    config.total_steps, config.steps_per_chunk = 300, 150
+    config.replay.update(capacity=300, warmup=100, n_step=3)
+    config.dqn.update(epsilon_steps=100, target_every=1)
+    config.arr.check_every = 50
+    config.variants = {'rr_0p5': dict(replay_ratio=0.5, augment=1.0), 'rr_2': dict(replay_ratio=2.0, augment=1.0),
+                       'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
 
 
 def full(config):
@@ -78,6 +89,48 @@ def da_reset(config):
                      'rr_1_augment_reset': dict(replay_ratio=1.0, augment=1.0, schedule=reset)}
 
 
+def atari_100k(config, game: str = 'Pong'):
+  """DrQ(ε) on Atari-100k (Dopamine's DrQ_eps.gin, Ma et al.'s Table 3) on one game, RR 0.5 / 1 / 2, ReDo at
+  RR 1 and ARR (0.5 -> 2, the critic's FAU checked every 2 000 steps), all with DrQ's augmentation: 100 000
+  agent steps (400 000 frames), 5 seeds; ale-py (`pip install -e ".[atari]"`)."""
+  config.num_seeds = 5
+  config.total_steps = 100_000
+  config.steps_per_chunk = 10_000           # Dopamine's iterations
+  config.diagnostics.every = 1
+  config.env = dict(name=f'ALE/{game}', frame_skip=4, frame_stack=4, size=84, terminal_on_life_loss=True,
+                    max_episode_steps=27_000, max_noops=30, sticky_actions=0.0,
+                    threads=platform_defaults.auto(int))   # host threads stepping the emulators (one per core)
+  config.replay.update(capacity=100_000, batch_size=32, n_step=10, warmup=1_600)
+  config.dqn.update(gamma=0.99, double=True, huber=1.0, target_every=1, target_tau=1.0, epsilon_start=1.0,
+                    epsilon_end=0.01, epsilon_steps=5_000, clip_rewards=1.0)
+  config.network.update(widths=(32, 64, 64), kernels=(8, 4, 3), strides=(4, 2, 1), pool=False, dense=(512,),
+                        padding='SAME_UPPER', dueling=True, input_scale=1 / 255, weight_init='xavier',
+                        conv=platform_defaults.auto(str))
+  config.optimizer.eps = 1.5e-4
+  config.hparams.learning_rate = 1e-4
+  config.augment.update(pad=4, style='dopamine')
+  config.arr.update(check_every=2_000, check_unit='steps', threshold=0.001)
+  config.probe_size = 512
+  config.variants = atari_variants(game)
+
+
+def atari_variants(game: str) -> dict:
+  """Ma et al.'s five agents on one game, named '<game>_<agent>' (static: the game)."""
+  prefix, env = atari.rom_id(f'ALE/{game}'), dict(name=f'ALE/{game}')
+  redo = dict(method='redo', redo_threshold=0.025, redo_period=1_000, reset_optimizer_state=True)
+  agents = {name('rr', ratio): dict(replay_ratio=ratio) for ratio in (0.5, 1.0, 2.0)}
+  agents.update(rr_1_redo=dict(replay_ratio=1.0, cbp=redo), arr=dict(replay_ratio=0.5, arr_high_ratio=2.0))
+  return {f'{prefix}_{agent}': dict(env=env, augment=1.0, **settings) for agent, settings in agents.items()}
+
+
+def atari_paper(config):
+  """Ma et al.'s Table 4: `atari_100k` on their 17 games (17 programs of 5 agents x 5 seeds; a GPU's job)."""
+  atari_100k(config)
+  config.variants = {}
+  for game in atari.MA_ET_AL_GAMES:
+    config.variants.update(atari_variants(game))
+
+
 def get_config(arg: str = ''):
   config = config_lib.base_config()
   config.experiment = 'dqn'
@@ -99,5 +152,6 @@ def get_config(arg: str = ''):
   config.hparams.learning_rate = 1e-4
   config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
-  config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'full': full, 'da_reset': da_reset})
+  config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'full': full, 'da_reset': da_reset, 'atari': atari_100k,
+                                            'paper': atari_paper})
   return config

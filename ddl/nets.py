@@ -338,7 +338,8 @@ class Conv(nn.Module):
   own), stacked in two passes, first the kw column shifts, then the kh row shifts of those: XLA's
   CPU concatenate of all kh x kw pieces at once is ~3x slower for the 3-channel input of the
   ImageNet net's first layer.
-  padding: 'VALID' or 'SAME' (PyTorch's symmetric padding (k - 1) // 2, also with stride 2).
+  padding: 'VALID', 'SAME' (PyTorch's symmetric padding (k - 1) // 2, also with stride 2) or 'SAME_UPPER'
+  (Flax's and TensorFlow's 'SAME': ceil(in / stride) outputs, the odd pixel of padding after).
   use_bias: False leaves the bias parameter out."""
   features: int
   kernel_size: Tuple[int, int]
@@ -356,17 +357,20 @@ class Conv(nn.Module):
     channels = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (kh, kw, channels, self.features))
     if self.padding == 'SAME':
-      pads = ((kh - 1) // 2, (kw - 1) // 2)
+      pads = (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2)
+    elif self.padding == 'SAME_UPPER':
+      total = [max((-(-n // s) - 1) * s + k - n, 0) for n, k in ((x.shape[1], kh), (x.shape[2], kw))]
+      pads = tuple((t // 2, t - t // 2) for t in total)
     elif self.padding == 'VALID':
-      pads = (0, 0)
+      pads = ((0, 0), (0, 0))
     else:
-      raise ValueError(f'conv padding {self.padding!r} is not known; use VALID or SAME.')
+      raise ValueError(f'conv padding {self.padding!r} is not known; use VALID, SAME or SAME_UPPER.')
     if self.implementation == 'lax':
       conv = channels_last_conv if platform_defaults.channels_last_gradients() else _conv_nhwc
-      y = conv(x, kernel, (s, s), ((pads[0], pads[0]), (pads[1], pads[1])))
+      y = conv(x, kernel, (s, s), pads)
     elif self.implementation == 'patches':
-      if any(pads):
-        x = jnp.pad(x, ((0, 0), (pads[0], pads[0]), (pads[1], pads[1]), (0, 0)))
+      if any(sum(pads, ())):
+        x = jnp.pad(x, ((0, 0),) + pads + ((0, 0),))
       # shifted views stacked along features, ordered (kh, kw, in) as the kernel: data movement only
       h, w = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
       rows = jnp.concatenate([x[:, :, j:j + (w - 1) * s + 1:s, :] for j in range(kw)], axis=-1)
@@ -438,7 +442,15 @@ class ConvNet(nn.Module):
   map is flattened in NHWC order, (position, channel); the original flattens channel-major, a
   permutation of the first dense layer's input rows that changes nothing else. activation: after
   every hidden layer (the paper's ReLU by default; one that changes the width, as CReLU, widens
-  what the next layer reads)."""
+  what the next layer reads).
+
+  Dopamine's Atari network (DrQ(ε)'s FullRainbowNetwork: convs 32/64/64 of 8/4/3 at strides 4/2/1,
+  fc512, dueling) takes the other fields: strides (one per conv; () = 1); padding ('VALID', or
+  'SAME_UPPER': Flax's and TensorFlow's 'SAME', see `Conv`); dueling: Q = V + A - mean(A), the
+  advantage A in 'output' and the value V in 'value', both read from the last hidden layer (one
+  output layer for resets and injection); input_scale: the input's factor (1/255 for pixels);
+  weight_init: 'default' (PyTorch's, biases too) or a name of `initializer` (zero biases, as Flax's
+  default: Dopamine's is 'xavier')."""
   outputs: int = 2
   conv: str = 'patches'
   layer_norm: str = ''
@@ -447,24 +459,38 @@ class ConvNet(nn.Module):
   kernels: Tuple[int, ...] = (5, 3, 3)
   pool: bool = True
   dense: Tuple[int, ...] = (128, 128)
+  strides: Tuple[int, ...] = ()
+  padding: str = 'VALID'
+  dueling: bool = False
+  input_scale: float = 1.0
+  weight_init: str = 'default'
 
   def layer_names(self) -> Tuple[str, ...]:
     return (tuple(f'conv_{i}' for i in range(len(self.widths))) + tuple(f'dense_{i}' for i in range(len(self.dense)))
             + ('output',))
 
+  def _layer_init(self, fan_in: int):
+    """(kernel init, bias init) of a layer."""
+    if self.weight_init == 'default':
+      return initializer('default'), torch_default_bias(fan_in)
+    return initializer(self.weight_init), nn.initializers.zeros
+
   @nn.compact
   def __call__(self, x: jax.Array, start: int = 0) -> Tuple[jax.Array, Dict[str, jax.Array]]:
-    if len(self.kernels) != len(self.widths):
-      raise ValueError(f'ConvNet: {len(self.widths)} conv widths but {len(self.kernels)} kernel sizes.')
+    if len(self.kernels) != len(self.widths) or len(self.strides) not in (0, len(self.widths)):
+      raise ValueError(f'ConvNet: {len(self.widths)} conv widths but {len(self.kernels)} kernel sizes and '
+                       f'{len(self.strides)} strides (give one per conv, or no strides for 1).')
     features = {}
-    init = initializer('default')
     act = activation(self.activation)
-    for i, (width, size) in enumerate(zip(self.widths, self.kernels)):
+    if start == 0 and self.input_scale != 1.0:
+      x = x * self.input_scale
+    strides = self.strides or (1,) * len(self.widths)
+    for i, (width, size, stride) in enumerate(zip(self.widths, self.kernels, strides)):
       if i < start:
         continue
       name = f'conv_{i}'
-      fan_in = x.shape[-1] * size * size
-      x = Conv(width, (size, size), self.conv, init, torch_default_bias(fan_in), name=name)(x)
+      x = Conv(width, (size, size), self.conv, *self._layer_init(x.shape[-1] * size * size), strides=stride,
+               padding=self.padding, name=name)(x)
       x = act(normalize(self.layer_norm, f'{name}_norm', x))
       x = max_pool_2x2(x) if self.pool else x
       features[name] = x
@@ -473,10 +499,15 @@ class ConvNet(nn.Module):
       if i < start:
         continue
       name = f'dense_{i - len(self.widths)}'
-      x = nn.Dense(width, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name=name)(x)
+      kernel_init, bias_init = self._layer_init(x.shape[-1])
+      x = nn.Dense(width, kernel_init=kernel_init, bias_init=bias_init, name=name)(x)
       x = act(normalize(self.layer_norm, f'{name}_norm', x))
       features[name] = x
-    out = nn.Dense(self.outputs, kernel_init=init, bias_init=torch_default_bias(x.shape[-1]), name='output')(x)
+    kernel_init, bias_init = self._layer_init(x.shape[-1])
+    out = nn.Dense(self.outputs, kernel_init=kernel_init, bias_init=bias_init, name='output')(x)
+    if self.dueling:
+      value = nn.Dense(1, kernel_init=kernel_init, bias_init=bias_init, name='value')(x)
+      out = value + out - jnp.mean(out, axis=-1, keepdims=True)
     return out, features
 
 

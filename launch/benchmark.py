@@ -303,9 +303,9 @@ def _random_rollout(config):
         return env.step(state, action)[0], None
       return jax.lax.scan(one, state, jnp.arange(config.steps_per_chunk))[0]
     return lambda key: env.reset(key)[0], chunk, config.steps_per_chunk
-  if config.experiment == 'dqn':      # gymnax (MinAtar): its step resets at episode ends
+  if config.experiment == 'dqn':      # gymnax (MinAtar) or Atari: its step resets at episode ends
     from ddl.experiments import dqn as dqn_experiment  # pylint: disable=g-import-not-at-top
-    env, params = dqn_experiment.make_env(e.name)
+    env, params = dqn_experiment.make_env(e)
     def chunk(state, key):
       def one(state, t):
         action_key, step_key = jax.random.split(jax.random.fold_in(key, t))

@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT, load_config
 from ddl import run as run_lib
 from ddl.data import arrays
+from ddl.rl import atari
 from ddl.rl import render
 
 SPEC = importlib.util.spec_from_file_location('launch_main', os.path.join(ROOT, 'launch', 'main.py'))
@@ -134,6 +135,10 @@ CASES = [
          ('replay.capacity', 'smaller than a batch')),
     Case('unknown_task', (SMOKE['minatar_replay_ratio'], '--config.env.name=Brekaout-MinAtar'),
          ('env.name', 'Brekaout-MinAtar', 'Breakout-MinAtar')),
+    Case('unknown_atari_game', (SMOKE['minatar_replay_ratio'].replace(':smoke', ':atari,smoke'),
+                                '--config.env.name=ALE/Pongg'), ('env.name', 'ALE/Pongg', "'pongg'", 'ALE/Pong')),
+    Case('atari_without_ale_py', (SMOKE['minatar_replay_ratio'].replace(':smoke', ':atari,smoke'),),
+         ('ALE/Pong', 'ale-py', 'not installed', '.[atari]')),
     Case('unknown_control_task', (SMOKE['dmc_plasticity'], '--config.env.name=CheetahRunn'),
          ('env.name', 'CheetahRunn', 'CheetahRun')),
     Case('pixels_without_the_renderer', (SMOKE['dmc_plasticity'], '--config.env.pixels=True'),
@@ -278,6 +283,8 @@ def test_bad_input_is_one_error_line_and_writes_nothing(case, tmp_path, monkeypa
       monkeypatch.setattr(arrays, 'BUILD_MODULES', ('tensorflow', 'no_such_module_for_ddl'))
     if case.name == 'pixels_without_the_renderer':        # as on a machine without warp-lang
       monkeypatch.setattr(render, 'installed', lambda: False)
+    if case.name == 'atari_without_ale_py':               # as on a machine without the atari extra
+      monkeypatch.setattr(atari, 'installed', lambda: False)
     status = MAIN.command(['launch/main.py', *args])
     out, err = capsys.readouterr()
   assert status == 2, (out, err)

@@ -155,17 +155,18 @@ def test_bad_sizes_raise_naming_the_argument(name, call):
     call()
 
 
-def _frame_stream(steps, k, seed):
+def _frame_stream(steps, k, seed, stack_start='repeat'):
   """A stream of stacked-frame observations as DrQ-v2's FrameStackWrapper makes them: each step's frame is a
-  distinct value; an episode starts with its first frame repeated k times. -> (obs, next_obs, terminal,
-  last) per step, obs (steps, 2, 2, 3 k) uint8."""
+  distinct value; an episode starts with its first frame repeated k times (or, stack_start='zeros', as
+  Dopamine's Atari agents: k - 1 zero frames and the first). -> (obs, next_obs, terminal, last) per step,
+  obs (steps, 2, 2, 3 k) uint8."""
   rng = np.random.default_rng(seed)
   frame = lambda v: np.full((2, 2, 3), v % 251, np.uint8)
   value, stack, rows = 0, None, []
   for _ in range(steps):
     if stack is None:
       value += 1
-      stack = [frame(value)] * k
+      stack = [frame(value)] * k if stack_start == 'repeat' else [np.zeros((2, 2, 3), np.uint8)] * (k - 1) + [frame(value)]
     value += 1
     after = stack[1:] + [frame(value)]
     end = rng.random() < 0.2
@@ -177,14 +178,16 @@ def _frame_stream(steps, k, seed):
 
 @pytest.mark.parametrize('capacity', [7, 40])      # 7: the 25 transitions wrap around
 @pytest.mark.parametrize('k', [2, 3])
-def test_stacked_frames_stored_one_per_slot_sample_as_whole_stacks(capacity, k):
+@pytest.mark.parametrize('stack_start', replay_lib.STACK_STARTS)
+def test_stacked_frames_stored_one_per_slot_sample_as_whole_stacks(capacity, k, stack_start):
   """A buffer of one frame per slot (`frame_stack` k) gives every samplable n-step transition exactly as a
-  buffer of whole stacks does (episode starts inside a stack, a window's end at an episode end, wrap-around);
-  once full it skips its k - 1 oldest slots, whose stacks reach into overwritten ones."""
-  rows = _frame_stream(25, k, seed=k)
+  buffer of whole stacks does (episode starts inside a stack, a window's end at an episode end, wrap-around),
+  for stacks that start with their first frame repeated or with zeros; once full it skips its k - 1 oldest
+  slots, whose stacks reach into overwritten ones."""
+  rows = _frame_stream(25, k, seed=k, stack_start=stack_start)
   example = jnp.zeros(rows[0][0].shape, jnp.uint8)
   whole = replay_lib.init(capacity, example, jnp.zeros((), jnp.int32))
-  frames = replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k)
+  frames = replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k, stack_start=stack_start)
   assert frames.obs.shape == (capacity, 2, 2, 3)
   for t, (obs, next_obs, terminal, last) in enumerate(rows):
     whole = _add(whole, obs, t % 3, float(t), next_obs, terminal, last)

@@ -249,3 +249,37 @@ def test_priming_adds_its_updates_once_at_the_warmups_last_step_vmapped():
       expected.append(0 if t + 1 < warmup else paid + (int(priming) if t + 1 == warmup else 0))
     np.testing.assert_array_equal(due, expected)
   assert dues[1, warmup - 1] == 300 + dues[0, warmup - 1] and dues[1].sum() == dues[0].sum() + 300
+
+
+def test_arr_counting_steps_checks_the_mean_of_every_update_since_the_last_check():
+  """check_unit='steps' (Ma et al.'s Atari interval): every `check_every` environment steps, the mean FAU of all
+  updates since the last check against the previous one, written out as a plain loop over a synthetic trace
+  whose FAU climbs, then settles; the switch comes at the same step, and at RR 0.5 / 2 before / after it."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  check_every, threshold, warmup, steps = 20, 0.002, 10, 600
+  fau_at = lambda t: 0.3 + 0.001 * np.minimum(t, 300) + 0.00001 * np.maximum(t - 300, 0)   # updates at step t
+  # the reference: updates at RR 0.5 (odd steps t) until the switch, then 2 per step; checks at steps 20, 40, ...
+  window, previous, switched_at, high, made = [], None, None, False, []
+  for t in range(steps):
+    if t >= 1 and (t + 1) % check_every == 0 and previous is not None and window:
+      phi = sum(window) / len(window)
+      if not high and abs(phi - previous) <= threshold:
+        high, switched_at = True, t
+      previous, window = phi, []
+    due = 0 if t + 1 < warmup else (2 if high else t % 2)
+    for _ in range(due):
+      window.append(np.float32(fau_at(t)))
+      previous = window[0] if previous is None else previous
+    made.append(due)
+  arr = ml_collections.ConfigDict(dict(check_every=check_every, threshold=threshold, check_unit='steps'))
+  hparams = dict(replay_ratio=jnp.asarray(0.5), arr_high_ratio=jnp.asarray(2.0))
+
+  def step(schedule, t):
+    due, schedule = rr.after_step(schedule, False, hparams, arr, t, warmup)
+    fau = jnp.asarray(np.float32([fau_at(s) for s in range(steps)]))[t]
+    return jax.lax.fori_loop(0, due, lambda _, s: rr.record_fau(s, fau), schedule), due
+
+  schedule, dues = jax.lax.scan(step, rr.init(), jnp.arange(steps))
+  assert switched_at is not None and 300 < switched_at < 400
+  np.testing.assert_array_equal(np.asarray(dues), made)
+  assert int(schedule.switch_step) == switched_at

@@ -1,5 +1,7 @@
 """Off-policy value-based RL under a replay ratio (Ma et al., ICLR 2024; lop_reference.md has none of
-it: beyond_reference.md (d)): a DrQ(ε)-style DQN on a gymnax environment (MinAtar by default).
+it: beyond_reference.md (d)): a DrQ(ε)-style DQN on a gymnax environment (MinAtar by default) or an
+Atari game on the Arcade Learning Environment (`env.name='ALE/Pong'`, `ddl.rl.atari`: Atari-100k as
+Dopamine's DrQ(ε) plays it, the emulator on host threads, its state in the run's).
 
 One run = one seed's agent, its environment and its replay buffer (`ddl.rl.replay`, on the device in
 the state). One chunk = `steps_per_chunk` environment steps in one `lax.scan`; after each step the
@@ -13,6 +15,11 @@ augmentation are traced hyperparameters (agent methods of the registry): one pro
 of them. Resets and plasticity injection (`schedule.*`) act at the starts of boundary periods of
 `replay.boundary_steps` steps (`ddl.rl.off_policy`; 0: chunk starts); the weights they rewrite are
 copied into the target network (`ddl.rl.dqn.follow_rewrites`).
+
+Atari: the agent's episodes end at a lost life (terminal), the game at game over or 27 000 steps; the
+returns and episodes logged are the games' (their scores, unclipped), the rewards learnt from clipped to
+[-1, 1] (`dqn.clip_rewards`), the stacks replayed one frame per slot (zeros before an episode's first
+frame), and `human_normalized` is the return's human-normalised score.
 
 Metrics per chunk: episode_return (mean over the episodes that ended in it), episodes, updates,
 replay_ratio (at its end), q_loss, critic_fau (the fraction of active units of the Q-network's
@@ -31,9 +38,11 @@ from flax import struct
 
 from ddl import metrics
 from ddl import nets
+from ddl import platform_defaults
 from ddl import plotting
 from ddl.experiments import evaluation
 from ddl.learners import Learner, LearnerState
+from ddl.rl import atari
 from ddl.rl import augment as augment_lib
 from ddl.rl import dqn
 from ddl.rl import off_policy
@@ -55,10 +64,15 @@ class State:
   episode_return: jax.Array             # the running episode's return so far
 
 
-def make_env(name: str):
-  """(environment, its parameters) of a gymnax id, e.g. 'Breakout-MinAtar'."""
+def make_env(env_config):
+  """(environment, its parameters) of the env section: a gymnax id, e.g. 'Breakout-MinAtar', or an Atari
+  game, e.g. 'ALE/Pong', with the section's preprocessing settings and host threads."""
+  if atari.is_atari(env_config.name):
+    threads = env_config.get('threads') or platform_defaults.choices(jax.default_backend())['env.threads']
+    env = atari.make(env_config.name, env_config, threads)
+    return env, env.default_params
   import gymnax  # pylint: disable=g-import-not-at-top
-  return gymnax.make(name)
+  return gymnax.make(env_config.name)
 
 
 class DQN:
@@ -66,7 +80,8 @@ class DQN:
 
   def __init__(self, config, group):
     self.config = config
-    self.env, self.env_params = make_env(config.env.name)
+    self.env, self.env_params = make_env(config.env)
+    self.atari = atari.is_atari(config.env.name)
     self.obs_shape = tuple(self.env.observation_space(self.env_params).shape)
     self.num_actions = int(self.env.num_actions)
     self.network = self.make_network(config, self.num_actions)
@@ -85,14 +100,11 @@ class DQN:
   @staticmethod
   def checks(config):
     d = config.dqn
-    return [
-        (importlib.util.find_spec('gymnax') is not None,
-         'gymnax is not installed: pip install -e . installs it (or pip install gymnax)'),
-        (_known_env(config.env.name), f'env.name={config.env.name!r} is not a gymnax environment; use one of '
-                                      f'{_env_names()[:8]} ...'),
+    return _env_checks(config.env) + [
         (0 < d.gamma <= 1, 'dqn.gamma must be in (0, 1]'),
         (d.target_every > 0 and 0 < d.target_tau <= 1, 'dqn.target_every must be > 0 and dqn.target_tau in (0, 1]'),
         (0 <= d.epsilon_end <= d.epsilon_start <= 1, 'dqn epsilons must satisfy 0 <= epsilon_end <= epsilon_start <= 1'),
+        (d.get('clip_rewards', 0.0) >= 0, 'dqn.clip_rewards must be >= 0 (0: rewards as they are)'),
     ] + replay_lib.config_checks(config) + off_policy.config_checks(config) + evaluation.checks(config)
 
   @staticmethod
@@ -110,7 +122,8 @@ class DQN:
     obs, env_state = self.env.reset(env_key, self.env_params)
     learner = self.learner.init(learner_key, obs[None].astype(jnp.float32), hparams)
     example = obs.astype(jnp.uint8)
-    replay = replay_lib.init(self.config.replay.capacity, example, jnp.zeros((), jnp.int32))
+    stacking = dict(frame_stack=self.env.settings.frame_stack, stack_start='zeros') if self.atari else {}
+    replay = replay_lib.init(self.config.replay.capacity, example, jnp.zeros((), jnp.int32), **stacking)
     zero = jnp.zeros((), jnp.int32)
     return State(learner=learner, target=learner.params, env=env_state, obs=obs, replay=replay,
                  ratio=ratio_lib.init(), key=run_key, steps=zero, updates=zero, episode_return=jnp.zeros(()))
@@ -129,7 +142,8 @@ class DQN:
     sample_key, augment_key, step_key = jax.random.split(key, 3)
     batch = replay_lib.sample(state.replay, sample_key, r.batch_size, r.n_step, d.gamma)
     if 'augment' in state.learner.hparams:    # a program with augmentation (some of its runs)
-      batch = augment_lib.shift_batch(augment_key, batch, state.learner.hparams['augment'] > 0, self.config.augment.pad)
+      a = self.config.augment
+      batch = augment_lib.shift_batch(augment_key, batch, state.learner.hparams['augment'] > 0, a.pad, a.style)
     y = self._targets(state, batch)
     learner, out = self.learner.step(state.learner, batch.obs.astype(jnp.float32), (batch.action, y), step_key)
     updates = state.updates + 1
@@ -156,12 +170,13 @@ class DQN:
       action = dqn.epsilon_greedy(act_key, q[0], eps)
       obs, env_state, reward, terminated, truncated, info = self.env.step(env_key, state.env, action, self.env_params)
       ended = jnp.logical_or(terminated, truncated)
-      replay = replay_lib.add(state.replay, state.obs.astype(jnp.uint8), action, reward.astype(jnp.float32),
+      game_end = info.get('game_over', ended)    # Atari: the game goes on after a lost life
+      replay = replay_lib.add(state.replay, state.obs.astype(jnp.uint8), action, self._learnt_reward(reward),
                               info['final_observation'].astype(jnp.uint8), terminated, ended)
       episode_return = state.episode_return + reward
       due, ratio = ratio_lib.after_step(state.ratio, ended, state.learner.hparams, config.arr, state.steps, r.warmup)
       state = state.replace(env=env_state, obs=obs, replay=replay, ratio=ratio, steps=state.steps + 1,
-                            episode_return=jnp.where(ended, 0.0, episode_return))
+                            episode_return=jnp.where(game_end, 0.0, episode_return))
 
       def one_update(i, carry):
         state, loss, fau = carry
@@ -169,8 +184,8 @@ class DQN:
         return state.replace(ratio=ratio_lib.record_fau(state.ratio, f)), loss + l, fau + f
 
       state, loss, fau = jax.lax.fori_loop(0, due, one_update, (state, jnp.zeros(()), jnp.zeros(())))
-      sums = dict(returns=sums['returns'] + jnp.where(ended, episode_return, 0.0),
-                  episodes=sums['episodes'] + ended.astype(jnp.int32), updates=sums['updates'] + due,
+      sums = dict(returns=sums['returns'] + jnp.where(game_end, episode_return, 0.0),
+                  episodes=sums['episodes'] + game_end.astype(jnp.int32), updates=sums['updates'] + due,
                   q_loss=sums['q_loss'] + loss, critic_fau=sums['critic_fau'] + fau)
       return (state, sums), None
 
@@ -179,7 +194,16 @@ class DQN:
     state, sums = off_policy.run_steps(config, state, env_step, boundary, zeros)
     values = ratio_lib.chunk_metrics(sums, state.ratio, state.learner.hparams, ('q_loss', 'critic_fau'))
     values['epsilon'] = dqn.epsilon(state.steps, d.epsilon_start, d.epsilon_end, d.epsilon_steps, r.warmup)
+    if self.atari and self.env.game in atari.SCORES:
+      values['human_normalized'] = atari.human_normalized(values['episode_return'], self.env.game)
     return state, values
+
+  def _learnt_reward(self, reward: jax.Array) -> jax.Array:
+    """The reward stored for learning: clipped to [-c, c] with `dqn.clip_rewards` c > 0 (Dopamine's Atari
+    runner: 1), as it is otherwise."""
+    clip = self.config.dqn.get('clip_rewards', 0.0)
+    reward = reward.astype(jnp.float32)
+    return jnp.clip(reward, -clip, clip) if clip > 0 else reward
 
   @staticmethod
   def figures(workdir: str):
@@ -218,5 +242,23 @@ def _env_names():
   return list(gymnax.registered_envs)
 
 
-def _known_env(name: str) -> bool:
-  return importlib.util.find_spec('gymnax') is None or name in _env_names()
+def _env_checks(env) -> list:
+  """(condition, message) pairs for the env section: a gymnax environment or an Atari game that is there."""
+  if atari.is_atari(env.name):
+    game = atari.rom_id(env.name)
+    return [
+        (atari.installed(), f'env.name={env.name!r} needs ale-py and OpenCV, which are not installed: '
+                            'pip install -e ".[atari]" (ale-py is GPL-2.0)'),
+        (not atari.installed() or game in atari.game_names(),
+         f'env.name={env.name!r}: ale-py has no game {game!r}; use ALE/ and a game in CamelCase, e.g. '
+         "'ALE/Pong', 'ALE/MsPacman'"),
+        (env.get('threads') is None or env.threads > 0,
+         f'env.threads={env.get("threads")} must be > 0 (host threads stepping the emulators; unset: one per core)'),
+    ]
+  gymnax_there = importlib.util.find_spec('gymnax') is not None
+  return [
+      (gymnax_there, 'gymnax is not installed: pip install -e . installs it (or pip install gymnax)'),
+      (not gymnax_there or env.name in _env_names(),
+       f'env.name={env.name!r} is neither a gymnax environment nor an Atari game (ALE/...); use one of '
+       f'{_env_names()[:8] if gymnax_there else []} ... or e.g. ALE/Pong'),
+  ]

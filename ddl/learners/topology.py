@@ -5,6 +5,7 @@ unit diagnostics need, declared per network here, outside `ddl.nets`.
 units (the linear baseline) gives (). A norm layer after a unit layer (layer norm, batch norm) is
 listed so that a replaced unit's scale and offset (and running statistics) are restored.
 """
+import dataclasses
 from typing import Tuple
 
 from ddl import nets
@@ -27,8 +28,15 @@ def _mlp(network: nets.MLP, prefix=()) -> Tuple[UnitLayer, ...]:
 
 
 def _convnet(network: nets.ConvNet) -> Tuple[UnitLayer, ...]:
+  """Each layer read by the next; with `dueling` the last hidden layer also by the value layer."""
   names = network.layer_names()
-  return _chain(names, [f'{name}_norm' for name in names[:-1]], nets.initializer('default'))
+  init = nets.initializer(network.weight_init)
+  layers = _chain(names, [f'{name}_norm' for name in names[:-1]], init)
+  if network.dueling and layers:
+    last = layers[-1]
+    layers = layers[:-1] + (dataclasses.replace(last, consumers=last.consumers + (('value', 'kernel'),),
+                                                consumer_biases=last.consumer_biases + (('value', 'bias'),)),)
+  return layers
 
 
 def _actor_critic(network) -> Tuple[UnitLayer, ...]:

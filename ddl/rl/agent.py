@@ -12,6 +12,8 @@ They apply where the experiment has a replay buffer (`config.replay`).
 """
 from ddl.learners import method as method_lib
 from ddl.learners.hyper import Hyper
+from ddl.rl import augment as augment_lib
+from ddl.rl import replay_ratio as ratio_lib
 
 
 def _off_policy(program) -> bool:
@@ -50,7 +52,10 @@ REPLAY_RATIO = method_lib.Method(
 ARR = method_lib.Method(
     'arr', 'agent', "Adaptive Replay Ratio: a low ratio until the critic's FAU settles, then a high one (Ma et al. 2024)",
     (Hyper('arr_high_ratio', 0.0, low=0, doc='ARR: the replay ratio after the switch (0: ARR off)'),
-     Hyper('check_every', 50, low=1, traced=False, doc="ARR: episodes between checks of the critic's FAU"),
+     Hyper('check_every', 50, low=1, traced=False, doc="ARR: episodes (or steps) between checks of the critic's FAU"),
+     Hyper('check_unit', 'episodes', choices=ratio_lib.CHECK_UNITS, traced=False,
+           doc="ARR: what check_every counts: 'episodes' (the authors' DMC code: the window is the last episode's "
+               "updates) or 'steps' (Ma et al.'s Atari interval of 2 000: the window is every update since the last check)"),
      Hyper('threshold', 0.001, low=0, traced=False, doc='ARR: switch once the mean FAU moved by at most this')),
     section='arr', active=_gated_off_policy('arr_high_ratio'), check=_needs_replay,
     examples=(('arr', dict(replay_ratio=0.5, arr_high_ratio=2.0)),))
@@ -58,7 +63,10 @@ ARR = method_lib.Method(
 AUGMENT = method_lib.Method(
     'augment', 'agent', "DrQ's random shift of replayed observations (Kostrikov et al. 2020)",
     (Hyper('augment', 0.0, low=0, doc='random shift of the replayed observations: on when > 0'),
-     Hyper('pad', 1, low=1, traced=False, doc='random shift: pixels of replicate padding (4 on 84x84, 1 on MinAtar)')),
+     Hyper('pad', 1, low=1, traced=False, doc='random shift: pixels of replicate padding (4 on 84x84, 1 on MinAtar)'),
+     Hyper('style', 'drqv2', choices=augment_lib.STYLES, traced=False,
+           doc="'drqv2': shifts 0..2 pad (Kostrikov et al., DrQ-v2); 'dopamine': shifts 0..2 pad - 1 and an intensity "
+               "factor, as Dopamine's DrQ(ε) on Atari")),
     section='augment', active=_gated_off_policy('augment'), check=_needs_images,
     examples=(('augment', dict(augment=1.0)),))
 

@@ -10,10 +10,18 @@ with `arange[i, j] = linspace(...)[j]`: channel 0 varies along the width and cha
 `grid_sample` reads them (x, y), so their `shift[..., 0]` is the column offset dx and `shift[..., 1]` the row offset
 dy. `shift` takes (dy, dx) per image; tests/test_augment.py checks it against a numpy port of their forward pass.
 Like theirs, it wants square images.
+
+Dopamine's DrQ(ε) on Atari (`atari_100k_rainbow_agent.drq_image_augmentation`, `style='dopamine'`) pads by 4 the
+same way but draws offsets in 0..2 pad - 1 (an exclusive `randint` bound), then scales each image's intensity by
+1 + 0.05 clip(N(0, 1), -2, 2); it works on [0, 1] floats, and since the scaling is linear, scaling the uint8
+values as floats before the network's 1/255 gives the same inputs.
 """
 import chex
 import jax
 import jax.numpy as jnp
+
+STYLES = ('drqv2', 'dopamine')
+INTENSITY = 0.05    # Dopamine's intensity augmentation's scale
 
 
 def _check_images(images: jax.Array) -> None:
@@ -42,20 +50,37 @@ def shift(images: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
   return jax.vmap(crop)(padded, offsets)
 
 
-def random_shift(key: chex.PRNGKey, images: jax.Array, pad: int) -> jax.Array:
-  """`shift` at offsets (dy, dx) drawn uniformly from {0, ..., 2 pad}^2, independently per image.
+def random_shift(key: chex.PRNGKey, images: jax.Array, pad: int, positions: int = 0) -> jax.Array:
+  """`shift` at offsets (dy, dx) drawn uniformly from {0, ..., positions - 1}^2 (0: 2 pad + 1 positions, every
+  one there is), independently per image.
 
   `pad` is static (it sets the padded shape): 4 for 84x84 pixels (DrQ-v2), 1 for MinAtar's 10x10 grid.
   """
   _check_images(images)
-  offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pad + 1, dtype=jnp.int32)
+  offsets = jax.random.randint(key, (images.shape[0], 2), 0, positions or 2 * pad + 1, dtype=jnp.int32)
   return shift(images, offsets, pad)
 
 
-def shift_batch(key: chex.PRNGKey, batch, on: jax.Array, pad: int):
-  """A replayed batch (a NamedTuple with `obs` and `next_obs`) with both observations shifted at random,
+def intensity_factors(key: chex.PRNGKey, n: int, scale: float = INTENSITY) -> jax.Array:
+  """(n,) factors 1 + scale clip(N(0, 1), -2, 2), one per image (Dopamine's intensity augmentation)."""
+  return 1.0 + scale * jnp.clip(jax.random.normal(key, (n,)), -2.0, 2.0)
+
+
+def shift_batch(key: chex.PRNGKey, batch, on: jax.Array, pad: int, style: str = 'drqv2'):
+  """A replayed batch (a NamedTuple with `obs` and `next_obs`) with both observations augmented at random,
   independently (DrQ-v2's `aug(obs)` and `aug(next_obs)`), where `on` (a traced bool: augmentation is a
-  hyperparameter of the run); the batch itself where not."""
+  hyperparameter of the run); the batch itself where not. `style` 'drqv2': a random shift, dtype kept;
+  'dopamine': Dopamine's DrQ(ε) shift and intensity, float32 out."""
+  if style not in STYLES:
+    raise ValueError(f'augment.style={style!r} is not known; use one of {STYLES}')
   obs_key, next_key = jax.random.split(key)
-  shift_where = lambda k, x: jnp.where(on, random_shift(k, x, pad), x)
-  return batch._replace(obs=shift_where(obs_key, batch.obs), next_obs=shift_where(next_key, batch.next_obs))
+
+  def augment(k, x):
+    if style == 'drqv2':
+      return jnp.where(on, random_shift(k, x, pad), x)
+    shift_key, scale_key = jax.random.split(k)
+    shifted = random_shift(shift_key, x, pad, positions=2 * pad).astype(jnp.float32)
+    factors = intensity_factors(scale_key, x.shape[0]).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(on, shifted * factors, x.astype(jnp.float32))
+
+  return batch._replace(obs=augment(obs_key, batch.obs), next_obs=augment(next_key, batch.next_obs))

@@ -14,12 +14,13 @@ False): ctrl = action, 5 mj_steps, reward x-velocity + 1 - 0.5 |a|^2, terminatio
 not finite or the torso's z leaves [0.2, 1], observation qpos[2:] and qvel. A reset is gymnasium's:
 mj_resetData, qpos0 + U(-0.1, 0.1), 0.1 N(0, 1) (the noise drawn in JAX from the key), mj_forward.
 """
-import concurrent.futures
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ddl.rl import host_pool
 
 FRAME_SKIP = 5
 CTRL_COST = 0.5
@@ -62,22 +63,17 @@ class Simulator:
     self.layout = Layout(self.model.nq, self.model.nv)
     self.torso = self.model.body('torso').id
     self.dt = self.model.opt.timestep * FRAME_SKIP
-    # one (model, data) per share of the runs, owned here for the process's life (not thread-local:
-    # XLA calls back on short-lived threads, and MuJoCo objects freed at a thread's exit crash Python)
-    self._slots = []
-    for _ in range(threads):
-      model = mujoco.MjModel.from_xml_path(xml_path)
-      self._slots.append((model, mujoco.MjData(model)))
-    self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+    # one (model, data) per host thread
+    self._pool = host_pool.HostPool(threads, lambda: self._model_and_data(mujoco, xml_path))
+
+  @staticmethod
+  def _model_and_data(mujoco, xml_path: str):
+    model = mujoco.MjModel.from_xml_path(xml_path)
+    return model, mujoco.MjData(model)
 
   def _map(self, fn, n: int):
-    """fn(i, model, data) for i in range(n): contiguous shares of the runs, one per thread and slot
-    (each run independent: the same results at any thread count)."""
-    shares = [c for c in np.array_split(np.arange(n), self.threads) if c.size]
-    run = lambda k: [fn(i, *self._slots[k]) for i in shares[k]]
-    if self._pool is None or len(shares) == 1:
-      return [r for k in range(len(shares)) for r in run(k)]
-    return [r for f in [self._pool.submit(run, k) for k in range(len(shares))] for r in f.result()]
+    """fn(i, model, data) for i in range(n), on the host threads (`ddl.rl.host_pool`)."""
+    return self._pool.map(lambda i, slot: fn(i, *slot), n)
 
   def step(self, state: np.ndarray, action: np.ndarray, friction: np.ndarray):
     """Batched step: state float64 (n, size), action (n, 8), friction (n,) -> (state, obs (n, 27),

@@ -36,6 +36,7 @@ class Replay:
   index: jax.Array      # int32: the next slot to write
   size: jax.Array       # int32: slots written, at most capacity
   frame_stack: int = struct.field(pytree_node=False, default=1)   # frames per observation, one stored per slot
+  stack_start: str = struct.field(pytree_node=False, default='repeat')   # before an episode's first frame
 
 
 class Batch(NamedTuple):
@@ -52,12 +53,18 @@ def _positive(name: str, value) -> None:
     raise ValueError(f'replay: {name} must be a static integer >= 1, got {value!r}')
 
 
-def init(capacity: int, obs: jax.Array, action: jax.Array, frame_stack: int = 1) -> Replay:
+STACK_STARTS = ('repeat', 'zeros')
+
+
+def init(capacity: int, obs: jax.Array, action: jax.Array, frame_stack: int = 1, stack_start: str = 'repeat') -> Replay:
   """An empty buffer for `capacity` transitions shaped like ONE example `obs` and `action` (their
   shapes and dtypes; zeros everywhere, index = size = 0). `frame_stack` k > 1: `obs` stacks k frames on
-  its last axis, and a slot keeps the newest one."""
+  its last axis, and a slot keeps the newest one; `stack_start`: what fills a stack's places before its
+  episode's first frame, that frame ('repeat') or zeros."""
   _positive('capacity', capacity)
   _positive('frame_stack', frame_stack)
+  if stack_start not in STACK_STARTS:
+    raise ValueError(f'replay: stack_start={stack_start!r} is not known; use one of {STACK_STARTS}')
   obs, action = jnp.asarray(obs), jnp.asarray(action)
   if obs.shape[-1:] and obs.shape[-1] % frame_stack:
     raise ValueError(f'replay: frame_stack={frame_stack} does not divide the observation\'s last axis {obs.shape}')
@@ -66,7 +73,8 @@ def init(capacity: int, obs: jax.Array, action: jax.Array, frame_stack: int = 1)
   flags = jnp.zeros((capacity,), bool)
   zero = jnp.zeros((), jnp.int32)
   return Replay(obs=slots(frame), action=slots(action), reward=jnp.zeros((capacity,), jnp.float32),
-                next_obs=slots(frame), terminal=flags, last=flags, index=zero, size=zero, frame_stack=frame_stack)
+                next_obs=slots(frame), terminal=flags, last=flags, index=zero, size=zero, frame_stack=frame_stack,
+                stack_start=stack_start)
 
 
 def _newest(replay: Replay, obs: jax.Array) -> jax.Array:
@@ -112,7 +120,7 @@ def num_samplable(replay: Replay, n_step: int) -> jax.Array:
 def _stack(replay: Replay, slots: jax.Array, frames: jax.Array) -> jax.Array:
   """The observations of `slots` with their older frames: the newest frames of the frame_stack - 1 slots
   before each, back to its episode's first slot (after a `last` one, or the oldest written), whose frame
-  fills the older places. `frames`: the per-slot store to read (`replay.obs`)."""
+  (or zeros: `stack_start`) fills the older places. `frames`: the per-slot store to read (`replay.obs`)."""
   capacity, k = replay.reward.shape[0], replay.frame_stack
   oldest = (replay.index - replay.size) % capacity
   since_oldest = (slots - oldest) % capacity
@@ -120,8 +128,14 @@ def _stack(replay: Replay, slots: jax.Array, frames: jax.Array) -> jax.Array:
   earlier = (slots[..., None] - back) % capacity
   same_episode = jnp.cumprod(jnp.logical_not(replay.last[earlier]) & (back <= since_oldest[..., None]), axis=-1)
   reach = jnp.sum(same_episode, axis=-1)                                # slots back within the episode, <= k-1
-  offsets = jnp.minimum(jnp.arange(k - 1, -1, -1), reach[..., None])     # oldest place first
-  return jnp.concatenate([frames[(slots - offsets[..., i]) % capacity] for i in range(k)], axis=-1)
+  places = jnp.arange(k - 1, -1, -1)                                     # slots back, oldest place first
+  offsets = jnp.minimum(places, reach[..., None])
+  stack = [frames[(slots - offsets[..., i]) % capacity] for i in range(k)]
+  if replay.stack_start == 'zeros':
+    before_start = places > reach[..., None]
+    stack = [jnp.where(before_start[..., i].reshape(before_start.shape[:-1] + (1,) * (f.ndim - before_start.ndim + 1)),
+                       jnp.zeros((), f.dtype), f) for i, f in enumerate(stack)]
+  return jnp.concatenate(stack, axis=-1)
 
 
 def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:

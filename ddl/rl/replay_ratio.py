@@ -26,6 +26,9 @@ the episode; the authors' `sum_Phi / sum_Phi_count` would divide by zero, which 
 reach) is skipped, keeping Φ_prev; with check_every 1 the check reads the window before restarting it (theirs
 would empty it first, then divide by zero); updates begin at the first recorded FAU rather than at the first
 `agent.update` call (the same step in their config: 2 000 seed steps, an even one).
+
+On Atari the paper checks every 2 000 (its Table 3; no code published): `check_unit='steps'` counts environment
+steps instead of episodes, and then the window holds every update since the last check.
 """
 import jax
 import jax.numpy as jnp
@@ -37,6 +40,7 @@ THRESHOLD = 0.001   # cfgs/drqv2_adapt_rr_config.yaml line 37: Phi_gap
 LOW_RATIO = 0.5     # cfgs/drqv2_adapt_rr_config.yaml line 46: update_every_steps 2; drqv2_adapt_rr.py line 234:
                     # replay_ratio 1 (update calls per step; line 325 skips odd steps)
 HIGH_RATIO = 2.0    # train_adapt_rr.py lines 150-151: update_every_steps = 1, replay_ratio = 2
+CHECK_UNITS = ('episodes', 'steps')   # what check_every counts
 
 
 @struct.dataclass
@@ -90,9 +94,10 @@ def record_fau(schedule: Schedule, fau: jax.Array) -> Schedule:
 
 
 def episode_end(schedule: Schedule, ended: jax.Array, check_every: int, threshold: float,
-                step: jax.Array) -> Schedule:
+                step: jax.Array, window: str = 'last') -> Schedule:
   """Counts an episode if `ended`, restarting the window one episode before a check and checking at every
   `check_every`-th episode (see the module docstring); a no-op when not `ended` and before the first update.
+  window='all': the window restarts only at a check, so it holds every update since the last one.
 
   Call it after the environment step that ended the episode and before that step's updates: the authors handle an
   episode end at the top of the next loop iteration, before its update, so a switch applies to those updates.
@@ -103,7 +108,7 @@ def episode_end(schedule: Schedule, ended: jax.Array, check_every: int, threshol
   active = ended & (schedule.previous_fau >= 0)                     # `metrics is not None`: updates have begun
   phase = episodes % check_every
   check = active & (phase == 0) & (schedule.fau_count > 0)          # an empty window: skipped
-  restart = active & ((phase == check_every - 1) | check)
+  restart = active & (((phase == check_every - 1) & (window == 'last')) | check)
   fau = schedule.fau_sum / jnp.maximum(schedule.fau_count, 1)       # Φ, the window's mean FAU
   switch = check & ~schedule.switched & (jnp.abs(fau - schedule.previous_fau) <= threshold)
   return schedule.replace(
@@ -127,8 +132,12 @@ def after_step(schedule: Schedule, ended: jax.Array, hparams, arr, steps: jax.Ar
   """An experiment's bookkeeping after its environment step `steps` (0-based): ARR's check at an
   episode's end (`arr`: its config section), then the updates the ratio owes, none before the
   `warmup`-th transition is stored, and at that step also `priming_updates` more (Nikishin et al.
-  2022's heavy priming, where the hyperparameter is held) -> (updates due, schedule)."""
-  schedule = episode_end(schedule, ended, arr.check_every, arr.threshold, steps)
+  2022's heavy priming, where the hyperparameter is held) -> (updates due, schedule). With
+  arr.check_unit='steps' every step counts toward ARR's checks, over a window of all updates between them."""
+  if arr.get('check_unit', 'episodes') == 'steps':
+    schedule = episode_end(schedule, jnp.ones((), bool), arr.check_every, arr.threshold, steps, window='all')
+  else:
+    schedule = episode_end(schedule, ended, arr.check_every, arr.threshold, steps)
   due, schedule = updates_due(schedule, ratio_of(schedule, hparams))
   priming = jnp.asarray(hparams.get('priming_updates', 0), jnp.float32).astype(jnp.int32)
   due = due + jnp.where(steps + 1 == warmup, priming, 0)

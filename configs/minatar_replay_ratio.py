@@ -7,6 +7,9 @@ then 2); `:full` adds RR 1 and random shift (pad 1 on the 10x10 grid), `:da_rese
   python launch/main.py --config=configs/minatar_replay_ratio.py:da_reset --workdir=/tmp/minatar_da
   python launch/main.py --config=configs/minatar_replay_ratio.py:full --workdir=/tmp/minatar_full   # a GPU
   python launch/main.py --config=configs/minatar_replay_ratio.py:smoke      # tests, seconds
+  python launch/main.py --config=configs/minatar_replay_ratio.py:atari --workdir=/tmp/pong     # one game, a GPU
+  python launch/main.py --config=configs/minatar_replay_ratio.py:paper --workdir=/tmp/atari    # Table 4, a GPU
+  python launch/main.py --config=configs/minatar_replay_ratio.py:atari,smoke   # tests, seconds
 
 Settings: MinAtar's DQN network (Young & Tian 2019: conv3x3(16) -> fc128, ReLU, PyTorch init),
 Adam (lr 1e-4, eps 1.5e-4: DrQ(ε)'s), batch 32, a buffer of 100 000 transitions, 3-step double-Q
@@ -28,6 +31,14 @@ learns faster than RR 0.5 here (the paper's RR 2 falls behind over 100k Atari st
 The fraction of active units does show the high ratio's cost, in the encoder (the conv layer, on
 512 replayed transitions, mean over the last 25 000 steps): 0.55 at RR 2 and 0.60 under ARR against
 0.71 at RR 0.5; the head's (dense) stays at 0.54-0.56 for all three (figures/plasticity.png).
+Atari-100k (`:atari` on one game, `:paper` on Ma et al.'s 17; `pip install -e ".[atari]"`): DrQ(ε) as Dopamine
+runs it (docs/rl.md): ALE's emulators on the host's cores, their states in the runs' (exact resume), Dopamine's
+preprocessing, network (dueling, Flax 'SAME' convolutions), augmentation (shift and intensity), 10-step targets
+against the previous step's network, 100 000 agent steps, the score 100 evaluation games at ε 0.001 at the end
+(eval_return, eval_human_normalized). Agents per game: RR 0.5 / 1 / 2, ReDo at RR 1 (τ 0.025 every 1 000
+updates, Adam's moments of the recycled units reset) and ARR 0.5 -> 2 checking every 2 000 steps, 5 seeds. The
+paper's mean human-normalised scores: RR 0.5 42.3, RR 1 41.3, RR 2 35.1, ReDo 42.3, ARR 55.8 (Table 4). TIME_ATARI
+
 Not run yet, projected from those 760 updates/s: `:da_reset` (12 updates per step over its 12 runs,
 with random shift's gather on top) ~40 min; `:full` (~20M updates) ~7 h here: a GPU's job.
 """
@@ -40,7 +51,8 @@ name = config_lib.variant_name
 
 def smoke(config):
   """Seconds: 2 seeds, 2 chunks of 300 steps, a 200-step warm-up, small batches, one program (after `atari`:
-  its game at 42x42 with a smaller network, 2 chunks of 150 steps, games truncated at 100 steps)."""
+  one seed of its game at 42x42 with a smaller network, 2 chunks of 150 steps, games truncated at 100 steps, two
+  evaluation games at the end)."""
   config.num_seeds = 2
   config.total_steps = 600
   config.steps_per_chunk = 300
@@ -58,9 +70,9 @@ def smoke(config):
   if atari.is_atari(config.env.name):
     config.env.update(size=42, max_episode_steps=100)
     config.network.update(widths=(8, 8), kernels=(8, 4), strides=(4, 2), dense=(32,))
-    config.total_steps, config.steps_per_chunk = 300, 150
+    config.num_seeds, config.total_steps, config.steps_per_chunk = 1, 300, 150
     config.replay.update(capacity=300, warmup=100, n_step=3)
-    config.dqn.update(epsilon_steps=100, target_every=1)
+    config.dqn.update(epsilon_steps=100, target_every=1, eval_episodes=2)
     config.arr.check_every = 50
     config.variants = {'rr_0p5': dict(replay_ratio=0.5, augment=1.0), 'rr_2': dict(replay_ratio=2.0, augment=1.0),
                        'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
@@ -99,10 +111,11 @@ def atari_100k(config, game: str = 'Pong'):
   config.diagnostics.every = 1
   config.env = dict(name=f'ALE/{game}', frame_skip=4, frame_stack=4, size=84, terminal_on_life_loss=True,
                     max_episode_steps=27_000, max_noops=30, sticky_actions=0.0,
-                    threads=platform_defaults.auto(int))   # host threads stepping the emulators (one per core)
+                    processes=platform_defaults.auto(int))   # host processes emulating the games (per platform)
   config.replay.update(capacity=100_000, batch_size=32, n_step=10, warmup=1_600)
   config.dqn.update(gamma=0.99, double=True, huber=1.0, target_every=1, target_tau=1.0, epsilon_start=1.0,
-                    epsilon_end=0.01, epsilon_steps=5_000, clip_rewards=1.0)
+                    epsilon_end=0.01, epsilon_steps=5_000, clip_rewards=1.0,
+                    eval_episodes=100, eval_epsilon=0.001, eval_when='end')   # the score: 100 games at the end
   config.network.update(widths=(32, 64, 64), kernels=(8, 4, 3), strides=(4, 2, 1), pool=False, dense=(512,),
                         padding='SAME_UPPER', dueling=True, input_scale=1 / 255, weight_init='xavier',
                         conv=platform_defaults.auto(str))

@@ -25,6 +25,11 @@ preset, a variant or the command line sets always wins. The rule (`RULE`):
   paper Ant at ~10 steps/s per copy, latency-bound, docs/benchmarks.md).
 - `env.threads` (the Ant on `env.backend=mujoco`, `ddl.rl.mujoco_host`): one host thread per core of
   this machine, whatever the platform (MuJoCo C steps on the host); the results do not depend on it.
+- `env.processes` (Atari, `ddl.rl.ale_host`): the processes that emulate the runs' games. ALE holds the GIL, so
+  only processes run emulators side by side, and each step ships every run's state and screens (~86 KB) to a
+  worker and back. On this 2-core CPU 2 processes stepped 16 Pong runs at 2 286 steps/s against 2 386 for the
+  main process alone (the pickling ate the second core): 1 on CPU. On a GPU's host, one per core (its cores
+  are otherwise idle; not measured there).
 - `runs_per_call` is not in the table: left at AUTO it is as many runs per call as fit the
   device's memory, all runs where they fit (`ddl.programs.fitted`, from XLA's memory analysis of
   the compiled programs and the device's free memory: a GPU's allocator limit, a CPU host's
@@ -49,6 +54,7 @@ RULE: Dict[str, Dict[str, Any]] = {
     'replay.calls_per_ratio': {'cpu': True, 'accelerator': False},
     'env.threads': {'cpu': os.cpu_count() or 1, 'accelerator': os.cpu_count() or 1},
     'env.backend': {'cpu': 'mujoco', 'accelerator': 'mjx'},
+    'env.processes': {'cpu': 1, 'accelerator': os.cpu_count() or 1},
 }
 
 

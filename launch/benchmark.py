@@ -79,6 +79,9 @@ WORKLOADS = {
                                'variants': {'rr_1': {'replay_ratio': 1.0}}}),
     'minatar': ('minatar_replay_ratio', {'steps_per_chunk': 1_000, 'replay.warmup': 512,
                                          'variants': {'rr_1': {'replay_ratio': 1.0}}}),
+    # DrQ(ε) on Atari (Pong, the `atari` preset: Dopamine's network, random shift and intensity) at replay ratio 1
+    'atari': ('minatar_replay_ratio:atari', {'steps_per_chunk': 1_000, 'replay.warmup': 512, 'dqn.eval_episodes': 0,
+                                            'variants': {'rr_1': {'replay_ratio': 1.0, 'augment': 1.0}}}),
 }
 
 flags.DEFINE_enum('workload', 'scr', sorted(WORKLOADS), 'Experiment to measure.')
@@ -94,7 +97,7 @@ flags.DEFINE_bool('memory', False, 'Compile only: the memory of each group at --
                   'projection to --project_seeds seeds.')
 flags.DEFINE_integer('project_seeds', 30, 'Seeds per variant of the --memory projection.')
 flags.DEFINE_multi_string('override', [], 'Config override key=value (Python literal), e.g. network.conv=lax.')
-flags.DEFINE_bool('env_alone', False, 'ant, stream_ant, dmc, minatar: also time the env alone at --seeds copies '
+flags.DEFINE_bool('env_alone', False, 'ant, stream_ant, dmc, minatar, atari: also time the env alone at --seeds copies '
                   '(random actions, resets as the experiment) and report env_steps_per_sec and learning/env-alone ratio.')
 flags.DEFINE_bool('host_rollout', False, 'ant on env.backend=mujoco: instead of learning, time PPO\'s acting (one rollout '
                   'of the policy on MuJoCo C) as the experiment runs it, compiled with the host step as a callback, '
@@ -151,12 +154,13 @@ def _set(config, key, value):
 def _config():
   import importlib.util  # pylint: disable=g-import-not-at-top
   name, overrides = WORKLOADS[flags.FLAGS.workload]
+  name, _, preset = name.partition(':')       # 'file:preset': the workload's preset of the config file
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', f'{name}.py')
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   variant = '' if flags.FLAGS.interventions else flags.FLAGS.variant
-  config = module.get_config(','.join(filter(None, [flags.FLAGS.config_arg, variant])))
+  config = module.get_config(','.join(filter(None, [preset, flags.FLAGS.config_arg, variant])))
   if flags.FLAGS.interventions:
     config.variants = {k: v for k, v in intervention_variants().items()
                        if not flags.FLAGS.variant or k in flags.FLAGS.variant.split(',')}

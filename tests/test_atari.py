@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_resume_is_identical, load_config
+from conftest import assert_resume_is_identical, cheap_diagnostics, load_config
 from ddl import nets
 from ddl.learners import topology
 from ddl.rl import atari
@@ -91,10 +91,10 @@ def _dopamine_run(game, actions, noops, max_steps):
 
 @pytest.mark.parametrize('game,max_steps,steps', [('breakout', 27_000, 500), ('pong', 90, 220)])
 def test_steps_are_dopamines_preprocessing_and_runner_on_ale(game, max_steps, steps):
-  """Two runs vmapped on 2 host threads (random actions, no-op starts): every observation stack, reward,
+  """Two runs vmapped, emulated in 2 worker processes (random actions, no-op starts): every observation stack, reward,
   terminal (a lost life: Breakout), truncation (Pong at 90 steps) and game end as Dopamine's loop on ALE."""
   name = 'ALE/' + ''.join(w.capitalize() for w in game.split('_'))
-  env = atari.make(name, dict(max_episode_steps=max_steps), threads=2)
+  env = atari.make(name, dict(max_episode_steps=max_steps), processes=2)
   runs = 2
   actions = np.random.default_rng(0).integers(0, env.num_actions, (steps, runs))
   reset_keys = jax.random.split(jax.random.key(1), runs)
@@ -184,8 +184,9 @@ def test_dopamines_augmentation_crops_within_2_pad_positions_and_scales_intensit
 def test_atari_smoke_resumes_exactly_with_games_scores(tmp_path):
   """`:atari,smoke` (Pong, a small network, 2 chunks of 300 steps, games truncated at 200 steps) through the run
   loop: stopped after a chunk and resumed, metrics.csv and the final state equal an uninterrupted run's (the
-  emulators' states are in the runs' states); a game's score and its human-normalised score are logged."""
-  config = load_config('minatar_replay_ratio', 'atari,smoke')
+  emulators' states are in the runs' states); a game's score and its human-normalised score are logged, and the
+  evaluation games' mean score at the end."""
+  config = cheap_diagnostics(load_config('minatar_replay_ratio', 'atari,smoke'))   # the Hessian's: tested elsewhere
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   assert_resume_is_identical(config, whole, split, stop_after_chunks=1, run_whole=True)
   import csv  # pylint: disable=g-import-not-at-top
@@ -195,4 +196,7 @@ def test_atari_smoke_resumes_exactly_with_games_scores(tmp_path):
   returns, normalized = value('episode_return'), value('human_normalized')
   assert returns and all(-21 <= r <= 21 for r in returns)
   np.testing.assert_allclose(normalized, (np.asarray(returns) + 20.7) / (14.6 + 20.7), rtol=1e-5)
-  assert value('active_fraction_encoder') and set(value('replay_ratio')) <= {0.5, 2.0}
+  assert value("active_fraction_encoder") and set(value("replay_ratio")) <= {0.5, 2.0}
+  played = np.asarray(value('eval_return'))   # 2 games after the last chunk (at most 100 steps each), none before
+  assert np.isnan(played).sum() == 3 and np.isfinite(played).sum() == 3   # 3 runs: a seed of 3 variants
+  assert np.all(np.abs(played[np.isfinite(played)]) <= 21)

@@ -1,7 +1,7 @@
 """Off-policy value-based RL under a replay ratio (Ma et al., ICLR 2024; lop_reference.md has none of
 it: beyond_reference.md (d)): a DrQ(ε)-style DQN on a gymnax environment (MinAtar by default) or an
 Atari game on the Arcade Learning Environment (`env.name='ALE/Pong'`, `ddl.rl.atari`: Atari-100k as
-Dopamine's DrQ(ε) plays it, the emulator on host threads, its state in the run's).
+Dopamine's DrQ(ε) plays it, the emulators in host processes, their states in the runs').
 
 One run = one seed's agent, its environment and its replay buffer (`ddl.rl.replay`, on the device in
 the state). One chunk = `steps_per_chunk` environment steps in one `lax.scan`; after each step the
@@ -26,7 +26,8 @@ replay_ratio (at its end), q_loss, critic_fau (the fraction of active units of t
 dense layers over the chunk's update batches: ARR's signal), epsilon. The evaluator (every `diagnostics.every` chunks)
 takes the shared diagnostics (`ddl.experiments.evaluation`) on `probe_size` transitions drawn from
 the replay buffer, with the fraction of active units per module: the encoder (conv layers) and the
-head (dense layers).
+head (dense layers); with `dqn.eval_episodes` > 0 also eval_return, the mean score of that many games played
+at ε = `dqn.eval_epsilon` (Dopamine's evaluation phase; Atari: eval_human_normalized).
 """
 import importlib.util
 from typing import Dict, Tuple
@@ -66,10 +67,10 @@ class State:
 
 def make_env(env_config):
   """(environment, its parameters) of the env section: a gymnax id, e.g. 'Breakout-MinAtar', or an Atari
-  game, e.g. 'ALE/Pong', with the section's preprocessing settings and host threads."""
+  game, e.g. 'ALE/Pong', with the section's preprocessing settings and host processes."""
   if atari.is_atari(env_config.name):
-    threads = env_config.get('threads') or platform_defaults.choices(jax.default_backend())['env.threads']
-    env = atari.make(env_config.name, env_config, threads)
+    processes = env_config.get('processes') or platform_defaults.choices(jax.default_backend())['env.processes']
+    env = atari.make(env_config.name, env_config, processes)
     return env, env.default_params
   import gymnax  # pylint: disable=g-import-not-at-top
   return gymnax.make(env_config.name)
@@ -105,6 +106,9 @@ class DQN:
         (d.target_every > 0 and 0 < d.target_tau <= 1, 'dqn.target_every must be > 0 and dqn.target_tau in (0, 1]'),
         (0 <= d.epsilon_end <= d.epsilon_start <= 1, 'dqn epsilons must satisfy 0 <= epsilon_end <= epsilon_start <= 1'),
         (d.get('clip_rewards', 0.0) >= 0, 'dqn.clip_rewards must be >= 0 (0: rewards as they are)'),
+        (d.get('eval_episodes', 0) >= 0 and 0 <= d.get('eval_epsilon', 0.0) <= 1,
+         'dqn.eval_episodes must be >= 0 (0: no evaluation games) and dqn.eval_epsilon in [0, 1]'),
+        (d.get('eval_when', 'end') in ('end', 'always'), "dqn.eval_when must be 'end' or 'always'"),
     ] + replay_lib.config_checks(config) + off_policy.config_checks(config) + evaluation.checks(config)
 
   @staticmethod
@@ -229,7 +233,42 @@ class DQN:
     for module, layers in (('encoder', encoder), ('head', _head(features))):
       if layers:
         values[f'active_fraction_{module}'] = metrics.active_fraction(layers)
+    if self.config.dqn.get('eval_episodes', 0) > 0:
+      values['eval_return'] = self._play(state, jax.random.fold_in(key, 1))
+      if self.atari and self.env.game in atari.SCORES:
+        values['eval_human_normalized'] = atari.human_normalized(values['eval_return'], self.env.game)
     return values
+
+  def _play(self, state: State, key) -> jax.Array:
+    """Dopamine's evaluation phase: `dqn.eval_episodes` games from fresh starts, one per environment, played at
+    ε = `dqn.eval_epsilon` by the current network without learning, each to its end (Atari: game over or the step
+    limit; gymnax: its episode's end); their mean score. With `dqn.eval_when='end'` (Atari-100k's protocol) only
+    after the run's last step (NaN before), else at every evaluation (Dopamine's after each iteration)."""
+    d, n = self.config.dqn, self.config.dqn.eval_episodes
+    obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, n), self.env_params)
+    # dqn.eval_when='end': games only at the run's end (before, none: NaN)
+    skip = (d.get('eval_when', 'end') == 'end') & (state.steps < self.config.total_steps)
+
+    def playing(carry):
+      return ~jnp.all(carry[2])
+
+    def step(carry):
+      env_state, obs, done, returns, t = carry
+      act_key, step_key = jax.random.split(jax.random.fold_in(key, t + 1))
+      q, _ = self.learner.predict(state.learner, obs.astype(jnp.float32))
+      action = dqn.epsilon_greedy(act_key, q, d.eval_epsilon)
+      keys = jax.random.split(step_key, n)
+      if self.atari:   # games that ended are not emulated further
+        step = lambda k, s, a, on: self.env.step(k, s, a, active=on)
+        obs, env_state, reward, terminated, truncated, info = jax.vmap(step)(keys, env_state, action, ~done)
+      else:
+        obs, env_state, reward, terminated, truncated, info = jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(
+            keys, env_state, action, self.env_params)
+      game_end = info.get('game_over', jnp.logical_or(terminated, truncated))
+      return env_state, obs, done | game_end, returns + jnp.where(done, 0.0, reward), t + 1
+
+    start = (env_state, obs, jnp.full((n,), skip), jnp.zeros((n,)), jnp.zeros((), jnp.int32))
+    return jnp.where(skip, jnp.nan, jnp.mean(jax.lax.while_loop(playing, step, start)[3]))
 
 
 def _head(features) -> list:
@@ -252,8 +291,9 @@ def _env_checks(env) -> list:
         (not atari.installed() or game in atari.game_names(),
          f'env.name={env.name!r}: ale-py has no game {game!r}; use ALE/ and a game in CamelCase, e.g. '
          "'ALE/Pong', 'ALE/MsPacman'"),
-        (env.get('threads') is None or env.threads > 0,
-         f'env.threads={env.get("threads")} must be > 0 (host threads stepping the emulators; unset: one per core)'),
+        (env.get('processes') is None or env.processes > 0,
+         f'env.processes={env.get("processes")} must be > 0 (host processes emulating the games; unset: the '
+         "platform's choice)"),
     ]
   gymnax_there = importlib.util.find_spec('gymnax') is not None
   return [

@@ -15,21 +15,20 @@ the last `frame_stack` = 4 frames (84, 84, 4) uint8; a new episode's stack is ze
 frame (Dopamine's `_reset_state`).
 
 Every run's emulator lives in the JAX state, so the host keeps nothing between calls: a checkpoint
-resumes exactly, and results do not depend on the thread count. The emulator is ALE's full system
-state with its random generator (`cloneState(include_rng=True).serialize()`, ~14.4 KB), stored as
-uint8 bytes padded to a fixed size, beside the two screen buffers and the lives count. One
-`jax.pure_callback` per step takes all runs of a call at once and steps them on `threads` host
-threads (`ddl.rl.host_pool`), each restoring a run's state into its own ALEInterface.
+resumes exactly, and results do not depend on the number of host workers. The emulator is ALE's full
+system state with its random generator (`cloneState(include_rng=True).serialize()`, ~14.4 KB), stored
+as uint8 bytes padded to a fixed size, beside the two screen buffers and the lives count. One
+`jax.pure_callback` per step takes all runs of a call at once and steps them in `env.processes` host
+processes (`ddl.rl.ale_host`: ALE holds the GIL, so threads would not help), each restoring a run's
+state into its ALEInterface.
 
 Scores: `human_normalized` (the Atari-100k metric) from the human and random scores of Mnih et al.
 2015 / Badia et al. 2020 as Dopamine's `atari_100k/normalization_utils.py` lists them.
 """
-import atexit
 import dataclasses
-import functools
 import importlib.util
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import chex
 import jax
@@ -37,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from ddl.rl import host_pool
+from ddl.rl import ale_host
+from ddl.rl.ale_host import SCREEN, Settings
 
-SCREEN = (210, 160)
 PREFIX = 'ALE/'
 
 # (human, random) scores per game (ALE's ROM id), as Dopamine's atari_100k normalization_utils.
@@ -86,138 +85,6 @@ def human_normalized(score: jax.Array, game: str) -> jax.Array:
   return (score - random) / (human - random)
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """The preprocessing (Dopamine's AtariPreprocessing and Runner, Atari-100k's values)."""
-  frame_skip: int = 4
-  frame_stack: int = 4
-  size: int = 84
-  terminal_on_life_loss: bool = True
-  max_episode_steps: int = 27_000
-  max_noops: int = 30             # a game starts with U{0, ..., max_noops - 1} no-op steps (0: none)
-  sticky_actions: float = 0.0     # ALE's repeat_action_probability (Machado et al. 2018 use 0.25)
-
-
-class Emulators:
-  """The host side for one game: an ALEInterface per host thread and the batched step."""
-
-  def __init__(self, game: str, settings: Settings, threads: int):
-    import ale_py  # pylint: disable=g-import-not-at-top
-    import cv2  # pylint: disable=g-import-not-at-top
-    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
-    self.ale_py, self.cv2 = ale_py, cv2
-    self.game, self.settings = game, settings
-    self.pool = host_pool.HostPool(threads, self.make_ale)
-    probe = self.pool.slots[0]
-    self.actions = [int(a.value) for a in probe.getMinimalActionSet()]
-    atexit.register(self.pool.slots.clear)   # ALE's objects go before its module does (no leak report at exit)
-    # the serialized state's size varies by a few bytes as the game goes (its counters): room to spare
-    self.state_bytes = -(-(len(probe.cloneState(include_rng=True).serialize()) + 4096) // 1024) * 1024
-
-  def make_ale(self, seed: int = 0):
-    ale = self.ale_py.ALEInterface()
-    ale.setInt('random_seed', int(seed))
-    ale.setFloat('repeat_action_probability', float(self.settings.sticky_actions))
-    ale.loadROM(self.ale_py.roms.get_rom_path(self.game))
-    return ale
-
-  def _save(self, ale, out: np.ndarray) -> int:
-    raw = ale.cloneState(include_rng=True).serialize()
-    if len(raw) > out.shape[-1]:
-      raise RuntimeError(f'ALE state of {self.game} grew to {len(raw)} bytes, over the {out.shape[-1]} kept for it '
-                         '(ddl.rl.atari.Emulators.state_bytes): raise the margin there')
-    out[:len(raw)] = np.frombuffer(raw, np.uint8)
-    out[len(raw):] = 0
-    return len(raw)
-
-  def _frame(self, screens: np.ndarray) -> np.ndarray:
-    """Dopamine's _pool_and_resize: the buffers' maximum (into the first), resized by INTER_AREA."""
-    np.maximum(screens[0], screens[1], out=screens[0])
-    size = self.settings.size
-    return self.cv2.resize(screens[0], (size, size), interpolation=self.cv2.INTER_AREA)
-
-  def _start_game(self, ale, screens: np.ndarray) -> Tuple[int, np.ndarray]:
-    """Dopamine's reset: the first screen in buffer 0, buffer 1 zeros: (lives, frame)."""
-    ale.getScreenGrayscale(screens[0])
-    screens[1] = 0
-    return ale.lives(), self._frame(screens)
-
-  def _act(self, ale, screens: np.ndarray, action: int, lives: int):
-    """One agent step (Dopamine's AtariPreprocessing.step): (reward, terminal, game_over, lives, frame)."""
-    skip = self.settings.frame_skip
-    reward, terminal, game_over = 0.0, False, False
-    for t in range(skip):
-      reward += ale.act(self.actions[action])
-      game_over = ale.game_over()
-      new_lives = ale.lives()
-      terminal = game_over or (self.settings.terminal_on_life_loss and new_lives < lives)
-      lives = new_lives
-      if terminal:
-        break
-      if t >= skip - 2:
-        ale.getScreenGrayscale(screens[t - (skip - 2)])
-    return reward, terminal, game_over, lives, self._frame(screens)
-
-  def _new_game(self, ale, screens: np.ndarray, noops: int) -> Tuple[int, np.ndarray]:
-    """A game's start (Dopamine's `_initialize_episode`): reset, then `noops` no-op steps, resetting again at
-    a terminal among them: (lives, frame)."""
-    ale.reset_game()
-    lives, frame = self._start_game(ale, screens)
-    for _ in range(noops):
-      _, terminal, _, lives, frame = self._act(ale, screens, 0, lives)
-      if terminal:
-        ale.reset_game()
-        lives, frame = self._start_game(ale, screens)
-    return lives, frame
-
-  def _outputs(self, n: int) -> Dict[str, np.ndarray]:
-    s = self.settings.size
-    return dict(bytes=np.zeros((n, self.state_bytes), np.uint8), size=np.zeros((n,), np.int32),
-                screens=np.zeros((n, 2) + SCREEN, np.uint8), lives=np.zeros((n,), np.int32),
-                frame=np.zeros((n, s, s), np.uint8), start_frame=np.zeros((n, s, s), np.uint8),
-                reward=np.zeros((n,), np.float32), terminal=np.zeros((n,), bool), game_over=np.zeros((n,), bool))
-
-  def reset(self, seeds: np.ndarray, noops: np.ndarray):
-    """A new emulator per run (ALE's random generator seeded by the run's seed), at a game's start after
-    `noops` no-op steps: (state bytes (n, B), sizes, screens (n, 2, 210, 160), lives, frames (n, 84, 84))."""
-    n = seeds.shape[0]
-    out = self._outputs(n)
-    for i in range(n):
-      ale = self.make_ale(seeds[i])
-      out['lives'][i], out['frame'][i] = self._new_game(ale, out['screens'][i], int(noops[i]))
-      out['size'][i] = self._save(ale, out['bytes'][i])
-    return out['bytes'], out['size'], out['screens'], out['lives'], out['frame']
-
-  def step(self, state_bytes, sizes, screens, lives, actions, time_up, noops):
-    """Batched step and, where the game ended (game over, or `time_up`), a new game (`noops` no-op steps):
-    outputs as `reset` plus the stepped frame, the start frame (the stepped one where the game goes on),
-    reward (the sum over the skipped frames, unclipped), terminal (game over, or a lost life) and game_over."""
-    out = self._outputs(actions.shape[0])
-    out['screens'][:] = screens
-
-    def one(i, ale):
-      ale.restoreState(self.ale_py.ALEState(state_bytes[i, :sizes[i]].tobytes()))
-      buffers = out['screens'][i]
-      reward, terminal, game_over, now, out['frame'][i] = self._act(ale, buffers, int(actions[i]), int(lives[i]))
-      out['reward'][i], out['terminal'][i], out['game_over'][i] = reward, terminal, game_over
-      if game_over or time_up[i]:
-        now, out['start_frame'][i] = self._new_game(ale, buffers, int(noops[i]))
-      else:
-        out['start_frame'][i] = out['frame'][i]
-      out['lives'][i] = now
-      out['size'][i] = self._save(ale, out['bytes'][i])
-
-    self.pool.map(one, actions.shape[0])
-    return tuple(out[k] for k in ('bytes', 'size', 'screens', 'lives', 'frame', 'start_frame', 'reward', 'terminal',
-                                  'game_over'))
-
-
-@functools.lru_cache(maxsize=None)
-def emulators(game: str, settings: Settings, threads: int) -> Emulators:
-  """One Emulators (and thread pool) per game, settings and thread count in a process."""
-  return Emulators(game, settings, threads)
-
-
 @struct.dataclass
 class State:
   emulator: jax.Array       # uint8 (B,): ALE's serialized state (with its random generator), zero-padded
@@ -240,9 +107,9 @@ class Atari:
 
   default_params = None
 
-  def __init__(self, name: str, settings: Settings = Settings(), threads: int = 1):
+  def __init__(self, name: str, settings: Settings = Settings(), processes: int = 1):
     self.name, self.game, self.settings = name, rom_id(name), settings
-    self.host = emulators(self.game, settings, threads)
+    self.host = ale_host.pool(self.game, settings, processes)
     self.num_actions = len(self.host.actions)
     s = settings.size
     self.obs_shape = (s, s, settings.frame_stack)
@@ -281,38 +148,41 @@ class Atari:
     stack = self._fresh_stack(frame)
     return stack, State(emulator, size, screens, lives, stack, jnp.zeros((), jnp.int32))
 
-  def step(self, key: chex.PRNGKey, state: State, action: jax.Array, params=None):
+  def step(self, key: chex.PRNGKey, state: State, action: jax.Array, params=None, active=True):
     """-> (observation, state, reward, terminated, truncated, info), the observation and state those of
     the next episode's start where this one ended; info['final_observation'] is the step's own. `key` draws
-    the no-op steps of a game that starts."""
+    the no-op steps of a game that starts. `active` False: the state as it was (not emulated: games that
+    ended, in evaluation)."""
     del params
     time_up = state.steps + 1 >= self.settings.max_episode_steps
+    active = jnp.asarray(active, bool)
 
-    def host(emulator, size, screens, lives, action, time_up, noops):
+    def host(emulator, size, screens, lives, action, time_up, noops, active):
       batch = action.shape
       flat = lambda x: np.asarray(x).reshape((-1,) + x.shape[len(batch):])
       out = self.host.step(flat(emulator), flat(size), flat(screens), flat(lives), flat(action).astype(np.int64),
-                           flat(time_up).astype(bool), flat(noops))
+                           flat(time_up).astype(bool), flat(noops), flat(active).astype(bool))
       return tuple(x.reshape(batch + x.shape[1:]) for x in out)
 
     shapes = self._shapes(2) + (jax.ShapeDtypeStruct((), jnp.float32), jax.ShapeDtypeStruct((), bool),
                                 jax.ShapeDtypeStruct((), bool))
     emulator, size, screens, lives, frame, start_frame, reward, terminal, game_over = jax.pure_callback(
         host, shapes, state.emulator, state.emulator_size, state.screens, state.lives,
-        jnp.asarray(action, jnp.int32), time_up, self.noops(key), vmap_method='broadcast_all')
+        jnp.asarray(action, jnp.int32), time_up, self.noops(key), active, vmap_method='broadcast_all')
     stepped = jnp.concatenate([state.stack[..., 1:], frame[..., None]], axis=-1)
     truncated = time_up & ~terminal
     ended = terminal | time_up
     game_end = game_over | time_up
     stack = jnp.where(ended, self._fresh_stack(start_frame), stepped)
     steps = jnp.where(game_end, 0, state.steps + 1)
-    new = State(emulator, size, screens, lives, stack, steps)
+    new = State(emulator, size, screens, lives, jnp.where(active, stack, state.stack), jnp.where(active, steps, state.steps))
     info = {'final_observation': stepped, 'game_over': game_end}
     return stack, new, reward, terminal, truncated, info
 
 
-def make(name: str, env_config: Optional[Any] = None, threads: int = 1) -> Atari:
-  """The game `name` ('ALE/Pong') with the env section's preprocessing settings (its defaults: Atari-100k's)."""
+def make(name: str, env_config: Optional[Any] = None, processes: int = 1) -> Atari:
+  """The game `name` ('ALE/Pong') with the env section's preprocessing settings (its defaults: Atari-100k's),
+  emulated in `processes` host processes (1: this one)."""
   env_config = env_config or {}
   fields = {f.name for f in dataclasses.fields(Settings)}
-  return Atari(name, Settings(**{k: v for k, v in dict(env_config).items() if k in fields}), threads)
+  return Atari(name, Settings(**{k: v for k, v in dict(env_config).items() if k in fields}), processes)

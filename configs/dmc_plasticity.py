@@ -167,11 +167,12 @@ def priming(config, updates: int = 50_000, reset_chunk: int = 3):
 
 def pixels(config):
   """From pixels (DrQ-v2's setting): 84x84 frames, three stacked, rendered in the program by MuJoCo Warp's
-  ray tracer. After `smoke` (`:smoke,pixels`, for the tests): 24x24 frames, a 2-layer encoder of 4
+  ray tracer. After `smoke` (`:smoke,pixels`, for the tests): one seed, 24x24 frames, a 2-layer encoder of 4
   channels reset at the second chunk (no injection: its frozen copy would double the program), random
   shift in one variant, ARR in another."""
   config.env.pixels = True
   if config.total_steps <= 1_000:       # after `smoke`
+    config.num_seeds = 1
     config.env.image_size = 24
     config.network.update(encoder_channels=4, encoder_layers=2)
     config.replay.capacity = 200

@@ -1,7 +1,8 @@
 """Replay ratio and plasticity in value-based RL (Ma et al., ICLR 2024, Figs. 1 and 7-9 and Table 1's
 Atari rows; beyond_reference.md (d)): a DrQ(ε)-style DQN on MinAtar (gymnax) at replay ratios 0.5 and 2
 and under Adaptive Replay Ratio (ARR: 0.5 until the Q-network's fraction of active units settles,
-then 2); `:full` adds RR 1 and random shift (pad 1 on the 10x10 grid), `:da_reset` is Fig. 1's grid.
+then 2); `:full` adds RR 1 and random shift (pad 1 on the 10x10 grid), `:da_reset` is Fig. 1's grid;
+`:atari` and `:paper` are Atari-100k on the Arcade Learning Environment (Table 4: DrQ(ε), ReDo and ARR).
 
   python launch/main.py --config=configs/minatar_replay_ratio.py --workdir=/tmp/minatar_rr   # ~28 min, CPU
   python launch/main.py --config=configs/minatar_replay_ratio.py:da_reset --workdir=/tmp/minatar_da
@@ -31,16 +32,23 @@ learns faster than RR 0.5 here (the paper's RR 2 falls behind over 100k Atari st
 The fraction of active units does show the high ratio's cost, in the encoder (the conv layer, on
 512 replayed transitions, mean over the last 25 000 steps): 0.55 at RR 2 and 0.60 under ARR against
 0.71 at RR 0.5; the head's (dense) stays at 0.54-0.56 for all three (figures/plasticity.png).
+Not run yet, projected from those 760 updates/s: `:da_reset` (12 updates per step over its 12 runs,
+with random shift's gather on top) ~40 min; `:full` (~20M updates) ~7 h here: a GPU's job.
+
 Atari-100k (`:atari` on one game, `:paper` on Ma et al.'s 17; `pip install -e ".[atari]"`): DrQ(ε) as Dopamine
 runs it (docs/rl.md): ALE's emulators on the host's cores, their states in the runs' (exact resume), Dopamine's
 preprocessing, network (dueling, Flax 'SAME' convolutions), augmentation (shift and intensity), 10-step targets
 against the previous step's network, 100 000 agent steps, the score 100 evaluation games at ε 0.001 at the end
 (eval_return, eval_human_normalized). Agents per game: RR 0.5 / 1 / 2, ReDo at RR 1 (τ 0.025 every 1 000
 updates, Adam's moments of the recycled units reset) and ARR 0.5 -> 2 checking every 2 000 steps, 5 seeds. The
-paper's mean human-normalised scores: RR 0.5 42.3, RR 1 41.3, RR 2 35.1, ReDo 42.3, ARR 55.8 (Table 4). TIME_ATARI
-
-Not run yet, projected from those 760 updates/s: `:da_reset` (12 updates per step over its 12 runs,
-with random shift's gather on top) ~40 min; `:full` (~20M updates) ~7 h here: a GPU's job.
+paper's mean human-normalised scores: RR 0.5 42.3, RR 1 41.3, RR 2 35.1, ReDo 42.3, ARR 55.8 (Table 4).
+Cost, measured on this 2-core CPU (2026-12-07, `launch/benchmark.py --workload=atari --seeds=2 --env_alone`):
+12 agent steps/s learning at RR 1 (5.1 GFLOP per step), the emulators alone 902 steps/s (2 runs; 2 386/s for
+16 runs in one process): a GPU's job. Projected, not run: `:paper` does ~3.2M updates per game (16 PFLOP),
+~2.6 h for the 17 games at 30 TFLOPS, plus the emulation (2.5M training steps per game and ~5M in its
+evaluation games, ~2 400 steps/s per process; `env.processes` spreads them over the host's cores): 7-17 h on
+one GPU. `:atari` (one game): 25-60 min. Memory: 1.4 GB of state per run (its replay of 100 000 frame pairs), a
+game's 20 runs of one program 28 GB (runs_per_call left AUTO splits what does not fit).
 """
 from ddl import config as config_lib
 from ddl import platform_defaults

@@ -200,3 +200,28 @@ def test_atari_smoke_resumes_exactly_with_games_scores(tmp_path):
   played = np.asarray(value('eval_return'))   # 2 games after the last chunk (at most 100 steps each), none before
   assert np.isnan(played).sum() == 3 and np.isfinite(played).sum() == 3   # 3 runs: a seed of 3 variants
   assert np.all(np.abs(played[np.isfinite(played)]) <= 21)
+  from ddl.experiments import dqn as dqn_experiment  # pylint: disable=g-import-not-at-top
+  assert sorted(os.path.basename(p) for p in dqn_experiment.DQN.figures(whole)) == ['atari_scores.md', 'plasticity.png']
+
+
+def test_scores_table_is_table_4s_form(tmp_path):
+  """figures/atari_scores.md from a synthetic `:paper`-style workdir: per game and agent the last evaluation score
+  (mean over seeds; earlier NaNs skipped), then the mean and median human-normalised scores over the games."""
+  import json  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'config.json').write_text(json.dumps({'env': {'name': 'ALE/Pong'}}))
+  rows = ['variant,seed,step,metric,value']
+  finals = {('bank_heist', 'rr_1'): (400.0, 500.0), ('bank_heist', 'arr'): (600.0, 700.0),
+            ('pong', 'rr_1'): (-20.0, -10.0), ('pong', 'arr'): (0.0, 10.0)}
+  for (game, agent), values in finals.items():
+    for seed, value in enumerate(values):
+      rows += [f'{game}_{agent},{seed},0,eval_return,nan', f'{game}_{agent},{seed},100,eval_return,{value}',
+               f'{game}_{agent},{seed},100,episode_return,1.0']
+  (tmp_path / 'metrics.csv').write_text('\n'.join(rows) + '\n')
+  path = atari.scores_table(str(tmp_path))
+  text = open(path).read()
+  assert '| bank_heist | 450.0 | 650.0 |' in text and '| pong | -15.0 | 5.0 |' in text
+  hns = lambda score, human, random: 100 * (score - random) / (human - random)
+  rr_1 = [hns(450.0, 753.1, 14.2), hns(-15.0, 14.6, -20.7)]
+  arr = [hns(650.0, 753.1, 14.2), hns(5.0, 14.6, -20.7)]
+  assert f'| mean HNS % | {np.mean(rr_1):.1f} | {np.mean(arr):.1f} |' in text
+  assert '| paper mean / median (17 games) | 41.3 / 30.3 | 55.8 / 48.7 |' in text

@@ -28,7 +28,7 @@ Scores: `human_normalized` (the Atari-100k metric) from the human and random sco
 import dataclasses
 import importlib.util
 import re
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import chex
 import jax
@@ -77,6 +77,11 @@ def game_names() -> Tuple[str, ...]:
   """The ROM ids ale-py ships."""
   from ale_py import roms  # pylint: disable=g-import-not-at-top
   return tuple(roms.get_all_rom_ids())
+
+
+# Ma et al.'s Table 4: mean and median human-normalised score (%) over their 17 games, per agent
+PAPER_HNS = {'rr_0p5': (42.3, 22.6), 'rr_1': (41.3, 30.3), 'rr_2': (35.1, 26.0), 'rr_1_redo': (42.3, 41.6),
+             'arr': (55.8, 48.7)}
 
 
 def human_normalized(score: jax.Array, game: str) -> jax.Array:
@@ -178,6 +183,48 @@ class Atari:
     new = State(emulator, size, screens, lives, jnp.where(active, stack, state.stack), jnp.where(active, steps, state.steps))
     info = {'final_observation': stepped, 'game_over': game_end}
     return stack, new, reward, terminal, truncated, info
+
+
+def scores_table(workdir: str) -> Optional[str]:
+  """<workdir>/figures/atari_scores.md, Table 4's form: each game's final evaluation score per agent (the last
+  `eval_return`, mean over seeds), then per agent the mean and median human-normalised score (%) over the
+  games, beside the paper's. Variants named '<game>_<agent>' (`:paper`'s) or, of one game, '<agent>'. None
+  without evaluation scores."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from ddl import plotting  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, 'config.json')) as f:
+    name = json.load(f)['env']['name']
+  if not is_atari(name):
+    return None
+  default_game = rom_id(name)
+  data = plotting.read_metrics(os.path.join(workdir, 'metrics.csv'))
+  scores: Dict[str, Dict[str, float]] = {}   # agent -> game -> score
+  for (variant, metric), (_, values) in data.items():
+    if metric != 'eval_return' or not np.isfinite(values[:, -1]).any():
+      continue
+    game = max((g for g in SCORES if variant.startswith(g + '_')), key=len, default=default_game)
+    agent = variant[len(game) + 1:] if variant.startswith(game + '_') else variant
+    scores.setdefault(agent, {})[game] = float(np.nanmean(values[:, -1]))
+  if not scores:
+    return None
+  agents = list(scores)
+  games = sorted({g for per_game in scores.values() for g in per_game})
+  cell = lambda x: f'{x:.1f}' if x is not None else ''
+  lines = ['# Final evaluation scores (mean over seeds) and human-normalised scores', '',
+           '| game | ' + ' | '.join(agents) + ' |', '|---' * (len(agents) + 1) + '|']
+  lines += ['| ' + ' | '.join([g] + [cell(scores[a].get(g)) for a in agents]) + ' |' for g in games]
+  hns = {a: [100 * float(human_normalized(s, g)) for g, s in scores[a].items() if g in SCORES] for a in agents}
+  lines.append('| mean HNS % | ' + ' | '.join(cell(np.mean(hns[a]) if hns[a] else None) for a in agents) + ' |')
+  lines.append('| median HNS % | ' + ' | '.join(cell(np.median(hns[a]) if hns[a] else None) for a in agents) + ' |')
+  lines.append('| paper mean / median (17 games) | ' + ' | '.join(
+      '{} / {}'.format(*PAPER_HNS[a]) if a in PAPER_HNS else '' for a in agents) + ' |')
+  out_dir = os.path.join(workdir, 'figures')
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, 'atari_scores.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
 
 
 def make(name: str, env_config: Optional[Any] = None, processes: int = 1) -> Atari:

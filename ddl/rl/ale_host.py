@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from typing import Dict, Tuple
 
 import numpy as np
@@ -162,6 +163,7 @@ class Pool:
     self.local = Emulators(game, settings)
     self.actions, self.state_bytes = self.local.actions, self.local.state_bytes
     self.game, self.processes = game, processes
+    self._lock = threading.Lock()   # one request at a time (on the emulator here, or on the workers' pipes)
     self._workers = []
     if processes > 1:
       spec = json.dumps([game, dataclasses.asdict(settings)])
@@ -176,13 +178,20 @@ class Pool:
     for worker in self._workers:
       worker.stdin.close()
     for worker in self._workers:
-      worker.wait(timeout=10)
+      try:
+        worker.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        worker.kill()
     self._workers = []
 
   def _batched(self, method: str, *arrays) -> Tuple[np.ndarray, ...]:
     n = arrays[0].shape[0]
-    if not self._workers or n == 1:
-      return getattr(self.local, method)(*arrays)
+    with self._lock:
+      if not self._workers or n == 1:
+        return getattr(self.local, method)(*arrays)
+      return self._on_workers(method, n, arrays)
+
+  def _on_workers(self, method: str, n: int, arrays) -> Tuple[np.ndarray, ...]:
     parts = host_pool.shares(n, len(self._workers))
     for worker, share in zip(self._workers, parts):
       pickle.dump((method, [a[share] for a in arrays]), worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)

@@ -65,15 +65,19 @@ learns. Injection into the actor raises the actor's FAU: 0.65 / 0.65 against 0.6
 priming (50 000 updates at once on the warm-up's 500 transitions), then a reset of the critic or of the
 actor 5 500 steps later, on CartpoleSwingup (30 000 agent steps, RR 0.5). Measured 2026-12-07 on this CPU
 with other jobs beside it: 23.7 min for 2 seeds (1 006 s of it the first chunk: the 50 000 updates, once
-in each of the three primed programs), 33.2 min for 3 more (--config.seed=1 --config.num_seeds=3).
-Mean return over the last 10 000 steps, 5 seeds (2 + 3), mean ± s.e.:
-  unprimed                 564 / 279 / 574 / 578 / 456   490 ± 57
-  primed                   323 / 363 / 426 / 335 / 658   421 ± 62
-  primed, actor reset      452 / 355 / 409 / 466 / 693   475 ± 58
-  primed, critic reset     444 / 635 / 389 / 631 / 674   554 ± 57
-Paired by seed (the variants share each seed's keys): critic reset - primed +134 ± 67, actor reset -
-primed +54 ± 32, critic reset - actor reset +80 ± 61. The order is claim 2's (the critic's reset helps
-most, the actor's little), but at about 1-2 standard errors: claim 2 is not established at this scale.
+in each of the three primed programs), 33.2 min for 3 more (--config.seed=1 --config.num_seeds=3), 92 min
+for 5 more (--config.seed=2 --config.num_seeds=5; its priming chunk shared the CPU with other work).
+Mean return over the last 10 000 steps, 10 seeds (2 + 3 + 5), mean ± s.e.:
+  unprimed               564 279 574 578 456 253 275 501 660 658   480 ± 50
+  primed                 323 363 426 335 658 357 291 378 518 502   415 ± 36
+  primed, actor reset    452 355 409 466 693 356 417 363 454 562   453 ± 33
+  primed, critic reset   444 635 389 631 674 415 337 641 596 360   512 ± 42
+Paired by seed (the variants share each seed's keys): critic reset - primed +97 ± 45 (t = 2.1), actor
+reset - primed +38 ± 22 (t = 1.7), critic reset - actor reset +59 ± 49 (t = 1.2; the critic's reset is
+ahead in 5 of the 10 seeds). The means keep claim 2's order (the critic's reset helps most, the actor's
+less), and the critic's reset helps at about 2 standard errors, but the critic-actor difference is not
+resolved by 10 seeds: claim 2 is not established at this scale (5 seeds had given +134 ± 67, +54 ± 32,
++80 ± 61).
 The FAU says priming cost both modules units, not the critic alone: at the end the primed critic's FAU is
 0.572 ± 0.008 against 0.607 ± 0.005 unprimed, the actor's 0.522 ± 0.024 against 0.617 ± 0.010, and
 neither reset brought its module's FAU back by the end (critic reset 0.572, actor reset 0.549).

@@ -132,15 +132,14 @@ def state(config):
 
 def da_reset(config):
   """Fig. 1's DA x Reset grid from pixels at RR 0.5: random shift (pad 4) on or off, and a reset of the
-  actor and the critic half way (Nikishin et al.'s, the encoder kept) or none."""
+  actor and the critic half way (Nikishin et al.'s, the encoder kept) or none (figures/da_reset.png)."""
   config.env.pixels = True
   half = -(-config.total_steps // config.steps_per_chunk) // 2
   reset = dict(reset_first=half, reset_layers=0)
   config.intervene = ('actor', 'critic')
-  config.variants = {'augment': dict(replay_ratio=0.5, augment=1.0),
-                     'no_augment': dict(replay_ratio=0.5),
-                     'augment_reset': dict(replay_ratio=0.5, augment=1.0, schedule=reset),
-                     'no_augment_reset': dict(replay_ratio=0.5, schedule=reset)}
+  config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_0p5_reset': dict(replay_ratio=0.5, schedule=reset),
+                     'rr_0p5_augment': dict(replay_ratio=0.5, augment=1.0),
+                     'rr_0p5_augment_reset': dict(replay_ratio=0.5, augment=1.0, schedule=reset)}
 
 
 def injection(config):

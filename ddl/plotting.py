@@ -263,25 +263,28 @@ def summary_table(data, out_dir: str, metric: str, baseline: str, bin_size: int 
   return path
 
 
-def panels_figure(workdir: str, name: str, metrics: Sequence[Tuple[str, str]], title: str = '') -> Optional[str]:
+def panels_figure(workdir: str, name: str, metrics: Sequence[Tuple], title: str = '') -> Optional[str]:
   """<workdir>/figures/<name>.png: one panel per (metric, panel title) of `metrics` that the workdir's
   metrics.csv holds, side by side, every variant's curve in each (mean over seeds ± the config's
   band, its figure bin): a paper's multi-panel figure, e.g. return and each module's fraction of
-  active units over training. None when none of the metrics is there."""
+  active units over training. A third element (metric, title, variants) keeps those variants' curves
+  only: a grid of conditions, e.g. Ma et al.'s DA x Reset. None when none of the metrics is there."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   data = read_metrics(os.path.join(workdir, 'metrics.csv'), with_seeds=True)
-  present = [(m, t) for m, t in metrics if any(key[1] == m for key in data)]
+  shown = lambda key, panel: key[1] == panel[0] and (len(panel) < 3 or key[0] in panel[2])
+  present = [panel for panel in metrics if any(shown(key, panel) for key in data)]
   if not present:
     return None
   bin_size, band = figure_bin(workdir), figure_setting(workdir, 'figure_band', 'se')
   xlabel = figure_setting(workdir, 'figure_xlabel', 'step')
   fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6), squeeze=False)
-  for ax, (metric, panel) in zip(axes[0], present):
-    draw(ax, data, metric, bin_size, xlabel=xlabel, band=band)
-    ax.set_title(panel, fontsize=10)
-  axes[0][0].legend(fontsize=7)
+  for ax, panel in zip(axes[0], present):
+    draw(ax, {k: v for k, v in data.items() if shown(k, panel)}, panel[0], bin_size, xlabel=xlabel, band=band)
+    ax.set_title(panel[1], fontsize=10)
+  for ax in axes[0] if any(len(panel) > 2 for panel in present) else axes[0][:1]:
+    ax.legend(fontsize=7)
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()

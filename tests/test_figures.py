@@ -168,3 +168,23 @@ def test_notebook_runs_on_smoke_outputs(tmp_path, monkeypatch, notebook, config,
   outputs = [o for cell in nb.cells if cell.cell_type == 'code' for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == 'error']
   assert any(o.output_type == 'display_data' and 'image/png' in o.data for o in outputs)
+
+
+def test_da_reset_figure_pairs_each_grid_of_variants(tmp_path):
+  """Ma et al.'s Fig. 1 from `:da_reset`'s variant names: a panel without and one with augmentation, each with
+  and without the reset (ddl.rl.off_policy.da_reset_panels); none for other variants."""
+  import json  # pylint: disable=g-import-not-at-top
+  from ddl import plotting  # pylint: disable=g-import-not-at-top
+  from ddl.rl import off_policy  # pylint: disable=g-import-not-at-top
+  grid = ('rr_1', 'rr_1_reset', 'rr_1_augment', 'rr_1_augment_reset')
+  (tmp_path / 'config.json').write_text(json.dumps({'variants': {v: {} for v in grid + ('rr_2',)}}))
+  (tmp_path / 'metrics.csv').write_text('variant,seed,step,metric,value\n' + ''.join(
+      f'{v},{seed},{step},episode_return,{i + step + seed}\n' for i, v in enumerate(grid + ('rr_2',))
+      for seed in range(2) for step in range(3)))
+  panels = off_policy.da_reset_panels(str(tmp_path))
+  assert panels == [('episode_return', 'rr_1: no augmentation', grid[:2]),
+                    ('episode_return', 'rr_1: random shift', grid[2:])]
+  assert plotting.panels_figure(str(tmp_path), 'da_reset', panels).endswith('figures/da_reset.png')
+  (tmp_path / 'config.json').write_text(json.dumps({'variants': {'rr_1': {}, 'rr_1_reset': {}}}))
+  assert off_policy.da_reset_panels(str(tmp_path)) == []
+  assert plotting.panels_figure(str(tmp_path), 'da_reset', []) is None

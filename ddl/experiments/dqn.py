@@ -213,8 +213,11 @@ class DQN:
   def figures(workdir: str):
     """figures/plasticity.png, as Ma et al.'s Figs. 7-9 for a value-based agent: the return, the replay
     ratio (ARR's switch) and the Q-network's fraction of active units on its update batches and per module;
-    with evaluation games on Atari, figures/atari_scores.md (Table 4's form)."""
-    return filter(None, [atari.scores_table(workdir), plotting.panels_figure(workdir, 'plasticity', (
+    with evaluation games on Atari, figures/atari_scores.md (Table 4's form); with `:da_reset`'s variants,
+    figures/da_reset.png (Fig. 1: the return with and without resets, without and with random shift)."""
+    return filter(None, [atari.scores_table(workdir),
+                         plotting.panels_figure(workdir, 'da_reset', off_policy.da_reset_panels(workdir)),
+                         plotting.panels_figure(workdir, 'plasticity', (
         ('episode_return', 'episode return'), ('replay_ratio', 'replay ratio'),
         ('critic_fau', 'FAU, Q-network (update batches)'), ('active_fraction_encoder', 'FAU, encoder (probe)'),
         ('active_fraction_head', 'FAU, head (probe)')))])

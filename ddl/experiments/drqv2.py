@@ -295,8 +295,10 @@ class DrQV2:
   @staticmethod
   def figures(workdir: str):
     """figures/plasticity.png, as Ma et al.'s Figs. 3, 8 and 9: the return, the replay ratio (ARR's
-    switch) and the fraction of active units of the critic, the actor and (from pixels) the encoder."""
-    return filter(None, [plotting.panels_figure(workdir, 'plasticity', (
+    switch) and the fraction of active units of the critic, the actor and (from pixels) the encoder; with
+    `:da_reset`'s variants, figures/da_reset.png (Fig. 1: DA x Reset)."""
+    return filter(None, [plotting.panels_figure(workdir, 'da_reset', off_policy.da_reset_panels(workdir)),
+                         plotting.panels_figure(workdir, 'plasticity', (
         ('episode_return', 'episode return'), ('replay_ratio', 'replay ratio'),
         ('critic_fau', 'FAU, critic'), ('actor_fau', 'FAU, actor'), ('encoder_fau', 'FAU, encoder')))])
 

@@ -8,7 +8,9 @@ reset every 10^5 updates at replay ratio 1 is `replay.boundary_steps=1000, sched
 A period is a multiple of a step, not of an update: under ARR the updates per period change with the
 ratio. With one period per chunk the program is the chunk loop of one scan and a boundary per chunk.
 """
-from typing import Any, Callable, Tuple
+import json
+import os
+from typing import Any, Callable, List, Tuple
 
 import jax
 
@@ -51,3 +53,17 @@ def run_steps(config, state, env_step: Callable, boundary: Callable, sums) -> Tu
 
   (state, sums), _ = jax.lax.scan(one_period, (state, sums), None, length=config.steps_per_chunk // period)
   return state, sums
+
+
+def da_reset_panels(workdir: str, metric: str = 'episode_return') -> List[Tuple[str, str, Tuple[str, str]]]:
+  """Ma et al.'s Fig. 1 (DA x Reset) as `ddl.plotting.panels_figure` panels: for every variant X of the
+  workdir's config with X_reset, X_augment and X_augment_reset (`:da_reset`'s names), a panel without
+  augmentation (X, X_reset) and one with (X_augment, X_augment_reset)."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    variants = set(json.load(f).get('variants', {}))
+  panels = []
+  for base in sorted(variants):
+    grid = (base, base + '_reset', base + '_augment', base + '_augment_reset')
+    if all(v in variants for v in grid):
+      panels += [(metric, f'{base}: no augmentation', grid[:2]), (metric, f'{base}: random shift', grid[2:])]
+  return panels

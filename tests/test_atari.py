@@ -225,3 +225,18 @@ def test_scores_table_is_table_4s_form(tmp_path):
   arr = [hns(650.0, 753.1, 14.2), hns(5.0, 14.6, -20.7)]
   assert f'| mean HNS % | {np.mean(rr_1):.1f} | {np.mean(arr):.1f} |' in text
   assert '| paper mean / median (17 games) | 41.3 / 30.3 | 55.8 / 48.7 |' in text
+
+
+def test_a_worker_process_that_dies_is_a_clear_error():
+  """A killed emulator worker: the next step raises naming the workers that ended and the way on (a relaunch
+  resumes), not a bare pickling or pipe error."""
+  from ddl.rl import ale_host  # pylint: disable=g-import-not-at-top
+  pool = ale_host.Pool('pong', ale_host.Settings(), 2)
+  state = pool.reset(np.arange(2), np.zeros(2, np.int64))
+  pool._workers[1].kill()  # pylint: disable=protected-access
+  pool._workers[1].wait()  # pylint: disable=protected-access
+  step = lambda: pool.step(*state[:4], np.zeros(2, np.int64), np.zeros(2, bool), np.zeros(2, np.int64), np.ones(2, bool))
+  for _ in range(2):     # and so at every later step: never this process's emulator in their place
+    with pytest.raises(RuntimeError, match=r'ALE worker process\(es\) \[\d+\] of pong ended.*relaunch'):
+      step()
+  pool.close()

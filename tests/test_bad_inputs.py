@@ -137,6 +137,8 @@ CASES = [
          ('env.name', 'Brekaout-MinAtar', 'Breakout-MinAtar')),
     Case('unknown_atari_game', (SMOKE['minatar_replay_ratio'].replace(':smoke', ':atari,smoke'),
                                 '--config.env.name=ALE/Pongg'), ('env.name', 'ALE/Pongg', "'pongg'", 'ALE/Pong')),
+    Case('atari_processes_zero', (SMOKE['minatar_replay_ratio'].replace(':smoke', ':atari,smoke'),
+                                  '--config.env.processes=0'), ('env.processes=0', '> 0')),
     Case('atari_without_ale_py', (SMOKE['minatar_replay_ratio'].replace(':smoke', ':atari,smoke'),),
          ('ALE/Pong', 'ale-py', 'not installed', '.[atari]')),
     Case('unknown_control_task', (SMOKE['dmc_plasticity'], '--config.env.name=CheetahRunn'),

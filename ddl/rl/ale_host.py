@@ -164,6 +164,7 @@ class Pool:
     self.actions, self.state_bytes = self.local.actions, self.local.state_bytes
     self.game, self.processes = game, processes
     self._lock = threading.Lock()   # one request at a time (on the emulator here, or on the workers' pipes)
+    self._broken = ''               # why the workers can no longer serve, once one ended
     self._workers = []
     if processes > 1:
       spec = json.dumps([game, dataclasses.asdict(settings)])
@@ -187,22 +188,26 @@ class Pool:
   def _batched(self, method: str, *arrays) -> Tuple[np.ndarray, ...]:
     n = arrays[0].shape[0]
     with self._lock:
+      if self._broken:
+        raise RuntimeError(self._broken)
       if not self._workers or n == 1:
         return getattr(self.local, method)(*arrays)
       return self._on_workers(method, n, arrays)
 
   def _on_workers(self, method: str, n: int, arrays) -> Tuple[np.ndarray, ...]:
     parts = host_pool.shares(n, len(self._workers))
-    for worker, share in zip(self._workers, parts):
-      pickle.dump((method, [a[share] for a in arrays]), worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-      worker.stdin.flush()
-    results = []
-    for worker in self._workers[:len(parts)]:
-      try:
-        results.append(pickle.load(worker.stdout))
-      except EOFError:
-        raise RuntimeError(f'an ALE worker process of {self.game} ended (exit status {worker.poll()}); its error is '
-                           'above') from None
+    try:
+      for worker, share in zip(self._workers, parts):
+        pickle.dump((method, [a[share] for a in arrays]), worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        worker.stdin.flush()
+      results = [pickle.load(worker.stdout) for worker in self._workers[:len(parts)]]
+    except (EOFError, OSError):
+      ended = [w.pid for w in self._workers if w.poll() is not None]
+      self._broken = (f'ALE worker process(es) {ended} of {self.game} ended (their error, if any, is above); the '
+                      'run cannot go on: relaunch it, it resumes from its last checkpoint')
+      for worker in self._workers:   # the others may be stuck writing a result no one reads
+        worker.kill()
+      raise RuntimeError(self._broken) from None
     return tuple(np.concatenate(pieces) for pieces in zip(*results))
 
   def reset(self, seeds: np.ndarray, noops: np.ndarray):

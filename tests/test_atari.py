@@ -24,14 +24,13 @@ class DopamineAtari:
   """Dopamine's AtariPreprocessing (discrete_domains/atari_lib.py) over `{Game}NoFrameskip-v4` (no sticky
   actions, the minimal action set), with DataEfficientAtariRunner's no-op starts, stepped on ALE directly."""
 
-  def __init__(self, game: str, max_noops: int):
+  def __init__(self, game: str):
     ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     self.ale = ale_py.ALEInterface()
     self.ale.setFloat('repeat_action_probability', 0.0)
     self.ale.loadROM(ale_py.roms.get_rom_path(game))
     self.actions = self.ale.getMinimalActionSet()
     self.screen_buffer = [np.zeros((210, 160), np.uint8), np.zeros((210, 160), np.uint8)]
-    self.max_noops = max_noops
 
   def _pool_and_resize(self):
     np.maximum(self.screen_buffer[0], self.screen_buffer[1], out=self.screen_buffer[0])
@@ -71,7 +70,7 @@ class DopamineAtari:
 def _dopamine_run(game, actions, noops, max_steps):
   """The runner's loop (atari_100k_runner._run_parallel, one env) and the agent's frame stack (zeros at an
   episode's start): per step the stack after it, reward, terminal, game end."""
-  env = DopamineAtari(game, 30)
+  env = DopamineAtari(game)
   stack = np.zeros((84, 84, 4), np.uint8)
   stack[..., -1] = env.initialize_episode(noops[0])
   length, out = 0, []
@@ -115,7 +114,7 @@ def test_steps_are_dopamines_preprocessing_and_runner_on_ale(game, max_steps, st
   for run in range(runs):
     noops = [int(env.noops(jax.random.split(reset_keys[run])[1]))] + [int(env.noops(k)) for k in step_keys[:, run]]
     ref_stack, ref_stepped, ref_reward, ref_done, ref_end = _dopamine_run(game, actions[:, run], noops, max_steps)
-    np.testing.assert_array_equal(first[run, ..., -1], DopamineAtari(game, 30).initialize_episode(noops[0]))
+    np.testing.assert_array_equal(first[run, ..., -1], DopamineAtari(game).initialize_episode(noops[0]))
     np.testing.assert_array_equal(obs[:, run], ref_stack)
     np.testing.assert_array_equal(stepped[:, run], ref_stepped)
     np.testing.assert_array_equal(reward[:, run], ref_reward)

@@ -32,8 +32,8 @@ batch 64, a 100 000-transition buffer, 40 000 agent steps (80 000 frames), 2 see
 (its check every 10 episodes of 500 steps: the authors' 50 would check once in so short a run).
 `paper`: the paper's protocol, from pixels: 84x84 frames of DrQ-v2's camera, three stacked, rendered in
 the program by MuJoCo Warp's ray tracer (ddl/rl/render.py), DrQ-v2's encoder (four 3x3 convolutions of 32
-channels) as a third module, hidden 1 024, batch 256, a 10^6 buffer (one frame per slot and its next:
-42 GB per run: one run per call on an 80 GB GPU), 1M agent steps (2M frames), 5 seeds: a GPU's job. On this CPU pixels run at 2.3 agent
+channels) as a third module, hidden 1 024, batch 256, a 10^6 buffer (one frame per slot: 21 GB
+per run, 3 runs on an 80 GB GPU), 1M agent steps (2M frames), 5 seeds: a GPU's job. On this CPU pixels run at 2.3 agent
 steps/s (RR 1, batch 64, hidden 256; the environment alone with its rendering 370): from pixels is only
 the smoke here. Its time on one GPU, projected from the measured 24 GFLOP per step (no GPU lent):
 ~28 min per run at 30 TFLOPS, ~7 h for 5 seeds x 3 variants (docs/benchmarks.md). `da_reset`: Fig. 1's
@@ -171,6 +171,23 @@ def priming(config, updates: int = 50_000, reset_chunk: int = 3):
                      'primed_reset_critic': reset('critic'), 'primed_reset_actor': reset('actor')}
 
 
+def resets(config, ratio: float = 4.0, every: int = 10):
+  """Claim 2 at a high replay ratio (D'Oro et al. 2023's regime): WalkerWalk from state at RR `ratio`, whose
+  critic overfits its replay as the paper's no-DA critic does, with periodic resets (every `every` chunks
+  of 2 000 steps, from the `every`-th) of the critic alone, of the actor alone, of both, or none.
+  DrQ-v2's 'easy' noise schedule (std 1.0 -> 0.1 over 100 000 steps), 60 000 agent steps."""
+  config.env.name = 'WalkerWalk'
+  config.total_steps = 60_000
+  config.drqv2.std_steps = 100_000
+  config.fuse_variants = True
+  high = dict(replay_ratio=ratio)
+  reset = lambda modules: dict(high, intervene=modules, schedule=dict(reset_first=every, reset_every=every,
+                                                                       reset_layers=0))
+  tag = config_lib.variant_name('rr', ratio)
+  config.variants = {tag: high, f'{tag}_reset_critic': reset(('critic',)),
+                     f'{tag}_reset_actor': reset(('actor',)), f'{tag}_reset_both': reset(('actor', 'critic'))}
+
+
 def pixels(config):
   """From pixels (DrQ-v2's setting): 84x84 frames, three stacked, rendered in the program by MuJoCo Warp's
   ray tracer. After `smoke` (`:smoke,pixels`, for the tests): one seed, 24x24 frames, a 2-layer encoder of 4
@@ -216,6 +233,6 @@ def get_config(arg: str = ''):
   config.variants = {'rr_0p5': dict(replay_ratio=0.5), 'rr_2': dict(replay_ratio=2.0),
                      'arr': dict(replay_ratio=0.5, arr_high_ratio=2.0)}
   config_lib.apply_config_arg(config, arg, {'smoke': smoke, 'paper': paper, 'injection': injection,
-                                           'priming': priming, 'pixels': pixels, 'state': state,
+                                           'priming': priming, 'resets': resets, 'pixels': pixels, 'state': state,
                                            'da_reset': da_reset})
   return config

@@ -47,8 +47,9 @@ Cost, measured on this 2-core CPU (2026-12-07, `launch/benchmark.py --workload=a
 16 runs in one process): a GPU's job. Projected, not run: `:paper` does ~3.2M updates per game (16 PFLOP),
 ~2.6 h for the 17 games at 30 TFLOPS, plus the emulation (2.5M training steps per game and ~5M in its
 evaluation games, ~2 400 steps/s per process; `env.processes` spreads them over the host's cores): 7-17 h on
-one GPU. `:atari` (one game): 25-60 min. Memory: 1.4 GB of state per run (its replay of 100 000 frame pairs), a
-game's 20 runs of one program 28 GB (runs_per_call left AUTO splits what does not fit).
+one GPU. `:atari` (one game): 25-60 min. Memory (`launch/benchmark.py --workload=atari --memory --choices=gpu
+--project_seeds=20`): 0.74 GB of state per run (its replay of 100 000 frames), a game's 20 runs of one program
+33 GB with their call (runs_per_call left AUTO splits what does not fit).
 """
 from ddl import config as config_lib
 from ddl import platform_defaults

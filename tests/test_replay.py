@@ -125,7 +125,7 @@ def test_vmapped_over_runs_equals_each_run_alone():
 
 def test_replay_is_a_pytree_that_survives_jit():
   r = _filled(9)
-  assert len(jax.tree.leaves(r)) == 8
+  assert len(jax.tree.leaves(r)) == 11
   through = jax.jit(lambda x: x)(r)
   assert isinstance(through, replay_lib.Replay)
   jax.tree.map(np.testing.assert_array_equal, through, r)
@@ -135,7 +135,7 @@ def test_replay_is_a_pytree_that_survives_jit():
 
 def test_uint8_observations_stay_uint8():
   r = _filled(9)
-  assert r.obs.dtype == r.next_obs.dtype == jnp.uint8 and r.obs.shape == (9,) + OBS
+  assert r.obs.dtype == r.final_obs.dtype == r.newest_next.dtype == jnp.uint8 and r.obs.shape == (9,) + OBS
   assert r.reward.dtype == jnp.float32 and r.terminal.dtype == r.last.dtype == jnp.bool_
   assert r.index.dtype == r.size.dtype == jnp.int32
   batch = jax.jit(replay_lib.sample, static_argnums=(2, 3))(r, jax.random.PRNGKey(0), 4, 2, 0.9)
@@ -176,30 +176,88 @@ def _frame_stream(steps, k, seed, stack_start='repeat'):
   return rows
 
 
+def _numpy_rows_nstep(rows, t, n, gamma):
+  """The n-step transition from step t of `rows` ((obs, next_obs, terminal, last, reward) per step), a loop
+  over the list: (obs, returns, discount, the bootstrap observation)."""
+  g = 0.0
+  for k in range(n):
+    _, next_obs, terminal, last, reward = rows[t + k]
+    g += gamma ** k * reward
+    if last or k == n - 1:
+      return rows[t][0], g, (0.0 if terminal else gamma ** (k + 1)), next_obs
+
+
+def _check_rows(batch, rows, times, n_step, gamma):
+  """Every row of `batch` is the numpy n-step transition from its step in `times`; the bootstrap
+  observation is checked where it is read (a discount above 0)."""
+  for i, t in enumerate(times):
+    obs, g, discount, next_obs = _numpy_rows_nstep(rows, t, n_step, gamma)
+    np.testing.assert_array_equal(batch.obs[i], obs, err_msg=f'obs of step {t}')
+    assert int(batch.action[i]) == t % 3
+    np.testing.assert_allclose(batch.returns[i], g, rtol=1e-6)
+    np.testing.assert_allclose(batch.discount[i], discount, rtol=1e-6)
+    if discount > 0:
+      np.testing.assert_array_equal(batch.next_obs[i], next_obs, err_msg=f'next_obs of step {t}')
+
+
+def _fill_rows(replay, rows):
+  for t, (obs, next_obs, terminal, last, reward) in enumerate(rows):
+    replay = _add(replay, obs, t % 3, reward, next_obs, terminal, last)
+  return replay
+
+
 @pytest.mark.parametrize('capacity', [7, 40])      # 7: the 25 transitions wrap around
-@pytest.mark.parametrize('k', [2, 3])
+@pytest.mark.parametrize('k', [1, 2, 3])
 @pytest.mark.parametrize('stack_start', replay_lib.STACK_STARTS)
-def test_stacked_frames_stored_one_per_slot_sample_as_whole_stacks(capacity, k, stack_start):
-  """A buffer of one frame per slot (`frame_stack` k) gives every samplable n-step transition exactly as a
-  buffer of whole stacks does (episode starts inside a stack, a window's end at an episode end, wrap-around),
-  for stacks that start with their first frame repeated or with zeros; once full it skips its k - 1 oldest
-  slots, whose stacks reach into overwritten ones."""
-  rows = _frame_stream(25, k, seed=k, stack_start=stack_start)
+def test_stacked_frames_stored_one_per_slot_sample_as_the_stream_gave_them(capacity, k, stack_start):
+  """A buffer of one frame per slot (`frame_stack` k) gives every samplable n-step transition as the stream
+  gave it (episode starts inside a stack, a window's end at a terminal or a truncation, whose true last
+  frame is not the next slot's, wrap-around), for stacks that start with their first frame repeated or with
+  zeros; once full it skips its k - 1 oldest slots, whose stacks reach into overwritten ones."""
+  rows = [row + (float(2 ** (t % 12)),) for t, row in enumerate(_frame_stream(25, k, seed=k, stack_start=stack_start))]
   example = jnp.zeros(rows[0][0].shape, jnp.uint8)
-  whole = replay_lib.init(capacity, example, jnp.zeros((), jnp.int32))
-  frames = replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k, stack_start=stack_start)
+  frames = _fill_rows(replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k,
+                                      stack_start=stack_start), rows)
   assert frames.obs.shape == (capacity, 2, 2, 3)
-  for t, (obs, next_obs, terminal, last) in enumerate(rows):
-    whole = _add(whole, obs, t % 3, float(t), next_obs, terminal, last)
-    frames = _add(frames, obs, t % 3, float(t), next_obs, terminal, last)
   n_step, gamma = 3, 0.9
   count = int(replay_lib.num_samplable(frames, n_step))
-  skipped = k - 1 if capacity < len(rows) else 0
-  assert count == int(replay_lib.num_samplable(whole, n_step)) - skipped
-  starts = jnp.arange(count)
-  ours = replay_lib.gather(frames, starts, n_step, gamma)
-  expected = replay_lib.gather(whole, starts + skipped, n_step, gamma)
-  for field in ('obs', 'action', 'returns', 'discount', 'next_obs'):
-    np.testing.assert_array_equal(getattr(ours, field), getattr(expected, field), err_msg=field)
+  size, skipped = min(capacity, len(rows)), (k - 1 if capacity < len(rows) else 0)
+  assert count == size - (n_step - 1) - skipped
+  _check_rows(replay_lib.gather(frames, jnp.arange(count), n_step, gamma), rows,
+              range(len(rows) - size + skipped, len(rows) - size + skipped + count), n_step, gamma)
   batch = jax.jit(replay_lib.sample, static_argnums=(2, 3))(frames, jax.random.key(0), 64, n_step, gamma)
   assert batch.obs.shape == (64, 2, 2, 3 * k)
+
+
+@pytest.mark.parametrize('k', [1, 3])
+def test_truncations_at_a_time_limit_keep_their_last_frames_in_a_store_of_capacity_over_the_limit(k):
+  """Episodes of a time limit T (each truncated after T steps, some ended earlier by a terminal state): the
+  store of truncated frames holds capacity // T + 1, wraps around many times, and every samplable
+  transition still bootstraps from its episode's true last observation; the newest slot's too."""
+  steps, capacity, limit = 60, 17, 5
+  rng = np.random.default_rng(k)
+  frame = lambda v: np.full((2, 2, 3), v % 251, np.uint8)
+  value, stack, t_in, rows = 0, None, 0, []
+  for t in range(steps):
+    if stack is None:
+      value += 1
+      stack, t_in = [frame(value)] * k, 0
+    value += 1
+    t_in += 1
+    after = stack[1:] + [frame(value)]
+    terminal = rng.random() < 0.1
+    last = terminal or t_in == limit
+    rows.append((np.concatenate(stack, -1), np.concatenate(after, -1), terminal, last, float(t)))
+    stack = None if last else after
+  assert sum(1 for r in rows if r[3] and not r[2]) > 2 * (capacity // limit + 1)   # the store wraps
+  example = jnp.zeros(rows[0][0].shape, jnp.uint8)
+  replay = _fill_rows(replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k, episode_steps=limit),
+                      rows)
+  assert replay.final_obs.shape == (capacity // limit + 1, 2, 2, 3)
+  n_step, gamma = 3, 0.9
+  count = int(replay_lib.num_samplable(replay, n_step))
+  first = steps - capacity + k - 1
+  _check_rows(replay_lib.gather(replay, jnp.arange(count), n_step, gamma), rows, range(first, first + count), n_step,
+              gamma)
+  one_step = replay_lib.gather(replay, jnp.asarray([count + n_step - 2]), 1, gamma)    # the newest slot
+  np.testing.assert_array_equal(one_step.next_obs[0], rows[-1][1])

@@ -127,7 +127,9 @@ class DQN:
     learner = self.learner.init(learner_key, obs[None].astype(jnp.float32), hparams)
     example = obs.astype(jnp.uint8)
     stacking = dict(frame_stack=self.env.settings.frame_stack, stack_start='zeros') if self.atari else {}
-    replay = replay_lib.init(self.config.replay.capacity, example, jnp.zeros((), jnp.int32), **stacking)
+    time_limit = self.env.settings.max_episode_steps if self.atari else self.env_params.max_steps_in_episode
+    replay = replay_lib.init(self.config.replay.capacity, example, jnp.zeros((), jnp.int32), episode_steps=int(time_limit),
+                             **stacking)
     zero = jnp.zeros((), jnp.int32)
     return State(learner=learner, target=learner.params, env=env_state, obs=obs, replay=replay,
                  ratio=ratio_lib.init(), key=run_key, steps=zero, updates=zero, episode_return=jnp.zeros(()))

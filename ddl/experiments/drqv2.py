@@ -197,7 +197,8 @@ class DrQV2:
     features = self._features(encoder, obs[None])
     critic = self.critic.init(critic_key, jnp.concatenate([features, action[None]], axis=-1), hparams)
     actor = self.actor.init(actor_key, features, hparams)
-    replay = replay_lib.init(self.config.replay.capacity, obs, action, self.env.frame_stack if self.pixels else 1)
+    replay = replay_lib.init(self.config.replay.capacity, obs, action, self.env.frame_stack if self.pixels else 1,
+                             episode_steps=self.env.episode_steps)
     zero = jnp.zeros((), jnp.int32)
     return State(actor=actor, critic=critic, target=critic.params, env=env, obs=obs, replay=replay,
                  ratio=ratio_lib.init(), key=run_key, steps=zero, updates=zero, episode_return=jnp.zeros(()),

@@ -4,20 +4,25 @@ n-step sampling (Ma et al. 2024's DQN and DrQ-v2 replay-ratio experiments).
 
 A buffer holds ONE stream in time order (slot i + 1 follows slot i), so an n-step window is n
 consecutive slots; interleaving E parallel environments into one buffer would mix them in a
-window, so an experiment with E environments keeps E buffers (vmapped) or steps one. Each slot
-keeps its own next observation, so a time-limit truncation bootstraps from the true last state
-(`last` without `terminal`).
+window, so an experiment with E environments keeps E buffers (vmapped) or steps one. A slot's next
+observation is the next slot's, except where the episode was truncated by its time limit (`last`
+without `terminal`): those slots' true last observations are kept apart, in a store of
+capacity // episode_steps + 1 (time limits come at most once per `episode_steps` slots), so a truncation
+bootstraps from the true last state at 1/episode_steps of a second copy's memory; the newest slot's
+next observation is kept too. After a terminal state the next observation is not read (its discount is
+0): `gather` gives the next slot's there.
 
 Stacked frames (`frame_stack` k > 1: observations (..., k C), the last C channels the newest frame, as
-DrQ-v2's pixels) are stored one frame per slot: the newest frame of the observation and of the next one,
-1/k of the stacks' memory (127 KB -> 42 KB per transition at 84x84x9). `gather` rebuilds a stack from
+DrQ-v2's pixels) are stored one frame per slot: the observation's newest frame (the next observation's is
+the next slot's), 1/(2k) of two whole stacks' memory (127 KB -> 21 KB per transition at 84x84x9). `gather`
+rebuilds a stack from
 the slots before, back to its episode's first slot, whose frame repeats in the stack's older places (what
 a frame stack holds at a reset). Once the buffer has wrapped, the k - 1 oldest slots are not sampled (their
 stacks would reach into overwritten slots): samples equal those of a buffer of whole stacks
 (tests/test_replay.py).
 """
 import numbers
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import chex
 import jax
@@ -30,9 +35,12 @@ class Replay:
   obs: jax.Array        # (capacity, *obs_shape) in the example's dtype (uint8 for pixels); frame_stack > 1: its newest frame
   action: jax.Array     # (capacity, *action_shape)
   reward: jax.Array     # (capacity,) float32
-  next_obs: jax.Array   # (capacity, *obs_shape): after the action (the true last one at an episode's end)
   terminal: jax.Array   # (capacity,) bool: the episode ended in a terminal state (no bootstrap)
   last: jax.Array       # (capacity,) bool: the episode ended here (terminal or truncated)
+  final_obs: jax.Array  # (finals, *obs_shape): truncated slots' next observations (frames), a circular store
+  final_index: jax.Array  # (capacity,) int32: a truncated slot's place in final_obs
+  finals: jax.Array     # int32: truncations written (the next place in final_obs, modulo its length)
+  newest_next: jax.Array  # (*obs_shape): the newest slot's next observation (frame)
   index: jax.Array      # int32: the next slot to write
   size: jax.Array       # int32: slots written, at most capacity
   frame_stack: int = struct.field(pytree_node=False, default=1)   # frames per observation, one stored per slot
@@ -56,13 +64,18 @@ def _positive(name: str, value) -> None:
 STACK_STARTS = ('repeat', 'zeros')
 
 
-def init(capacity: int, obs: jax.Array, action: jax.Array, frame_stack: int = 1, stack_start: str = 'repeat') -> Replay:
+def init(capacity: int, obs: jax.Array, action: jax.Array, frame_stack: int = 1, stack_start: str = 'repeat',
+         episode_steps: Optional[int] = None) -> Replay:
   """An empty buffer for `capacity` transitions shaped like ONE example `obs` and `action` (their
   shapes and dtypes; zeros everywhere, index = size = 0). `frame_stack` k > 1: `obs` stacks k frames on
   its last axis, and a slot keeps the newest one; `stack_start`: what fills a stack's places before its
-  episode's first frame, that frame ('repeat') or zeros."""
+  episode's first frame, that frame ('repeat') or zeros. `episode_steps`: the environment's time limit,
+  which truncates an episode only once it has run that many steps (None: no such bound, a truncated
+  observation kept for every slot)."""
   _positive('capacity', capacity)
   _positive('frame_stack', frame_stack)
+  if episode_steps is not None:
+    _positive('episode_steps', episode_steps)
   if stack_start not in STACK_STARTS:
     raise ValueError(f'replay: stack_start={stack_start!r} is not known; use one of {STACK_STARTS}')
   obs, action = jnp.asarray(obs), jnp.asarray(action)
@@ -72,9 +85,11 @@ def init(capacity: int, obs: jax.Array, action: jax.Array, frame_stack: int = 1,
   slots = lambda x: jnp.zeros((capacity,) + x.shape, x.dtype)
   flags = jnp.zeros((capacity,), bool)
   zero = jnp.zeros((), jnp.int32)
+  finals = capacity if episode_steps is None else min(capacity, capacity // episode_steps + 1)
   return Replay(obs=slots(frame), action=slots(action), reward=jnp.zeros((capacity,), jnp.float32),
-                next_obs=slots(frame), terminal=flags, last=flags, index=zero, size=zero, frame_stack=frame_stack,
-                stack_start=stack_start)
+                terminal=flags, last=flags, final_obs=jnp.zeros((finals,) + frame.shape, frame.dtype),
+                final_index=jnp.zeros((capacity,), jnp.int32), finals=zero, newest_next=jnp.zeros_like(frame),
+                index=zero, size=zero, frame_stack=frame_stack, stack_start=stack_start)
 
 
 def _newest(replay: Replay, obs: jax.Array) -> jax.Array:
@@ -84,14 +99,20 @@ def _newest(replay: Replay, obs: jax.Array) -> jax.Array:
 
 def add(replay: Replay, obs, action, reward, next_obs, terminal, last) -> Replay:
   """One transition into slot `index` (over the oldest once full), cast to the stored dtypes. A
-  terminal state ends its episode, so `last` is stored as `last | terminal`."""
+  terminal state ends its episode, so `last` is stored as `last | terminal`; a truncated one (`last`
+  alone) keeps `next_obs` in the store of final observations."""
   i, capacity = replay.index, replay.reward.shape[0]
   put = lambda store, x: store.at[i].set(jnp.asarray(x).astype(store.dtype))
   terminal = jnp.asarray(terminal).astype(bool)
+  last = jnp.asarray(last).astype(bool) | terminal
+  truncated = last & ~terminal
+  next_frame = jnp.asarray(_newest(replay, next_obs)).astype(replay.obs.dtype)
+  place = replay.finals % replay.final_obs.shape[0]
+  final_obs = replay.final_obs.at[place].set(jnp.where(truncated, next_frame, replay.final_obs[place]))
   return replay.replace(obs=put(replay.obs, _newest(replay, obs)), action=put(replay.action, action),
-                        reward=put(replay.reward, reward), next_obs=put(replay.next_obs, _newest(replay, next_obs)),
-                        terminal=put(replay.terminal, terminal),
-                        last=put(replay.last, jnp.asarray(last).astype(bool) | terminal),
+                        reward=put(replay.reward, reward), terminal=put(replay.terminal, terminal),
+                        last=put(replay.last, last), final_obs=final_obs, final_index=put(replay.final_index, place),
+                        finals=replay.finals + truncated.astype(jnp.int32), newest_next=next_frame,
                         index=(i + 1) % capacity, size=jnp.minimum(replay.size + 1, capacity))
 
 
@@ -138,6 +159,22 @@ def _stack(replay: Replay, slots: jax.Array, frames: jax.Array) -> jax.Array:
   return jnp.concatenate(stack, axis=-1)
 
 
+def _next_frame(replay: Replay, slots: jax.Array) -> jax.Array:
+  """The next observation's newest frame of `slots`: kept apart for a truncated slot and the newest one,
+  else the next slot's (after a terminal state the next episode's first, never read)."""
+  capacity = replay.reward.shape[0]
+  truncated = (replay.last & ~replay.terminal)[slots]
+  newest = slots == (replay.index - 1) % capacity
+  frame = jnp.where(_expand(truncated, replay.obs.ndim), replay.final_obs[replay.final_index[slots]],
+                    replay.obs[(slots + 1) % capacity])
+  return jnp.where(_expand(newest, replay.obs.ndim), replay.newest_next, frame)
+
+
+def _expand(flags: jax.Array, frame_ndim: int) -> jax.Array:
+  """Per-slot flags broadcast over their frames' axes."""
+  return flags.reshape(flags.shape + (1,) * (frame_ndim - 1))
+
+
 def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:
   """The n-step transitions whose start slots are `starts` (ints in [0, num_samplable)) slots after
   the oldest one: rewards summed up to the window's first episode end (or n_step - 1) and the
@@ -157,12 +194,13 @@ def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:
   returns = jnp.sum(jnp.where(inside, replay.reward[window] * powers[:n_step], 0.0), axis=-1)
   end_slot = jnp.take_along_axis(window, end[..., None], axis=-1)[..., 0]
   discount = jnp.where(replay.terminal[end_slot], 0.0, powers[end + 1])
+  next_frame = _next_frame(replay, end_slot)
   if replay.frame_stack == 1:
-    obs, next_obs = replay.obs[first], replay.next_obs[end_slot]
+    obs, next_obs = replay.obs[first], next_frame
   else:   # the next observation: the end slot's stack moved on by its next frame
     obs = _stack(replay, first, replay.obs)
     channels = replay.obs.shape[-1]
-    next_obs = jnp.concatenate([_stack(replay, end_slot, replay.obs)[..., channels:], replay.next_obs[end_slot]], -1)
+    next_obs = jnp.concatenate([_stack(replay, end_slot, replay.obs)[..., channels:], next_frame], -1)
   return Batch(obs=obs, action=replay.action[first], returns=returns, discount=discount, next_obs=next_obs)
 
 

@@ -4,6 +4,7 @@ calls that wrote them (a resume with another call layout is refused). Saves are 
 orbax writes them atomically. A checkpoint that cannot be read is one clear error, not a traceback."""
 import contextlib
 import os
+import re
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -116,7 +117,18 @@ class Checkpoints:
       with quiet(), _closed_loop_callbacks_dropped():
         return self.manager.restore(chunks, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
+      if 'tree structures do not match' in str(e):
+        raise self._other_structure(chunks, str(e)) from None
       raise self._damaged(chunks, f'{type(e).__name__}: {str(e).strip()}') from None
+
+  def _other_structure(self, chunks: int, error: str) -> config_lib.ConfigError:
+    """A checkpoint whose state has other fields than this code's (another ddl version or experiment)."""
+    fields = re.findall(r'\]\.([\w.]+): - Source', error) or re.findall(r'\]\.([\w.]+):', error)
+    named = f' (first: {fields[0]})' if fields else ''
+    return config_lib.ConfigError(
+        f'--workdir={self.workdir}: checkpoint {os.path.join(self.workdir, "checkpoints", str(chunks))} holds a '
+        f'state whose fields differ from this code\'s{named}: it was written by another version of ddl; resume it '
+        'with the version that wrote it, or pass --fresh to start over.')
 
   def _damaged(self, chunks: int, why: str) -> config_lib.ConfigError:
     folder = os.path.join(self.workdir, 'checkpoints', str(chunks))

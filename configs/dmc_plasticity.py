@@ -8,6 +8,7 @@ Replay Ratio (Fig. 9, Table 1), DA x Reset (Fig. 1), and the fraction of active 
   python launch/main.py --config=configs/dmc_plasticity.py:paper --workdir=/tmp/dmc_paper   # a GPU, pixels
   python launch/main.py --config=configs/dmc_plasticity.py:paper,da_reset --workdir=/tmp/dmc_da   # Fig. 1, a GPU
   python launch/main.py --config=configs/dmc_plasticity.py:paper,state --workdir=/tmp/dmc_state   # from state
+  python launch/main.py --config=configs/dmc_plasticity.py:resets --workdir=/tmp/dmc_resets   # claim 2, ~97 min (2 seeds)
   python launch/main.py --config=configs/dmc_plasticity.py:priming --workdir=/tmp/dmc_priming   # claim 2, ~24 min (2 seeds)
   python launch/main.py --config=configs/dmc_plasticity.py:smoke                   # tests, seconds
   python launch/main.py --config=configs/dmc_plasticity.py:paper --config.env.name=QuadrupedRun   # Table 1's third task
@@ -60,6 +61,28 @@ injects at 1M steps, after the critic has lost its plasticity (Walker Run withou
 run does not reach. Claim 2 is not shown here. Injection into the critic does show in its FAU: 0.41 /
 0.44 against 0.51 / 0.55 without injection at the end, with 2 % dormant units while the fresh head
 learns. Injection into the actor raises the actor's FAU: 0.65 / 0.65 against 0.60 / 0.63.
+
+`:resets` is claim 2 at a high replay ratio, where from state the critic overfits its replay as the paper's
+critic does without augmentation (D'Oro et al. 2023's regime): WalkerWalk at RR 4, 60 000 agent steps (120 000
+frames), DrQ-v2's 'easy' noise schedule (100 000 steps), and a reset (Nikishin et al.'s: the whole module,
+its optimizer state and, for the critic, its target) at 40 000 and 80 000 frames of the critic alone, the
+actor alone, both, or none. Measured 2026-12-07 on this 2-core CPU, 97 min (5 814 s) for the 8 runs, 2
+seeds (the variants share each seed's keys, so they are paired). Mean return per seed, 0 / 1:
+                     last 20 000 frames    frames 40 000-120 000 (after the first reset)
+  no reset               424 / 400              325 / 309
+  actor reset            407 / 477              308 / 342
+  critic reset           544 / 520              365 / 335
+  both reset             296 / 432              190 / 209
+The critic's reset is ahead of no reset in both seeds (+120 / +120 over the last 20 000 frames; +40 / +26
+from the first reset on), the actor's is not (-17 / +77; -18 / +33), and the critic's is ahead of the
+actor's in both (+137 / +43; +58 / -7 from the first reset on, where the actor's reset leads in seed 1).
+That is claim 2's pattern (their Fig. 5: injection into the critic helps, into the actor it does not),
+seen in 2 seeds: a first sign, not yet a resolved difference (seeds 2 and 3: `--config.seed=2
+--config.num_seeds=2`, without `rr_4_reset_both`). Resetting both modules is the worst: a fresh actor
+collects poor data while a fresh critic learns it. The FAU agrees: over the last 20 000 frames the reset
+critic's is 0.622 / 0.646 against 0.588 / 0.591 without (the actor's reset leaves it at 0.587 / 0.589); the
+actor's FAU falls without resets (0.525 / 0.486) and the critic's reset, not only the actor's, lifts it
+(0.602 / 0.598; the actor's own reset 0.543 / 0.533).
 
 `:priming` causes the early loss the paper's Fig. 5 waits 1M steps for: Nikishin et al. 2022's heavy
 priming (50 000 updates at once on the warm-up's 500 transitions), then a reset of the critic or of the
@@ -179,7 +202,6 @@ def resets(config, ratio: float = 4.0, every: int = 10):
   config.env.name = 'WalkerWalk'
   config.total_steps = 60_000
   config.drqv2.std_steps = 100_000
-  config.fuse_variants = True
   high = dict(replay_ratio=ratio)
   reset = lambda modules: dict(high, intervene=modules, schedule=dict(reset_first=every, reset_every=every,
                                                                        reset_layers=0))

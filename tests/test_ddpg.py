@@ -304,3 +304,21 @@ def test_orthogonal_init_is_the_q_of_a_gaussians_qr():
     q = q * np.sign(np.diag(r))
     expected = q.T if shape[0] < shape[1] else q
     np.testing.assert_allclose(nets.orthogonal()(key, shape), expected, atol=2e-5)
+
+
+def test_resets_preset_resets_each_module_alone_both_or_none_at_the_same_chunks():
+  """`:resets` (claim 2 at RR 4): four variants at one replay ratio whose only differences are the modules a
+  periodic reset acts on (the critic, the actor, both) or no reset; it validates as a launch does."""
+  from ddl import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ddl.experiments import drqv2  # pylint: disable=g-import-not-at-top
+  config = load_config('dmc_plasticity', 'resets')
+  config_lib.validate(config, drqv2.DrQV2)
+  assert config.env.name == 'WalkerWalk'
+  variants = {name: v.to_dict() for name, v in config.variants.items()}
+  assert {v['replay_ratio'] for v in variants.values()} == {4.0}
+  assert {name: tuple(v.get('intervene', ())) for name, v in variants.items()} == {
+      'rr_4': (), 'rr_4_reset_critic': ('critic',), 'rr_4_reset_actor': ('actor',),
+      'rr_4_reset_both': ('actor', 'critic')}
+  schedules = [v['schedule'] for name, v in variants.items() if name != 'rr_4']
+  assert all(s == dict(reset_first=10, reset_every=10, reset_layers=0) for s in schedules)
+  assert 'schedule' not in variants['rr_4'] and config.schedule.reset_first == 0

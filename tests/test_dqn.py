@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_resume_is_identical, load_config
+from conftest import assert_resume_is_identical, cheap_diagnostics, load_config, trace_programs
 from ddl.rl import dqn
 
 pytest.importorskip('gymnax')
@@ -77,7 +77,7 @@ def _rows(workdir):
 
 
 def test_minatar_smoke_resumes_exactly_with_the_replay_ratios_update_counts(tmp_path):
-  config = load_config('minatar_replay_ratio', 'smoke')
+  config = cheap_diagnostics(load_config('minatar_replay_ratio', 'smoke'))   # the Hessian's: tests/test_diagnostics.py
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   assert_resume_is_identical(config, whole, split, stop_after_chunks=1, run_whole=True)
   rows = _rows(whole)
@@ -100,10 +100,17 @@ def test_minatar_smoke_resumes_exactly_with_the_replay_ratios_update_counts(tmp_
     assert [value(variant, 'updates', step) for step in (0, chunk)] == [[c] * 2 for c in expected(ratio)], variant
   assert set(value('arr', 'replay_ratio', chunk)) <= {0.5, 2.0}
   assert all(0 <= x <= 1 for x in value('rr_1_augment', 'critic_fau', chunk))
-  for metric in ('active_fraction_encoder', 'active_fraction_head', 'hessian_top_eigenvalue', 'episode_return'):
+  for metric in ('active_fraction_encoder', 'active_fraction_head', 'episode_return'):
     assert value('rr_2', metric, chunk), metric
   from ddl.experiments import dqn as dqn_experiment  # pylint: disable=g-import-not-at-top
   assert [os.path.basename(p) for p in dqn_experiment.DQN.figures(whole)] == ['plasticity.png']
+
+
+def test_minatar_evaluator_traces_with_every_diagnostic():
+  """The smoke's evaluator with the Hessian's power iterations (off in the resumed smoke above) traces, and
+  gives the Hessian's top eigenvalue beside the encoder's and the head's active fractions."""
+  trace_programs(load_config('minatar_replay_ratio', 'smoke'))
+  assert {'hessian_top_eigenvalue', 'active_fraction_encoder', 'active_fraction_head'} <= set(trace_programs.evaluated)
 
 
 def test_injection_acts_at_boundary_periods_inside_a_chunk():

@@ -207,7 +207,7 @@ def _fill_rows(replay, rows):
 
 
 @pytest.mark.parametrize('capacity', [7, 40])      # 7: the 25 transitions wrap around
-@pytest.mark.parametrize('k', [1, 2, 3])
+@pytest.mark.parametrize('k', [2, 3])      # k = 1: the truncation test below and the numpy-definition tests
 @pytest.mark.parametrize('stack_start', replay_lib.STACK_STARTS)
 def test_stacked_frames_stored_one_per_slot_sample_as_the_stream_gave_them(capacity, k, stack_start):
   """A buffer of one frame per slot (`frame_stack` k) gives every samplable n-step transition as the stream

@@ -154,8 +154,8 @@ def _stack(replay: Replay, slots: jax.Array, frames: jax.Array) -> jax.Array:
   stack = [frames[(slots - offsets[..., i]) % capacity] for i in range(k)]
   if replay.stack_start == 'zeros':
     before_start = places > reach[..., None]
-    stack = [jnp.where(before_start[..., i].reshape(before_start.shape[:-1] + (1,) * (f.ndim - before_start.ndim + 1)),
-                       jnp.zeros((), f.dtype), f) for i, f in enumerate(stack)]
+    stack = [jnp.where(_expand(before_start[..., i], replay.obs.ndim), jnp.zeros((), f.dtype), f)
+             for i, f in enumerate(stack)]
   return jnp.concatenate(stack, axis=-1)
 
 
@@ -170,9 +170,9 @@ def _next_frame(replay: Replay, slots: jax.Array) -> jax.Array:
   return jnp.where(_expand(newest, replay.obs.ndim), replay.newest_next, frame)
 
 
-def _expand(flags: jax.Array, frame_ndim: int) -> jax.Array:
-  """Per-slot flags broadcast over their frames' axes."""
-  return flags.reshape(flags.shape + (1,) * (frame_ndim - 1))
+def _expand(flags: jax.Array, store_ndim: int) -> jax.Array:
+  """Per-slot flags broadcast over the axes of the frames a store of `store_ndim` axes (slots first) holds."""
+  return flags.reshape(flags.shape + (1,) * (store_ndim - 1))
 
 
 def gather(replay: Replay, starts: jax.Array, n_step: int, gamma) -> Batch:

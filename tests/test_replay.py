@@ -155,43 +155,41 @@ def test_bad_sizes_raise_naming_the_argument(name, call):
     call()
 
 
-def _frame_stream(steps, k, seed, stack_start='repeat'):
+def _frame_stream(steps, k, seed, stack_start='repeat', limit=None):
   """A stream of stacked-frame observations as DrQ-v2's FrameStackWrapper makes them: each step's frame is a
   distinct value; an episode starts with its first frame repeated k times (or, stack_start='zeros', as
-  Dopamine's Atari agents: k - 1 zero frames and the first). -> (obs, next_obs, terminal, last) per step,
-  obs (steps, 2, 2, 3 k) uint8."""
+  Dopamine's Atari agents: k - 1 zero frames and the first). Episodes end at random, half of them terminal,
+  or with a time `limit`: terminal at random, else truncated after `limit` steps. -> (obs, next_obs,
+  terminal, last, reward) per step, obs (steps, 2, 2, 3 k) uint8, rewards powers of two."""
   rng = np.random.default_rng(seed)
   frame = lambda v: np.full((2, 2, 3), v % 251, np.uint8)
-  value, stack, rows = 0, None, []
-  for _ in range(steps):
+  value, stack, length, rows = 0, None, 0, []
+  for t in range(steps):
     if stack is None:
       value += 1
       stack = [frame(value)] * k if stack_start == 'repeat' else [np.zeros((2, 2, 3), np.uint8)] * (k - 1) + [frame(value)]
+      length = 0
     value += 1
+    length += 1
     after = stack[1:] + [frame(value)]
-    end = rng.random() < 0.2
-    terminal = end and rng.random() < 0.5
-    rows.append((np.concatenate(stack, -1), np.concatenate(after, -1), terminal, end))
+    if limit is None:
+      end = rng.random() < 0.2
+      terminal = end and rng.random() < 0.5
+    else:
+      terminal = rng.random() < 0.1
+      end = terminal or length == limit
+    rows.append((np.concatenate(stack, -1), np.concatenate(after, -1), terminal, end, float(2 ** (t % 12))))
     stack = None if end else after
   return rows
-
-
-def _numpy_rows_nstep(rows, t, n, gamma):
-  """The n-step transition from step t of `rows` ((obs, next_obs, terminal, last, reward) per step), a loop
-  over the list: (obs, returns, discount, the bootstrap observation)."""
-  g = 0.0
-  for k in range(n):
-    _, next_obs, terminal, last, reward = rows[t + k]
-    g += gamma ** k * reward
-    if last or k == n - 1:
-      return rows[t][0], g, (0.0 if terminal else gamma ** (k + 1)), next_obs
 
 
 def _check_rows(batch, rows, times, n_step, gamma):
   """Every row of `batch` is the numpy n-step transition from its step in `times`; the bootstrap
   observation is checked where it is read (a discount above 0)."""
+  stream = [(reward, terminal, last) for _, _, terminal, last, reward in rows]
   for i, t in enumerate(times):
-    obs, g, discount, next_obs = _numpy_rows_nstep(rows, t, n_step, gamma)
+    g, discount, end = _numpy_nstep(stream, t, n_step, gamma)
+    obs, next_obs = rows[t][0], rows[end][1]
     np.testing.assert_array_equal(batch.obs[i], obs, err_msg=f'obs of step {t}')
     assert int(batch.action[i]) == t % 3
     np.testing.assert_allclose(batch.returns[i], g, rtol=1e-6)
@@ -214,7 +212,7 @@ def test_stacked_frames_stored_one_per_slot_sample_as_the_stream_gave_them(capac
   gave it (episode starts inside a stack, a window's end at a terminal or a truncation, whose true last
   frame is not the next slot's, wrap-around), for stacks that start with their first frame repeated or with
   zeros; once full it skips its k - 1 oldest slots, whose stacks reach into overwritten ones."""
-  rows = [row + (float(2 ** (t % 12)),) for t, row in enumerate(_frame_stream(25, k, seed=k, stack_start=stack_start))]
+  rows = _frame_stream(25, k, seed=k, stack_start=stack_start)
   example = jnp.zeros(rows[0][0].shape, jnp.uint8)
   frames = _fill_rows(replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k,
                                       stack_start=stack_start), rows)
@@ -235,20 +233,7 @@ def test_truncations_at_a_time_limit_keep_their_last_frames_in_a_store_of_capaci
   store of truncated frames holds capacity // T + 1, wraps around many times, and every samplable
   transition still bootstraps from its episode's true last observation; the newest slot's too."""
   steps, capacity, limit = 60, 17, 5
-  rng = np.random.default_rng(k)
-  frame = lambda v: np.full((2, 2, 3), v % 251, np.uint8)
-  value, stack, t_in, rows = 0, None, 0, []
-  for t in range(steps):
-    if stack is None:
-      value += 1
-      stack, t_in = [frame(value)] * k, 0
-    value += 1
-    t_in += 1
-    after = stack[1:] + [frame(value)]
-    terminal = rng.random() < 0.1
-    last = terminal or t_in == limit
-    rows.append((np.concatenate(stack, -1), np.concatenate(after, -1), terminal, last, float(t)))
-    stack = None if last else after
+  rows = _frame_stream(steps, k, seed=k, limit=limit)
   assert sum(1 for r in rows if r[3] and not r[2]) > 2 * (capacity // limit + 1)   # the store wraps
   example = jnp.zeros(rows[0][0].shape, jnp.uint8)
   replay = _fill_rows(replay_lib.init(capacity, example, jnp.zeros((), jnp.int32), frame_stack=k, episode_steps=limit),

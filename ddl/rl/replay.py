@@ -15,11 +15,10 @@ next observation is kept too. After a terminal state the next observation is not
 Stacked frames (`frame_stack` k > 1: observations (..., k C), the last C channels the newest frame, as
 DrQ-v2's pixels) are stored one frame per slot: the observation's newest frame (the next observation's is
 the next slot's), 1/(2k) of two whole stacks' memory (127 KB -> 21 KB per transition at 84x84x9). `gather`
-rebuilds a stack from
-the slots before, back to its episode's first slot, whose frame repeats in the stack's older places (what
-a frame stack holds at a reset). Once the buffer has wrapped, the k - 1 oldest slots are not sampled (their
-stacks would reach into overwritten slots): samples equal those of a buffer of whole stacks
-(tests/test_replay.py).
+rebuilds a stack from the slots before, back to its episode's first slot, whose frame repeats in the
+stack's older places (what a frame stack holds at a reset). Once the buffer has wrapped, the k - 1 oldest
+slots are not sampled (their stacks would reach into overwritten slots): samples equal the stream's own
+transitions (tests/test_replay.py).
 """
 import numbers
 from typing import NamedTuple, Optional

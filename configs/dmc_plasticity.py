@@ -8,7 +8,7 @@ Replay Ratio (Fig. 9, Table 1), DA x Reset (Fig. 1), and the fraction of active 
   python launch/main.py --config=configs/dmc_plasticity.py:paper --workdir=/tmp/dmc_paper   # a GPU, pixels
   python launch/main.py --config=configs/dmc_plasticity.py:paper,da_reset --workdir=/tmp/dmc_da   # Fig. 1, a GPU
   python launch/main.py --config=configs/dmc_plasticity.py:paper,state --workdir=/tmp/dmc_state   # from state
-  python launch/main.py --config=configs/dmc_plasticity.py:resets --workdir=/tmp/dmc_resets   # claim 2, ~97 min (2 seeds)
+  python launch/main.py --config=configs/dmc_plasticity.py:resets --workdir=/tmp/dmc_resets   # claim 2, ~97 min (2 seeds, 4 variants)
   python launch/main.py --config=configs/dmc_plasticity.py:priming --workdir=/tmp/dmc_priming   # claim 2, ~24 min (2 seeds)
   python launch/main.py --config=configs/dmc_plasticity.py:smoke                   # tests, seconds
   python launch/main.py --config=configs/dmc_plasticity.py:paper --config.env.name=QuadrupedRun   # Table 1's third task
@@ -66,23 +66,24 @@ learns. Injection into the actor raises the actor's FAU: 0.65 / 0.65 against 0.6
 critic does without augmentation (D'Oro et al. 2023's regime): WalkerWalk at RR 4, 60 000 agent steps (120 000
 frames), DrQ-v2's 'easy' noise schedule (100 000 steps), and a reset (Nikishin et al.'s: the whole module,
 its optimizer state and, for the critic, its target) at 40 000 and 80 000 frames of the critic alone, the
-actor alone, both, or none. Measured 2026-12-07 on this 2-core CPU, 97 min (5 814 s) for the 8 runs, 2
-seeds (the variants share each seed's keys, so they are paired). Mean return per seed, 0 / 1:
-                     last 20 000 frames    frames 40 000-120 000 (after the first reset)
-  no reset               424 / 400              325 / 309
-  actor reset            407 / 477              308 / 342
-  critic reset           544 / 520              365 / 335
-  both reset             296 / 432              190 / 209
-The critic's reset is ahead of no reset in both seeds (+120 / +120 over the last 20 000 frames; +40 / +26
-from the first reset on), the actor's is not (-17 / +77; -18 / +33), and the critic's is ahead of the
-actor's in both (+137 / +43; +58 / -7 from the first reset on, where the actor's reset leads in seed 1).
-That is claim 2's pattern (their Fig. 5: injection into the critic helps, into the actor it does not),
-seen in 2 seeds: a first sign, not yet a resolved difference (seeds 2 and 3: `--config.seed=2
---config.num_seeds=2`, without `rr_4_reset_both`). Resetting both modules is the worst: a fresh actor
-collects poor data while a fresh critic learns it. The FAU agrees: over the last 20 000 frames the reset
-critic's is 0.622 / 0.646 against 0.588 / 0.591 without (the actor's reset leaves it at 0.587 / 0.589); the
-actor's FAU falls without resets (0.525 / 0.486) and the critic's reset, not only the actor's, lifts it
-(0.602 / 0.598; the actor's own reset 0.543 / 0.533).
+actor alone, both, or none. Measured 2026-12-07 on this 2-core CPU: 97 min (5 814 s) for the 8 runs of seeds
+0 and 1, then 76 min (4 559 s) for seeds 2 and 3 without `rr_4_reset_both` (`--config.seed=2
+--config.num_seeds=2`; the variants share each seed's keys, so they are paired). Mean return per seed, 0 / 1 / 2 / 3:
+                     last 20 000 frames           frames 40 000-120 000 (after the first reset)
+  no reset           424 / 400 / 183 / 405             325 / 309 / 141 / 298
+  actor reset        407 / 477 / 167 / 413             308 / 342 / 142 / 294
+  critic reset       544 / 520 / 132 / 393             365 / 335 / 117 / 262
+  both reset         296 / 432                         190 / 209
+Seeds 0 and 1 showed claim 2's pattern (the critic's reset +120 / +120 over no reset, the actor's -17 / +77);
+seeds 2 and 3 reverse it (the critic's reset -50 / -12, the actor's -15 / +8). Paired over the 4 seeds, mean
+± s.e.: critic reset - none +44 ± 44 over the last 20 000 frames and +2 ± 19 from the first reset on; actor
+reset - none +13 ± 22 and +3 ± 11; critic - actor +31 ± 39 and -2 ± 20. So claim 2 is not reproduced in
+returns here either. Resetting both modules is the worst in seeds 0 and 1: a fresh actor collects poor data
+while a fresh critic learns it. The FAU side holds in all 4 seeds: over the last 20 000 frames the reset
+critic's FAU is 0.622 / 0.646 / 0.593 / 0.619 against 0.588 / 0.591 / 0.540 / 0.572 without a reset, and the
+actor's reset leaves it where it was (0.587 / 0.589 / 0.541 / 0.570). The critic's reset also lifts the
+actor's FAU (0.602 / 0.598 / 0.614 / 0.575 against 0.525 / 0.486 / 0.491 / 0.487), more than the actor's own
+reset does (0.543 / 0.533 / 0.510 / 0.527).
 
 `:priming` causes the early loss the paper's Fig. 5 waits 1M steps for: Nikishin et al. 2022's heavy
 priming (50 000 updates at once on the warm-up's 500 transitions), then a reset of the critic or of the
@@ -195,7 +196,8 @@ def priming(config, updates: int = 50_000, reset_chunk: int = 3):
 
 
 def resets(config, ratio: float = 4.0, every: int = 10):
-  """Claim 2 at a high replay ratio (D'Oro et al. 2023's regime): WalkerWalk from state at RR `ratio`, whose
+  """An attempt at claim 2 at a high replay ratio (D'Oro et al. 2023's regime; not reproduced in returns with 4
+  seeds, reproduced in the critic's FAU: the module docstring): WalkerWalk from state at RR `ratio`, whose
   critic overfits its replay as the paper's no-DA critic does, with periodic resets (every `every` chunks
   of 2 000 steps, from the `every`-th) of the critic alone, of the actor alone, of both, or none.
   DrQ-v2's 'easy' noise schedule (std 1.0 -> 0.1 over 100 000 steps), 60 000 agent steps."""

@@ -25,6 +25,7 @@ def _empty(capacity):
 
 
 _add = jax.jit(replay_lib.add)    # one compile per capacity, not an eager dispatch per operation
+_gather = jax.jit(replay_lib.gather, static_argnums=2)
 
 
 def _filled(capacity, stream=STREAM, offset=0):
@@ -221,7 +222,7 @@ def test_stacked_frames_stored_one_per_slot_sample_as_the_stream_gave_them(capac
   count = int(replay_lib.num_samplable(frames, n_step))
   size, skipped = min(capacity, len(rows)), (k - 1 if capacity < len(rows) else 0)
   assert count == size - (n_step - 1) - skipped
-  _check_rows(replay_lib.gather(frames, jnp.arange(count), n_step, gamma), rows,
+  _check_rows(_gather(frames, jnp.arange(count), n_step, gamma), rows,
               range(len(rows) - size + skipped, len(rows) - size + skipped + count), n_step, gamma)
   batch = jax.jit(replay_lib.sample, static_argnums=(2, 3))(frames, jax.random.key(0), 64, n_step, gamma)
   assert batch.obs.shape == (64, 2, 2, 3 * k)
@@ -242,7 +243,7 @@ def test_truncations_at_a_time_limit_keep_their_last_frames_in_a_store_of_capaci
   n_step, gamma = 3, 0.9
   count = int(replay_lib.num_samplable(replay, n_step))
   first = steps - capacity + k - 1
-  _check_rows(replay_lib.gather(replay, jnp.arange(count), n_step, gamma), rows, range(first, first + count), n_step,
+  _check_rows(_gather(replay, jnp.arange(count), n_step, gamma), rows, range(first, first + count), n_step,
               gamma)
-  one_step = replay_lib.gather(replay, jnp.asarray([count + n_step - 2]), 1, gamma)    # the newest slot
+  one_step = _gather(replay, jnp.asarray([count + n_step - 2]), 1, gamma)    # the newest slot
   np.testing.assert_array_equal(one_step.next_obs[0], rows[-1][1])
